@@ -38,6 +38,7 @@ shards), then tasks.py / sft.py / dpo.py (use `ChatFormat.encode_dialog`).
 from __future__ import annotations
 
 import argparse
+import ast
 import base64
 import heapq
 import importlib.util
@@ -83,7 +84,7 @@ def special_token_names() -> list[str]:
     """The 256 special tokens in id order (Llama 3.1 naming), appended after the BPE ranks.
 
     ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", ...,
-     "<|eot_id|>" (index 9), ..., "<|reserved_special_token_247|>"]  (256 names)
+     "<|eot_id|>" (index 9), ..., "<|reserved_special_token_245|>"]  (256 names)
     """
     named = [
         "<|begin_of_text|>",  # n_base + 0: bos, starts every document and dialog
@@ -350,8 +351,8 @@ class ChatFormat:
     def encode_header(self, message: dict) -> list[int]:
         """{"role": "user", ...} -> [<|start_header_id|>, "user"..., <|end_header_id|>, "\\n\\n"]
         (Meta's ids: 128006, 882, 128007, 271)."""
-        if not isinstance(message.get("role"), str):
-            raise ValueError(f"message['role'] must be a str, got {message.get('role')!r:.80}")
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ValueError(f"a message needs a str 'role', got {message!r:.80}")
         tokens = [self.tokenizer.special_tokens["<|start_header_id|>"]]
         tokens.extend(self.tokenizer.encode(message["role"], bos=False, eos=False))
         tokens.append(self.tokenizer.special_tokens["<|end_header_id|>"])
@@ -535,7 +536,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, verbose: bool = False) -> d
         n_done += 1
         if verbose and (n_done % report_every == 0 or len(token_bytes) == n_ranks):
             elapsed = time.time() - t0
-            eta = elapsed / len(token_bytes) * (n_ranks - len(token_bytes))
+            eta = (elapsed - t_count) / n_done * (n_merges - n_done)  # merges run at ~constant speed
             print(f"merge {n_done:6d}/{n_merges} | {token_bytes[new_id]!r:>24} count {count:8d} | "
                   f"{elapsed:6.1f}s elapsed, ETA ~{eta:5.1f}s", flush=True)
 
@@ -620,12 +621,13 @@ def builtin_corpus(max_chars: int = 10_000_000, kind: str = "code") -> list[str]
     if not stdlib.is_dir():  # e.g. Windows layout
         stdlib = Path(os.path.dirname(os.__file__))
     if kind == "docs":
-        namespace: dict = {}
-        topics_py = stdlib / "pydoc_data" / "topics.py"
-        exec(compile(topics_py.read_text(encoding="utf-8"), str(topics_py), "exec"), namespace)  # a plain dict literal
+        # topics.py is `topics = {"assert": "...", ...}`: read the literal, do not execute it.
+        module = ast.parse((stdlib / "pydoc_data" / "topics.py").read_text(encoding="utf-8"))
+        topics = next(ast.literal_eval(node.value) for node in module.body
+                      if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "topics")
         texts, total = [], 0
-        for key in sorted(namespace["topics"]):
-            texts.append(namespace["topics"][key])
+        for key in sorted(topics):
+            texts.append(topics[key])
             total += len(texts[-1])
             if total >= max_chars:
                 break

@@ -1,0 +1,341 @@
+"""
+Tests for tokenizer.py (§3.2 tokenizer, chat format, BPE training).
+
+- Meta's exact ids on strings and dialogs, with the real tokenizer.model shipped in the
+  `llama-models` package (found with importlib, nothing heavy imported).
+- Round trips on random Unicode, special-token text included; Meta's long-input cutting.
+- Training: deterministic, and hand-checked merges on a tiny corpus.
+- The pure-Python reference encoder equals tiktoken, on Meta's and on a trained tokenizer.
+- Bad input gives clear errors.
+
+Run: python -m pytest -q tests/test_tokenizer.py     (budget: well under 45 s on 2 cores)
+"""
+
+import base64
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import tokenizer as T  # noqa: E402
+
+META_PATH = T.meta_tokenizer_path()
+needs_meta = pytest.mark.skipif(META_PATH is None, reason="llama-models (Meta's tokenizer.model) not installed")
+
+# Varied text: English, code, CJK, emoji, accents, numbers, long whitespace, contractions.
+TEST_STRINGS = [
+    "",
+    "This is a test sentence.",
+    "Hello, world! I'm here; you'll see. THEY'RE CAPS'S",
+    "def f(x):\n    return x ** 2  # square\n\n\n\tpass\r\n",
+    "日本語のテキストと中文文本，还有한국어 문장.",
+    "emoji 🦙🦙🔥 👩‍👩‍👧‍👦 flags 🇫🇷 and ✓ marks",
+    "Ünïcödé naïve café résumé — “quotes” ‘single’ …",
+    "numbers 1234567 3.14159 1,000,000 and 12ab34",
+    " " * 100 + "x" + "\n" * 50 + "\t \t  y   ",
+    "   leading and trailing   ",
+    "<|begin_of_text|> <|eot_id|> text that looks special <|start_header_id|>",
+    "mixed\u00a0nbsp\u2003em-space\u3000ideographic\u200bzero-width",
+    "Ελληνικά, русский текст, עברית, العربية, हिन्दी",
+    "a" * 3000 + " " + "ab" * 700,
+]
+
+
+def random_unicode(rng: random.Random, n: int) -> str:
+    """Random text mixing ASCII, whitespace, special-token text and any Unicode code point
+    (surrogates excluded: they are not encodable text)."""
+    out = []
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.3:
+            out.append(rng.choice("abcdefghij ABC xyz \n\t 0123 .,;'!?()"))
+        elif kind < 0.35:
+            out.append(rng.choice(["<|eot_id|>", "<|begin_of_text|>", "'s", "  \n ", "\r\n", "🦙", "日本"]))
+        else:
+            cp = rng.choice([rng.randrange(0x80, 0x800), rng.randrange(0x800, 0xD800),
+                             rng.randrange(0xE000, 0x10000), rng.randrange(0x10000, 0x110000)])
+            out.append(chr(cp))
+    return "".join(out)
+
+
+@pytest.fixture(scope="module")
+def meta():
+    if META_PATH is None:
+        pytest.skip("llama-models not installed")
+    return T.Tokenizer(META_PATH)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 1,024-token BPE trained on ~300K characters of stdlib code plus varied text."""
+    texts = T.builtin_corpus(300_000) + TEST_STRINGS[1:8] * 3
+    path = tmp_path_factory.mktemp("tok") / "trained.model"
+    return T.train_tokenizer(texts, 1024, path)
+
+
+# ----------------------------------------------------------------------------------------
+# Meta's ids
+
+
+@needs_meta
+def test_meta_ids(meta):
+    assert meta.n_words == 128256 and meta.n_base_tokens == 128000
+    assert meta.encode("This is a test sentence.", bos=True, eos=False) == [128000, 2028, 374, 264, 1296, 11914, 13]
+    assert meta.encode("This is a test sentence.", bos=True, eos=True)[-1] == 128001
+    assert meta.decode([128000, 2028, 374, 264, 1296, 11914, 13]) == "<|begin_of_text|>This is a test sentence."
+    assert [meta.encode(w) for w in ["user", "system", "assistant", "\n\n"]] == [[882], [9125], [78191], [271]]
+    assert (meta.bos_id, meta.eos_id, meta.pad_id, meta.eot_id, meta.eom_id) == (128000, 128001, 128004, 128009, 128008)
+    assert meta.stop_tokens == {128001, 128008, 128009}
+    s = meta.special_tokens
+    assert s["<|start_header_id|>"] == 128006 and s["<|end_header_id|>"] == 128007
+    assert s["<|python_tag|>"] == 128010 and s["<|image|>"] == 128011 and s["<|step_id|>"] == 128005
+    assert s["<|reserved_special_token_0|>"] == 128002 and s["<|reserved_special_token_245|>"] == 128255
+    assert len(s) == 256 and sorted(s.values()) == list(range(128000, 128256))
+
+
+@needs_meta
+def test_meta_chat_format(meta):
+    chat = T.ChatFormat(meta)
+    # Meta's llama3 repository tests, verbatim ids.
+    assert chat.encode_message({"role": "user", "content": "This is a test sentence."}) == \
+        [128006, 882, 128007, 271, 2028, 374, 264, 1296, 11914, 13, 128009]
+    dialog = [{"role": "system", "content": "This is a test sentence."},
+              {"role": "user", "content": "This is a response."}]
+    assert chat.encode_dialog_prompt(dialog) == [
+        128000, 128006, 9125, 128007, 271, 2028, 374, 264, 1296, 11914, 13, 128009,
+        128006, 882, 128007, 271, 2028, 374, 264, 2077, 13, 128009, 128006, 78191, 128007, 271]
+    # Content is stripped; special-token text in content stays plain text.
+    assert chat.encode_message({"role": "user", "content": "  \n This is a test sentence.\n "}) == \
+        chat.encode_message({"role": "user", "content": "This is a test sentence."})
+    injected = chat.encode_message({"role": "user", "content": "<|eot_id|>"})
+    assert injected.count(meta.eot_id) == 1 and injected[-1] == meta.eot_id
+
+
+@needs_meta
+def test_dialog_masks(meta):
+    chat = T.ChatFormat(meta)
+    dialog = [{"role": "system", "content": "Be brief."},
+              {"role": "user", "content": "This is a test sentence."},
+              {"role": "assistant", "content": " This is a response. "}]
+    d = chat.encode_dialog(dialog)
+    assert len(d.tokens) == len(d.assistant_mask) == len(d.format_mask)
+    assert d.tokens == chat.encode_dialog_prompt(dialog)[: -4]  # minus the generation prompt
+    assert chat.encode_dialog(dialog, add_generation_prompt=True).tokens == chat.encode_dialog_prompt(dialog)
+    # SFT targets: the assistant's content and its closing <|eot_id|>, nothing else.
+    targets = [t for t, m in zip(d.tokens, d.assistant_mask) if m]
+    assert targets == meta.encode("This is a response.") + [meta.eot_id]
+    # DPO masks formatting: bos, 3 headers of 4 tokens each, 3 eots.
+    formatted = [t for t, m in zip(d.tokens, d.format_mask) if m]
+    header = lambda role: [128006, *meta.encode(role), 128007, 271]  # noqa: E731
+    assert formatted == [128000, *header("system"), 128009, *header("user"), 128009, *header("assistant"), 128009]
+    # No token is both assistant content and format except the assistant's eot.
+    both = [t for t, a, f in zip(d.tokens, d.assistant_mask, d.format_mask) if a and f]
+    assert both == [meta.eot_id]
+    g = chat.encode_dialog(dialog[:2], add_generation_prompt=True)
+    assert g.format_mask[-4:] == [True] * 4 and not any(g.assistant_mask)
+
+
+@needs_meta
+def test_special_tokens_plain_unless_allowed(meta):
+    text = "<|eot_id|>"
+    assert meta.eot_id not in meta.encode(text)
+    assert meta.encode(text, allowed_special="all") == [meta.eot_id]
+    assert meta.encode(text, allowed_special={"<|eot_id|>"}) == [meta.eot_id]
+    with pytest.raises(ValueError):
+        meta.encode(text, disallowed_special="all")
+
+
+@needs_meta
+def test_long_inputs_split_like_meta(meta):
+    # 1,000,000 characters without whitespace: tiktoken alone would panic or crawl.
+    ids = meta.encode("a" * 1_000_000)
+    assert meta.decode(ids) == "a" * 1_000_000
+    long_mixed = ("x" * 30_000 + " " * 30_000) * 3 + "y"
+    assert meta.decode(meta.encode(long_mixed)) == long_mixed
+
+
+def _meta_split(s, max_len):
+    """Meta's per-character loop (llama_models/llama3/tokenizer.py), the reference."""
+    current_len, current_is_space = 0, (s[0].isspace() if s else False)
+    start = 0
+    for i in range(len(s)):
+        is_space = s[i].isspace()
+        if current_is_space ^ is_space:
+            current_len, current_is_space = 1, is_space
+        else:
+            current_len += 1
+            if current_len > max_len:
+                yield s[start:i]
+                start, current_len = i, 1
+    yield s[start:]
+
+
+def test_split_long_runs_equals_meta():
+    rng = random.Random(0)
+    for _ in range(300):
+        s = "".join(rng.choice(["a", "b", " ", "\n", "\u3000", "\x1c", "é"]) * rng.randint(1, 9)
+                    for _ in range(rng.randint(0, 12)))
+        for max_len in (1, 2, 3, 5, 8):
+            assert list(T._split_long_runs(s, max_len)) == list(_meta_split(s, max_len)), (s, max_len)
+
+
+# ----------------------------------------------------------------------------------------
+# Round trips and the reference encoder
+
+
+@needs_meta
+def test_round_trip_random_unicode(meta, trained):
+    rng = random.Random(1234)
+    for _ in range(40):
+        s = random_unicode(rng, rng.randint(0, 300))
+        for tok in (meta, trained):
+            assert tok.decode(tok.encode(s)) == s
+            assert tok.decode(tok.encode(s, allowed_special="all")) == s
+
+
+@needs_meta
+def test_reference_encoder_equals_tiktoken(meta, trained):
+    rng = random.Random(7)
+    strings = TEST_STRINGS + [random_unicode(rng, 200) for _ in range(15)]
+    for tok in (meta, trained):
+        for s in strings:
+            assert T.reference_encode(s, tok.mergeable_ranks) == tok.encode(s), s[:60]
+            assert T.reference_encode(s, tok.mergeable_ranks, tok.special_tokens, allowed_special={"<|eot_id|>"}) \
+                == tok.encode(s, allowed_special={"<|eot_id|>"}), s[:60]
+
+
+def test_reference_encoder_trained_only(trained):
+    """The same check without llama-models installed."""
+    for s in TEST_STRINGS:
+        assert T.reference_encode(s, trained.mergeable_ranks) == trained.encode(s)
+    # encode_batch (tiktoken threads) == encode, long inputs included.
+    batch = TEST_STRINGS + ["z" * 60_000]
+    assert trained.encode_batch(batch, bos=True, eos=True) == [trained.encode(s, bos=True, eos=True) for s in batch]
+
+
+# ----------------------------------------------------------------------------------------
+# Training
+
+
+def test_tiny_corpus_merges():
+    # "aaabdaaabac" is one chunk. Pairs: aa 4, ab 2, ... -> merge "aa".
+    # Then (aa,a) 2 and (a,b) 2 tie: (b"a", b"b") < (b"aa", b"a") in byte order -> "ab".
+    # Then (aa,ab) 2 -> "aaab". Then all pairs count 1; the smallest is (b"a", b"c") -> "ac".
+    ranks = T.train_bpe(["aaabdaaabac"], 256 + 256 + 4)
+    merges = sorted((r, t) for t, r in ranks.items() if r >= 256)
+    assert merges == [(256, b"aa"), (257, b"ab"), (258, b"aaab"), (259, b"ac")]
+    assert all(ranks[bytes([b])] == b for b in range(256))
+    # Chunks are separate: " hello" and "hello" never merge across the space boundary.
+    ranks = T.train_bpe(["hello hello hello"], 256 + 256 + 5)
+    # Chunks: "hello" x1, " hello" x2, so he/el/ll/lo count 3 and " h" 2. Ties at 3 go to the
+    # smallest bytes: (e,l) -> "el"; then (el,l) < (h,el) < (l,o) -> "ell"; then "ello";
+    # then (h,ello) -> "hello"; last (" ", hello) 2 -> " hello". Nothing spans "o h".
+    learned = sorted(ranks, key=ranks.get)[256:]
+    assert learned == [b"el", b"ell", b"ello", b"hello", b" hello"]
+
+
+def test_duplicate_bytes_reuse_token():
+    # ("ab","c") and ("a","bc") both make b"abc": ranks stay unique and contiguous.
+    ranks = T.train_bpe(["abc abc abc xbc xbc xbc ab ab ab ab bcx"], 256 + 256 + 12)
+    assert sorted(ranks.values()) == list(range(len(ranks)))
+    assert len(set(ranks)) == len(ranks)
+
+
+def test_training_deterministic(tmp_path):
+    texts = T.builtin_corpus(150_000) + TEST_STRINGS
+    a = T.train_bpe(texts, 900)
+    b = T.train_bpe(list(texts), 900)
+    assert a == b and len(a) == 900 - 256
+    T.save_bpe(a, tmp_path / "a.model")
+    T.save_bpe(b, tmp_path / "b.model")
+    assert (tmp_path / "a.model").read_bytes() == (tmp_path / "b.model").read_bytes()
+    assert T.load_bpe(tmp_path / "a.model") == a
+
+
+def test_trained_tokenizer_layout(trained):
+    assert trained.n_words == 1024 and trained.n_base_tokens == 768
+    assert trained.bos_id == 768 and trained.eot_id == 777 and trained.pad_id == 772
+    assert trained.encode("hi", bos=True, eos=True)[::len(trained.encode("hi")) + 1] == [768, 769]
+    chat = T.ChatFormat(trained)
+    d = chat.encode_dialog([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])
+    assert trained.decode(d.tokens) == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nx<|eot_id|>"
+                                        "<|start_header_id|>assistant<|end_header_id|>\n\ny<|eot_id|>")
+
+
+def test_runs_out_of_pairs_warns(capsys):
+    ranks = T.train_bpe(["ab"], 256 + 256 + 10)
+    assert len(ranks) == 257
+    assert "ran out of pairs" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_tokenizer_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        T.Tokenizer(tmp_path / "missing.model")
+    good = [f"{base64.b64encode(bytes([b])).decode()} {b}" for b in range(256)]
+    bad = tmp_path / "bad.model"
+    bad.write_text("\n".join(good[:10] + ["!!notbase64 10"] + good[11:]) + "\n")
+    with pytest.raises(ValueError, match="line 11"):
+        T.Tokenizer(bad)
+    bad.write_text("\n".join(good[:5] + ["QQ=="] + good[6:]) + "\n")
+    with pytest.raises(ValueError, match="line 6"):
+        T.load_bpe(bad)
+    bad.write_text("\n".join(good[:5] + ["QQ== x"] + good[6:]) + "\n")
+    with pytest.raises(ValueError, match="line 6"):
+        T.load_bpe(bad)
+    bad.write_text("\n".join(good[:255] + [f"{base64.b64encode(b'ab').decode()} 300"]) + "\n")
+    with pytest.raises(ValueError, match="rank 255 is missing"):
+        T.load_bpe(bad)
+    bad.write_text("\n".join(good[:200]) + "\n")
+    with pytest.raises(ValueError, match="single bytes"):
+        T.load_bpe(bad)
+    bad.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        T.load_bpe(bad)
+    bad.write_text("\n".join(good + [good[3].split()[0] + " 256"]) + "\n")
+    with pytest.raises(ValueError, match="line 257.*twice"):
+        T.load_bpe(bad)
+
+
+def test_bad_arguments(trained):
+    with pytest.raises(ValueError, match="at least 512"):
+        T.train_bpe(["hello"], 511)
+    with pytest.raises(TypeError):
+        T.train_bpe(["hello"], 600.0)
+    with pytest.raises(TypeError, match="str"):
+        T.train_bpe([b"bytes"], 600)
+    with pytest.raises(TypeError, match="str"):
+        trained.encode(b"bytes")
+    with pytest.raises(TypeError, match="str"):
+        trained.encode(None)
+    with pytest.raises(TypeError, match="str"):
+        T.reference_encode(123, trained.mergeable_ranks)
+    chat = T.ChatFormat(trained)
+    with pytest.raises(ValueError, match="content"):
+        chat.encode_message({"role": "user"})
+    with pytest.raises(TypeError):
+        chat.encode_dialog(["not a dict"])
+
+
+# ----------------------------------------------------------------------------------------
+# Command line (in-process)
+
+
+def test_cli(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 50 + "日本語 🦙\n" * 20)
+    out = tmp_path / "tok.model"
+    T.main(["train", "--vocab-size", "600", "--input", str(corpus), "--out", str(out)])
+    assert T.Tokenizer(out).n_words <= 600 and (tmp_path / "tok.model.json").exists()
+    capsys.readouterr()
+    T.main(["encode", "--tokenizer", str(out), "the lazy dog"])
+    ids = capsys.readouterr().out.split()
+    T.main(["decode", "--tokenizer", str(out), *ids])
+    assert capsys.readouterr().out == "the lazy dog\n"
+    T.main(["stats", "--tokenizer", str(out), "--input", str(corpus), "--json", str(tmp_path / "s.json")])
+    assert "chars/token" in capsys.readouterr().out
