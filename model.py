@@ -420,6 +420,9 @@ class Transformer(nn.Module):
         # Module.to(bfloat16) casts every floating buffer, and to_empty() leaves
         # garbage; the RoPE table is a pure function of ModelArgs, so recompute it.
         super()._apply(fn, recurse)
+        if self.args.tie_embeddings and self.output.weight is not self.tok_embeddings.weight:
+            # to_empty() gives each module its own new Parameter: tie them again.
+            self.output.weight = self.tok_embeddings.weight
         if self.freqs_cis.device.type != "meta":
             self.freqs_cis = precompute_freqs_cis(self.args).to(self.freqs_cis.device)
         return self

@@ -243,8 +243,9 @@ def test_backward_runs_and_loss_is_near_uniform_at_init():
 # Checkpoint formats
 
 
-def test_project_meta_and_hf_checkpoints_load(tmp_path):
-    args = tiny_args(tie_embeddings=False)
+@pytest.mark.parametrize("tied", [False, True])
+def test_project_meta_and_hf_checkpoints_load(tmp_path, tied):
+    args = tiny_args(tie_embeddings=tied)
     m = build(args)
     tokens = torch.randint(0, 256, (1, 16))
     with torch.no_grad():
@@ -267,6 +268,7 @@ def test_project_meta_and_hf_checkpoints_load(tmp_path):
     for folder, fmt in (("ours", "project"), ("meta", "meta"), ("hf", "hf")):
         assert M.detect_format(str(tmp_path / folder)) == fmt
         loaded, largs = M.load_model(str(tmp_path / folder))
+        assert (loaded.output.weight is loaded.tok_embeddings.weight) == args.tie_embeddings
         with torch.no_grad():
             got = loaded(tokens)
         assert (got - want).abs().max() < 1e-5, folder
