@@ -1,0 +1,896 @@
+"""
+pretrain.py -- pre-training (§3.4 of "The Llama 3 Herd of Models").
+
+Stage: pre-training. Takes the token shards of data.py and the Transformer of model.py
+and trains it with next-token prediction. The post-training scripts (sft.py,
+reward.py, dpo.py) import the pieces of this file and own only their data and loss.
+
+What is notable here
+- One config dataclass, overridable from the command line (`--key value`), printed
+  and saved with every run (out/pretrain/config.json); no `exec` of config files.
+- Packed sequences with document boundaries (§3.2): a training row is a window of the
+  token stream that may hold several documents; `doc_ids` tells the model where each
+  one starts, so attention never crosses documents and RoPE restarts per document.
+- The schedule of §3.4.1 (AdamW, linear warm-up, cosine decay to 1% of peak), scaled
+  down, plus the optional later stages: sequence-length / batch growth, a long-context
+  stage (§3.4.2), annealing to LR 0 with Polyak averaging of checkpoints (§3.4.3).
+- Fault tolerance (§3.3.4): checkpoints are atomic (parallel.py), a run resumes
+  exactly where it stopped -- same losses, same weights as an uninterrupted run -- on
+  any number of ranks, and a non-finite loss stops the run before anything bad is
+  written.
+- Speed is a number: every log line has tokens/s, MFU (PaLM appendix B FLOPs vs a
+  measured CPU matmul peak or the GPU's datasheet bf16 peak) and an ETA.
+
+Reads:  out/data/meta.json + shards (builds them with data.py if missing).
+Writes: out/pretrain/{config.json, log.jsonl, loss.png, report.json,
+        checkpoints/step_XXXXXXXX/ (DCP), final/model.pt + tokenizer.model}.
+
+How to run
+    python pretrain.py                                         # 1 process, CPU
+    torchrun --standalone --nproc_per_node=2 pretrain.py       # 2 ranks (gloo on CPU)
+    python pretrain.py --max-steps 50 --seq-len-schedule "0:128,20:256"
+    torchrun --nnodes=2 --nproc_per_node=8 ... pretrain.py --model llama3-8b \\
+        --tokens-per-step 4194304 --seq-len 8192 --lr 3e-4    # GPUs + NCCL (§3.4.1)
+    A run that finds checkpoints in OUT/checkpoints resumes from the latest one.
+
+Read next: sample.py (generate with the exported model), then sft.py (the first
+post-training stage, written as a difference from this file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import typing
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import parallel
+from model import ModelArgs, count_params, flops_per_token
+from parallel import print0
+
+# -----------------------------------------------------------------------------
+# 1. Configuration: a dataclass, overridable with --key value
+
+
+def arg(default, help: str):
+    """A dataclass field that carries its command-line help text."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """The knobs of the training loop `train()`. Every training script (pretrain, sft,
+    reward, dpo) has a config that extends this one with its own model/data fields."""
+    out_dir: str = arg("out/pretrain", "where checkpoints, logs and the final model go")
+    max_steps: int = arg(300, "optimizer steps (the cosine schedule is laid over these)")
+    time_budget_min: float = arg(0.0, "if > 0: after a few timed steps, shorten the run "
+                                      "(max_steps) so that it ends within this many minutes")
+    lr: float = arg(3e-3, "peak learning rate (§3.4.1: 8e-5 for 405B; small models take more)")
+    min_lr_ratio: float = arg(0.01, "cosine decays to this fraction of the peak (§3.4.1: 1%)")
+    warmup_steps: int = arg(20, "linear warm-up steps (§3.4.1: 8,000)")
+    anneal_steps: int = arg(0, "last N steps: LR linearly to 0, Polyak-average checkpoints (§3.4.3)")
+    anneal_ckpt_every: int = arg(0, "checkpoint (and average) every N annealing steps; 0 = anneal_steps//4")
+    weight_decay: float = arg(0.1, "AdamW decoupled weight decay on matrices")
+    beta1: float = arg(0.9, "AdamW beta1")
+    beta2: float = arg(0.95, "AdamW beta2")
+    grad_clip: float = arg(1.0, "clip the global gradient norm to this (0 = off)")
+    dtype: str = arg("auto", "autocast dtype: bf16 | fp32 | auto (bf16 where the hardware has it)")
+    seed: int = arg(0, "weights and data order")
+    log_every: int = arg(1, "print/log every N steps")
+    eval_every: int = arg(50, "evaluate held-out loss every N steps (0 = only at the end)")
+    ckpt_every: int = arg(50, "checkpoint every N steps (and always at the end)")
+    keep_checkpoints: int = arg(2, "keep the latest N checkpoints")
+    resume: bool = arg(True, "resume from the latest checkpoint in OUT/checkpoints if any")
+    stop_at_step: int = arg(0, "debug: stop after this step (with a checkpoint), as if "
+                                "interrupted; resuming continues the same schedule")
+    debug_nan_at_step: int = arg(0, "debug: make the loss NaN at this step (tests the stop)")
+    debug_pause_in_save: float = arg(0.0, "debug: sleep this many seconds inside a checkpoint "
+                                          "save, files written but not committed (kill test)")
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Pre-training (§3.4): every field is a --kebab-case flag."""
+    # The default run: small-15m on the built-in corpus, 2 ranks on a 2-core CPU, in
+    # 4-5 minutes. Measured there (bf16 autocast, one thread per rank): ~2,500 tokens/s
+    # when the machine is quiet, ~1,500 when it is shared. 160 steps of 4,096 tokens
+    # (655K tokens, ~1.6 s/step) fit a quiet machine; --time-budget-min shortens the
+    # schedule (after timing the first steps) on a slower or busier one. Batch size,
+    # measured on the same budget: 8,192 tokens/step reached held-out loss 7.03, 4,096
+    # reached 6.37 -- in a run this short, more (noisier) steps beat bigger ones.
+    max_steps: int = arg(160, "optimizer steps (the cosine schedule is laid over these)")
+    time_budget_min: float = arg(4.5, "if > 0: after a few timed steps, shorten the run "
+                                      "(max_steps) so that training ends within this many minutes")
+    lr: float = arg(2e-3, "peak learning rate (§3.4.1: 8e-5 for 405B; small models take more)")
+    # §3.4.1 warms up over 8,000 of 1,200,000 steps (0.7%); a run of 160 steps needs
+    # relatively more: 10%.
+    warmup_steps: int = arg(16, "linear warm-up steps (§3.4.1: 8,000)")
+    # §3.4.3 anneals the last 40M tokens (of ~15.6T: a tiny fraction) and averages the
+    # checkpoints saved meanwhile. Ours: the last 10% of the steps, 4 checkpoints.
+    anneal_steps: int = arg(16, "last N steps: LR linearly to 0, Polyak-average checkpoints (§3.4.3)")
+    eval_every: int = arg(40, "evaluate held-out loss every N steps (0 = only at the end)")
+    ckpt_every: int = arg(40, "checkpoint every N steps (and always at the end)")
+    # The model: a name from model.CONFIGS; the vocabulary comes from the data.
+    model: str = arg("small-15m", "model.ModelArgs.from_name name (small-15m, llama3-8b, ...)")
+    data_dir: str = arg("out/data", "data.py output folder (built there if missing)")
+    # The batch. §3.4.1: 4M tokens per step in sequences of 4,096 at first. Ours: 4K
+    # tokens per step in sequences of 256, i.e. 16 rows, split over the ranks and into
+    # gradient-accumulation micro-batches of batch_size rows (2 ranks: 8 rows each, no
+    # accumulation; 1 process: 2 micro-batches of 8).
+    seq_len: int = arg(256, "training sequence length (tokens per row)")
+    batch_size: int = arg(8, "rows per micro-batch per rank (at --seq-len)")
+    tokens_per_step: int = arg(4096, "global tokens per optimizer step (grad accumulation)")
+    # §3.4.1-3.4.2: the batch and the context grow during training.
+    seq_len_schedule: str = arg("", "sequence-length growth, 'step:len,...' e.g. '0:128,200:256'")
+    batch_schedule: str = arg("", "tokens-per-step growth, 'step:tokens,...' e.g. '0:8192,100:16384'")
+    long_context_steps: int = arg(0, "last N steps train at --long-context-seq-len (§3.4.2)")
+    long_context_seq_len: int = arg(1024, "sequence length of the long-context stage")
+    anneal_data_fraction: float = arg(0.3, "share of annealing rows from data.py's 'anneal' split "
+                                           "(§3.1.3: 30% new data, 70% default mix)")
+    eval_tokens: int = arg(32768, "held-out tokens per evaluation (global)")
+    tp: int = arg(1, "tensor-parallel degree (GPUs); the rest is FSDP data parallel")
+    activation_checkpointing: bool = arg(False, "recompute blocks in backward (saves memory)")
+    compile: bool = arg(False, "torch.compile each block (GPU)")
+
+
+def parse_config(config_class, argv=None):
+    """Dataclass -> argparse: every field becomes `--field-name value` (kebab-case),
+    bools become `--flag / --no-flag`, help comes from the field's metadata. Prints
+    the resulting config on rank 0 and returns an instance."""
+    hints = typing.get_type_hints(config_class)
+    parser = argparse.ArgumentParser(description=(config_class.__doc__ or "").strip())
+    for f in dataclasses.fields(config_class):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        help_text = (f.metadata.get("help", "") + f" (default: {f.default!r})").replace("%", "%%")
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=f.default, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text)
+    cfg = config_class(**vars(parser.parse_args(argv)))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{config_class.__name__}:")
+        for k, v in asdict(cfg).items():
+            print(f"  {k:26s} {v!r}")
+    return cfg
+
+
+# -----------------------------------------------------------------------------
+# 2. The learning-rate schedule and the stages of §3.4
+
+
+def lr_at(step: int, *, max_lr: float, warmup_steps: int, total_steps: int,
+          min_lr_ratio: float = 0.01, anneal_steps: int = 0) -> float:
+    """Learning rate of the optimizer step with 0-based index `step` (§3.4.1):
+    linear warm-up to max_lr over warmup_steps, cosine decay to min_lr_ratio·max_lr
+    at total_steps; with anneal_steps, the last anneal_steps go linearly from the
+    cosine value at their start down to 0 (§3.4.3).
+    405B: warm-up 8,000 steps, cosine over 1,200,000 steps, 8e-5 -> 8e-7 (1%).
+    lr_at(0, max_lr=1, warmup_steps=10, total_steps=100) = 0.1;
+    lr_at(10, ...) = 1.0; lr_at(100, ...) = 0.01."""
+    min_lr = max_lr * min_lr_ratio
+    anneal_start = total_steps - anneal_steps
+    if anneal_steps > 0 and step >= anneal_start:
+        start_lr = lr_at(anneal_start, max_lr=max_lr, warmup_steps=warmup_steps,
+                         total_steps=total_steps, min_lr_ratio=min_lr_ratio)
+        return start_lr * max(0.0, (total_steps - step - 1) / anneal_steps)  # last step: 0
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps  # +1: the first step already moves
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def parse_schedule(text: str, default: int) -> list[tuple[int, int]]:
+    """'0:128,200:256' -> [(0, 128), (200, 256)]: the value from each step on
+    (before the first given step: `default`)."""
+    points = {0: default}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        step, value = part.split(":")
+        points[int(step)] = int(value)
+    return sorted(points.items())
+
+
+def value_at(schedule: list[tuple[int, int]], step: int) -> int:
+    value = schedule[0][1]
+    for start, v in schedule:
+        if step >= start:
+            value = v
+    return value
+
+
+def stage_at(cfg: PretrainConfig, step: int, total_steps: int) -> tuple[int, int]:
+    """(seq_len, tokens_per_step) for a step. §3.4.1: 4M tokens at seq 4,096 -> 8M at
+    8,192 after 252M tokens -> 16M after 2.87T tokens; scaled down, our schedules are
+    given in steps. §3.4.2: the final stage trains on long sequences (8K -> 128K over
+    six stages, ~800B tokens); ours is one stage over the last long_context_steps
+    steps. The tokens per step stay the same there, so rows get fewer and longer."""
+    seq_len = value_at(parse_schedule(cfg.seq_len_schedule, cfg.seq_len), step)
+    tokens = value_at(parse_schedule(cfg.batch_schedule, cfg.tokens_per_step), step)
+    if cfg.long_context_steps > 0 and step >= total_steps - cfg.long_context_steps:
+        seq_len = cfg.long_context_seq_len
+    return seq_len, tokens
+
+
+def longest_seq_len(cfg: PretrainConfig) -> int:
+    lens = [v for _, v in parse_schedule(cfg.seq_len_schedule, cfg.seq_len)]
+    if cfg.long_context_steps > 0:
+        lens.append(cfg.long_context_seq_len)
+    return max(lens)
+
+
+# -----------------------------------------------------------------------------
+# 3. Data: packed windows over the token shards
+
+
+def ensure_data(data_dir: str, dist) -> dict:
+    """meta.json of data.py's output; builds the corpus, tokenizer and shards first
+    if they are missing (rank 0 builds, the others wait)."""
+    meta_path = os.path.join(data_dir, "meta.json")
+
+    def complete():
+        if not os.path.exists(meta_path):
+            return False
+        with open(meta_path) as f:
+            tok = json.load(f).get("tokenizer")
+        return not tok or os.path.exists(tok)
+
+    if not complete():
+        if dist.is_main:
+            print(f"{meta_path} or its tokenizer is missing: building the corpus, tokenizer and "
+                  f"shards with data.py (once; later runs reuse them)", flush=True)
+            import data  # data.py prints its own progress
+            data.build(data_dir)
+        if dist.world_size > 1:
+            torch.distributed.barrier()
+    with open(meta_path) as f:
+        return json.load(f)
+
+
+def split_record(meta: dict, split: str) -> dict | None:
+    """meta.json's record of a split: "train" and "val" live under "splits", the
+    optional "anneal" split (§3.1.3) at the top level."""
+    return meta.get("splits", {}).get(split) or (meta.get(split) if split == "anneal" else None)
+
+
+class TokenStream:
+    """The shards of one split as one long read-only token stream (np.memmap, so only
+    the windows we touch are read from disk). Shard files hold uint32 ids, each
+    document as [bos] + tokens + [eos] (data.py)."""
+
+    def __init__(self, data_dir: str, meta: dict, split: str):
+        record = split_record(meta, split)
+        if record is None:
+            raise KeyError(f"{data_dir}/meta.json has no split {split!r}")
+        files = record["files"]
+        dtype = np.dtype(meta.get("dtype", "uint32"))
+        self.shards = [np.memmap(os.path.join(data_dir, f), dtype=dtype, mode="r") for f in files]
+        self.starts = np.cumsum([0] + [len(s) for s in self.shards])  # shard offsets
+        self.n_tokens = int(self.starts[-1])
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        """Tokens [start, end) of the concatenated shards."""
+        out, i = [], int(np.searchsorted(self.starts, start, side="right") - 1)
+        while start < end:
+            local = start - self.starts[i]
+            take = min(end - start, len(self.shards[i]) - local)
+            out.append(np.asarray(self.shards[i][local:local + take], dtype=np.int64))
+            start, i = start + take, i + 1
+        return np.concatenate(out)
+
+
+def make_batch(rows: np.ndarray, bos_id: int, device) -> dict:
+    """(B, T+1) windows of the stream -> the batch a model trains on.
+    inputs  (B, T): tokens 0..T-1;  targets (B, T): tokens 1..T (next token).
+    doc_ids (B, T): document index inside each row, +1 at every bos. The model uses
+      it for the §3.2 document mask and to restart RoPE positions at each document.
+      Row [x y eos bos a b] -> doc_ids [0 0 0 1 1 1]: the partial document the window
+      starts in is document 0.
+    Targets equal to bos are ignored (-100): that is the eos -> bos prediction across
+    a document boundary. It is trivial (bos always follows eos), but it is the one
+    target that belongs to another document than its input; masking it makes the
+    loss a pure within-document loss. A document's first real token is still a target: it is
+    predicted from bos alone, exactly as if the document were trained unpacked."""
+    rows = torch.from_numpy(rows)
+    inputs, targets = rows[:, :-1], rows[:, 1:].clone()
+    doc_ids = torch.cumsum((inputs == bos_id).long(), dim=1)
+    targets[targets == bos_id] = -100
+    return {"inputs": inputs.to(device), "targets": targets.to(device), "doc_ids": doc_ids.to(device)}
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+class ShuffledWindows:
+    """The stream cut into non-overlapping windows of T+1 tokens (targets are the
+    inputs shifted by one, so neighbouring windows share one token), visited in an
+    order drawn from (seed, T, epoch): every window once per epoch. window(k, T) is
+    the k-th window of that sequence -- a pure function of k, which is what makes the
+    loader resumable from one number."""
+
+    def __init__(self, stream: TokenStream, seed: int):
+        self.stream, self.seed = stream, seed
+        self._key, self._order = None, None
+
+    def window(self, k: int, T: int) -> np.ndarray:
+        n_windows = (self.stream.n_tokens - 1) // T
+        if n_windows < 1:
+            raise ValueError(f"a split of {self.stream.n_tokens} tokens is too short for seq_len {T}")
+        epoch, i = divmod(k, n_windows)
+        if self._key != (T, epoch):
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + T * 1_009 + epoch)
+            self._key, self._order = (T, epoch), torch.randperm(n_windows, generator=gen).numpy()
+        start = int(self._order[i]) * T
+        return self.stream.read(start, start + T + 1)
+
+
+class PackedLoader:
+    """Training batches: deterministic, resumable, each rank reads only its slice.
+
+    A step takes the next `rows_per_step = tokens_per_step / seq_len` windows of the
+    shuffled sequence (ShuffledWindows); rank r takes the r-th contiguous block of
+    them and splits it into micro-batches (gradient accumulation). The position is
+    the count of windows consumed (at the current seq_len), saved in every checkpoint:
+    a resumed run reads exactly the windows the uninterrupted run would have read,
+    whatever the number of ranks (with fewer ranks, each accumulates more
+    micro-batches of the same rows, so the step's gradient is the same).
+
+    Annealing (§3.4.3 "upsample data sources of very high quality"; §3.1.3 anneals on
+    a 30% new / 70% default mix): during the last anneal_steps, a fraction
+    anneal_data_fraction of each step's rows comes from data.py's "anneal" split (the
+    top-quality code and math documents), spread evenly over the step's rows.
+
+    Called as loader(step, total_steps) -> list of micro-batch dicts for that step."""
+
+    def __init__(self, cfg: PretrainConfig, stream: TokenStream, bos_id: int, dist,
+                 anneal_stream: TokenStream | None = None):
+        self.cfg, self.bos_id, self.dist = cfg, bos_id, dist
+        self.main = ShuffledWindows(stream, cfg.seed)
+        self.anneal = ShuffledWindows(anneal_stream, cfg.seed + 1) if anneal_stream is not None else None
+        self.seq_len, self.rows_done, self.anneal_rows_done = None, 0, 0
+
+    def state_dict(self) -> dict:
+        return {"seq_len": self.seq_len, "rows_done": self.rows_done, "anneal_rows_done": self.anneal_rows_done}
+
+    def load_state_dict(self, state: dict):
+        self.seq_len, self.rows_done = state["seq_len"], state["rows_done"]
+        self.anneal_rows_done = state.get("anneal_rows_done", 0)
+
+    def __call__(self, step: int, total_steps: int) -> list[dict]:
+        cfg = self.cfg
+        T, tokens_per_step = stage_at(cfg, step, total_steps)
+        if T != self.seq_len:  # a new stage: a fresh order of windows of the new length
+            self.seq_len, self.rows_done, self.anneal_rows_done = T, 0, 0
+        dp, rank = self.dist.dp_size, self.dist.rank // self.dist.tp_size
+        rows_per_step = max(dp, tokens_per_step // T // dp * dp)
+        rows_per_rank = rows_per_step // dp
+        # Where each of the step's rows comes from: (source, index in that source).
+        frac = cfg.anneal_data_fraction if (self.anneal is not None and cfg.anneal_steps > 0
+                                            and step >= total_steps - cfg.anneal_steps) else 0.0
+        sources, n_main, n_anneal = [], 0, 0
+        for j in range(rows_per_step):
+            if int((j + 1) * frac) > int(j * frac):  # evenly spread, e.g. 3 rows in 10
+                sources.append((self.anneal, self.anneal_rows_done + n_anneal))
+                n_anneal += 1
+            else:
+                sources.append((self.main, self.rows_done + n_main))
+                n_main += 1
+        mine = sources[rank * rows_per_rank:(rank + 1) * rows_per_rank]  # this rank's block
+        # micro-batch rows: --batch-size at --seq-len, fewer when sequences are longer,
+        # and a divisor of rows_per_rank so that all micro-batches are the same size.
+        micro = _divisor_at_most(rows_per_rank, max(1, cfg.batch_size * cfg.seq_len // T))
+        batches = []
+        for m in range(0, rows_per_rank, micro):
+            rows = np.stack([src.window(k, T) for src, k in mine[m:m + micro]])  # (micro, T+1)
+            batches.append(make_batch(rows, self.bos_id, self.dist.device))
+        self.rows_done += n_main
+        self.anneal_rows_done += n_anneal
+        return batches
+
+
+def lm_loss(model, batch: dict) -> torch.Tensor:
+    """Next-token cross-entropy over the packed rows (mean over non-ignored targets)."""
+    logits = model(batch["inputs"], doc_ids=batch["doc_ids"])  # (B, T, vocab), fp32
+    return F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=-100)
+
+
+def make_eval_fn(cfg: PretrainConfig, stream: TokenStream, bos_id: int, dist, loss_fn=lm_loss):
+    """Held-out loss on the first eval_tokens of the val split, in fixed consecutive
+    windows of seq_len (same windows at every evaluation, so the curve is comparable);
+    each rank evaluates its share and the mean is all-reduced."""
+    T = cfg.seq_len
+    n_rows = max(dist.dp_size, min(cfg.eval_tokens, stream.n_tokens - 1) // T // dist.dp_size * dist.dp_size)
+    rank = dist.rank // dist.tp_size
+    mine = list(range(rank, n_rows, dist.dp_size))
+
+    @torch.no_grad()
+    def eval_fn(model) -> dict:
+        total = torch.zeros(2, dtype=torch.float64, device=dist.device)  # loss sum, rows
+        for i in range(0, len(mine), cfg.batch_size):
+            rows = np.stack([stream.read(k * T, k * T + T + 1) for k in mine[i:i + cfg.batch_size]])
+            batch = make_batch(rows, bos_id, dist.device)
+            with autocast(cfg, dist):
+                loss = loss_fn(model, batch)
+            total += torch.tensor([loss.item() * len(rows), len(rows)], dtype=torch.float64, device=dist.device)
+        if dist.world_size > 1:
+            torch.distributed.all_reduce(total)
+        return {"val_loss": (total[0] / total[1]).item()}
+
+    return eval_fn
+
+
+# -----------------------------------------------------------------------------
+# 4. Optimizer, precision, and measuring speed
+
+
+def build_optimizer(model, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.95), eps: float = 1e-8):
+    """AdamW (§3.4.1). Weight decay only on the matrices of the blocks and the output
+    layer; none on norms (scales that should stay near 1) and none on the embedding
+    table (nanoGPT/GPT-3 practice: rare tokens would just decay towards 0). The paper
+    gives neither the decay value nor these groups: 0.1 and this split are our choice
+    (Llama 2 used 0.1). `fused` on CUDA for speed."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and "tok_embeddings" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    on_cuda = any(p.is_cuda for p in decay + no_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **({"fused": True} if on_cuda else {}))
+
+
+def train_dtype(cfg: TrainConfig, dist) -> torch.dtype:
+    """bf16 autocast where the hardware has bf16 units, fp32 elsewhere. Measured on
+    this project's 2-core AMD EPYC (avx512_bf16), small-15m, seq 256: a 1024² matmul
+    runs at ~95 GFLOP/s in fp32 and ~205-220 in bf16 (one thread); a training step of
+    8 rows, one thread, ~900 tokens/s in fp32 vs ~1,400 in bf16; 2 ranks (torchrun,
+    one thread each) ~1,100 vs ~1,600-2,500 tokens/s, with the same losses to 4
+    digits over the first 10 steps. So bf16 is the default wherever it exists."""
+    if cfg.dtype in ("bf16", "fp32"):
+        return torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    if dist.device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+
+
+def autocast(cfg: TrainConfig, dist):
+    """Matmuls in bf16, weights, optimizer state and reductions in fp32 (mixed
+    precision; §3.3 trains in BF16)."""
+    dtype = train_dtype(cfg, dist)
+    return torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=(dtype == torch.bfloat16))
+
+
+def peak_flops(dist, dtype: torch.dtype) -> tuple[float, str]:
+    """Peak FLOP/s of one rank's device, for MFU. CUDA: the datasheet bf16 peak (989
+    TFLOP/s for an H100; §3.3 reports 38-43% BF16 MFU against it). CPU: there is no
+    datasheet figure worth trusting, so we time a 1024x1024 matmul in the training
+    dtype with this process's threads (~0.2 s) -- an achievable peak, which makes CPU
+    MFU optimistic-looking compared to GPU MFU against a datasheet."""
+    if dist.device.type == "cuda":
+        name = torch.cuda.get_device_name(dist.device)
+        for key, value in parallel.GPU_PEAK_BF16.items():  # dense bf16 datasheet FLOP/s
+            if key in name.lower():
+                return value, f"{name} datasheet bf16 peak"
+        return float("nan"), f"{name}: unknown peak"
+    n = 1024
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b  # warm-up
+    reps, t0 = 8, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    rate = 2 * n ** 3 * reps / (time.perf_counter() - t0)
+    return rate, f"measured {n}x{n} {str(dtype).replace('torch.', '')} matmul, {torch.get_num_threads()} thread(s)"
+
+
+# -----------------------------------------------------------------------------
+# 5. Logging: print + JSONL + PNG
+
+
+class RunLogger:
+    """One line per log call on rank 0, the same record appended to OUT/log.jsonl,
+    and plot() draws OUT/loss.png from the whole log (surviving restarts: a resumed
+    run appends, and for a step logged twice the later record wins)."""
+
+    def __init__(self, out_dir: str, dist):
+        self.out_dir, self.dist = out_dir, dist
+        self.path = os.path.join(out_dir, "log.jsonl")
+        if dist.is_main:
+            os.makedirs(out_dir, exist_ok=True)
+
+    def log(self, step: int, **metrics):
+        if not self.dist.is_main:
+            return
+        record = {"step": step, "time": round(time.time(), 3), **metrics}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        parts = [f"step {step:5d}"]
+        for k, v in metrics.items():
+            if k == "eta_s":
+                k, v = "eta", f"{int(v) // 60}m{int(v) % 60:02d}s"
+            elif k == "tok_s":
+                k, v = "tok/s", f"{v:,.0f}"
+            elif isinstance(v, float):
+                v = f"{v:.2e}" if k == "lr" else f"{v:.1%}" if k == "mfu" else f"{v:.4f}"
+            parts.append(f"{k} {v}")
+        print(" | ".join(parts), flush=True)
+
+    def records(self) -> list[dict]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def plot(self, keys=("loss", "val_loss", "val_loss_avg"), path=None, title=None):
+        """PNG of the given metrics against step (rank 0)."""
+        if not self.dist.is_main:
+            return None
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        series = {k: {} for k in keys}
+        for r in self.records():
+            for k in keys:
+                if r.get(k) is not None:
+                    series[k][r["step"]] = r[k]  # later records win
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for k, points in series.items():
+            if points:
+                steps = sorted(points)
+                ax.plot(steps, [points[s] for s in steps], marker="o" if len(steps) < 30 else None,
+                        markersize=3, label=k)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.set_title(title or os.path.basename(os.path.abspath(self.out_dir)))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        path = path or os.path.join(self.out_dir, "loss.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def write_json(self, name: str, obj: dict):
+        if self.dist.is_main:
+            with open(os.path.join(self.out_dir, name), "w") as f:
+                json.dump(obj, f, indent=2)
+
+
+# -----------------------------------------------------------------------------
+# 6. The training loop (shared by pretrain, sft, reward, dpo)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _step_dir(ckpt_dir: str, step: int) -> str:
+    return os.path.join(ckpt_dir, f"step_{step:08d}")  # parallel.save_checkpoint's naming
+
+
+def _save(cfg, ckpt_dir, step, model, optimizer, model_args, extra, keep):
+    """parallel.save_checkpoint, optionally pausing inside it for the kill test: the
+    pause happens just before the save commits (its rename of the finished temporary
+    folder to step_XXXXXXXX), i.e. with every file written but the checkpoint not yet
+    valid -- the worst moment to die. Only saves after the first one pause."""
+    if cfg.debug_pause_in_save <= 0 or step <= cfg.ckpt_every:
+        return parallel.save_checkpoint(ckpt_dir, step, model, optimizer, model_args=model_args,
+                                        extra=extra, keep=keep)
+    real_replace, real_rename = os.replace, os.rename
+
+    def pausing(fn):
+        def wrapper(src, dst, *a, **k):
+            if os.path.abspath(os.fspath(dst)) == os.path.abspath(_step_dir(ckpt_dir, step)):
+                print(f"DEBUG: inside checkpoint save of step {step}, pausing "
+                      f"{cfg.debug_pause_in_save}s before commit", flush=True)
+                time.sleep(cfg.debug_pause_in_save)
+            return fn(src, dst, *a, **k)
+        return wrapper
+
+    os.replace, os.rename = pausing(real_replace), pausing(real_rename)
+    try:
+        return parallel.save_checkpoint(ckpt_dir, step, model, optimizer, model_args=model_args,
+                                        extra=extra, keep=keep)
+    finally:
+        os.replace, os.rename = real_replace, real_rename
+
+
+def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval_fn=None,
+          ckpt_dir: str, model_args: ModelArgs, start_state: dict | None = None,
+          logger: RunLogger | None = None, tokenizer_path: str | None = None,
+          export: bool = True) -> dict:
+    """The training loop. Contract (what sft.py / reward.py / dpo.py rely on):
+
+    cfg          a TrainConfig (or a dataclass extending it): max_steps, lr, schedule,
+                 clipping, dtype, logging/eval/checkpoint cadence, out_dir, debug knobs.
+    model        the (possibly FSDP-sharded) model, on dist.device, in fp32.
+    optimizer    e.g. build_optimizer(model, cfg.lr, ...); its LR is set every step.
+    next_batch   callable (step, total_steps) -> list of micro-batches (any objects
+                 loss_fn understands) for optimizer step `step` (0-based); the list
+                 length is the gradient-accumulation count. Every rank must return
+                 the same count. If it has state_dict()/load_state_dict() (like
+                 PackedLoader), its position is saved in every checkpoint and restored
+                 from start_state["data"].
+                 A micro-batch that is a dict with "inputs" (B, T) is counted as B·T
+                 tokens for tokens/s and MFU (or give "n_tokens").
+    loss_fn      (model, micro_batch) -> scalar loss (the mean over that micro-batch),
+                 or (loss, {name: float}) to log extra metrics (averaged over the
+                 step's micro-batches, as seen by rank 0). Called under autocast; the step's gradient is
+                 that of the mean of the micro-batch losses over micro-batches and
+                 ranks (FSDP averages over data-parallel ranks).
+    eval_fn      optional (model) -> {name: float}, called on every rank (collectives
+                 allowed) every cfg.eval_every steps and at the end, under no_grad.
+    ckpt_dir     checkpoints go to ckpt_dir/step_XXXXXXXX (parallel.save_checkpoint),
+                 every cfg.ckpt_every steps and at the end; `extra` holds the data
+                 position, the total step count and the config.
+    model_args   saved with checkpoints and the export.
+    start_state  the dict parallel.load_checkpoint returned (step + extra) to resume
+                 from, or None for a fresh start (the caller loads the weights).
+    Returns {"step", "losses" {step: loss}, "last_eval", "final_dir", "total_steps"}.
+    A non-finite loss or gradient norm raises NonFiniteLossError before the optimizer
+    step: nothing is updated and nothing is written, so the last checkpoint is good.
+    At the end, if export: with cfg.anneal_steps, the checkpoints saved during
+    annealing are averaged (Polyak, §3.4.3) into the model; then the model is exported
+    to OUT/final (model.pt + tokenizer.model) via parallel.export_model."""
+    logger = logger or RunLogger(cfg.out_dir, dist)
+    start_state = start_state or {}
+    step = int(start_state.get("step", 0))  # optimizer steps already done
+    total_steps = int(start_state.get("total_steps", cfg.max_steps))
+    if start_state.get("total_steps") and total_steps != cfg.max_steps:
+        print0(f"resuming a schedule of {total_steps} steps (from the checkpoint; --max-steps "
+               f"{cfg.max_steps} is ignored -- use a new --out-dir for a new run)")
+    if start_state.get("data") is not None and hasattr(next_batch, "load_state_dict"):
+        next_batch.load_state_dict(start_state["data"])
+    dtype = train_dtype(cfg, dist)
+    peak, peak_how = peak_flops(dist, dtype)
+    print0(f"training: steps {step} -> {total_steps}, {str(dtype).replace('torch.', '')} autocast, "
+           f"{dist.world_size} rank(s); MFU peak per rank {peak / 1e9:,.0f} GFLOP/s ({peak_how})")
+
+    anneal_every = cfg.anneal_ckpt_every or max(1, cfg.anneal_steps // 4)
+
+    def is_anneal_ckpt(s):  # s = number of steps done
+        start = total_steps - cfg.anneal_steps
+        return cfg.anneal_steps > 0 and s > start and ((s - start) % anneal_every == 0 or s == total_steps)
+
+    keep = max(cfg.keep_checkpoints, (cfg.anneal_steps // anneal_every + 2) if cfg.anneal_steps else 0)
+
+    def extra():
+        state = next_batch.state_dict() if hasattr(next_batch, "state_dict") else None
+        return {"data": state, "total_steps": total_steps, "config": asdict(cfg)}
+
+    losses, last_eval, step_times = {}, {}, []
+    tokens_seen, t_run = 0, time.time()
+    while step < total_steps:
+        t0 = time.time()
+        lr = lr_at(step, max_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
+                   min_lr_ratio=cfg.min_lr_ratio, anneal_steps=cfg.anneal_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro_batches = next_batch(step, total_steps)
+        n_micro = len(micro_batches)
+        loss_sum = torch.zeros((), device=dist.device)
+        extra_metrics, n_tokens, seq_len = {}, 0, 0
+        for i, batch in enumerate(micro_batches):
+            # With FSDP, reduce-scatter gradients only after the last micro-batch.
+            if hasattr(model, "set_requires_gradient_sync"):
+                model.set_requires_gradient_sync(i == n_micro - 1)
+            with autocast(cfg, dist):
+                out = loss_fn(model, batch)
+            loss, metrics = out if isinstance(out, tuple) else (out, {})
+            if cfg.debug_nan_at_step and step + 1 == cfg.debug_nan_at_step:
+                loss = loss * float("nan")  # debug: poison the loss
+            (loss / n_micro).backward()
+            loss_sum += loss.detach()
+            for k, v in metrics.items():
+                extra_metrics[k] = extra_metrics.get(k, 0.0) + float(v) / n_micro
+            if isinstance(batch, dict):
+                n_tokens += int(batch.get("n_tokens", batch["inputs"].numel() if "inputs" in batch else 0))
+                seq_len = batch["inputs"].shape[1] if "inputs" in batch else seq_len
+        # The step's loss, averaged over micro-batches and data-parallel ranks.
+        loss_t = loss_sum / n_micro
+        if dist.world_size > 1:
+            torch.distributed.all_reduce(loss_t, op=torch.distributed.ReduceOp.AVG)
+        grad_norm = parallel.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
+                                             cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        loss_v, norm_v = loss_t.item(), float(grad_norm)
+        if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
+            # §3.3.4: a bad step must not reach the weights nor a checkpoint. We stop
+            # before optimizer.step(); the latest checkpoint on disk is the last good one.
+            optimizer.zero_grad(set_to_none=True)
+            latest = parallel.latest_checkpoint(ckpt_dir)
+            raise NonFiniteLossError(
+                f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient norm'} at step "
+                f"{step + 1} (loss {loss_v}, grad norm {norm_v}); stopped without updating or "
+                f"saving. Last good checkpoint: {latest or 'none'}. Lower --lr, check the data, "
+                f"or resume from it with a different --seed.")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses[step] = loss_v
+
+        # ---- speed: tokens/s, MFU, ETA -----------------------------------------------
+        dt = time.time() - t0
+        step_times.append(dt)
+        global_tokens = n_tokens * dist.dp_size
+        tokens_seen += global_tokens
+        tok_s = global_tokens / dt
+        mfu = float("nan")
+        if seq_len:
+            # 6N + attention FLOPs per token (PaLM appendix B) over the peak of all ranks.
+            mfu = flops_per_token(model_args, seq_len) * tok_s / (peak * dist.world_size)
+        if cfg.time_budget_min > 0 and len(step_times) == 3 and not start_state.get("total_steps"):
+            # Fit the run into the time budget, from the speed of steps 2-3 (step 1
+            # pays for warm-up) with 15% kept for evaluation and checkpoints.
+            per_step = sum(step_times[1:]) / 2
+            fit = int((cfg.time_budget_min * 60 - (time.time() - t_run)) * 0.85 / per_step) + step
+            fit = torch.tensor(fit, device=dist.device)
+            if dist.world_size > 1:  # every rank must agree on the schedule
+                torch.distributed.all_reduce(fit, op=torch.distributed.ReduceOp.MIN)
+            new_total = min(total_steps, max(step + 1, int(fit)))  # never longer than asked
+            if new_total != total_steps:
+                print0(f"time budget {cfg.time_budget_min} min at {per_step:.2f} s/step: "
+                       f"training {new_total} steps instead of {total_steps}")
+                total_steps = new_total
+        recent = step_times[-10:]
+        eta = (total_steps - step) * sum(recent) / len(recent)
+        if step % cfg.log_every == 0 or step == total_steps:
+            logger.log(step, loss=loss_v, lr=lr, grad_norm=norm_v, tok_s=tok_s, mfu=mfu,
+                       eta_s=round(eta, 1), **extra_metrics)
+
+        # ---- evaluation and checkpoints ---------------------------------------------
+        if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
+            model.eval()
+            last_eval = eval_fn(model)
+            model.train()
+            logger.log(step, **last_eval)
+        stopping = cfg.stop_at_step and step == cfg.stop_at_step
+        if step % cfg.ckpt_every == 0 or step == total_steps or stopping or is_anneal_ckpt(step):
+            path = _save(cfg, ckpt_dir, step, model, optimizer, model_args, extra(), keep)
+            print0(f"checkpoint: {path}")
+        if stopping:
+            print0(f"--stop-at-step {step}: stopping here (resume continues the same schedule)")
+            logger.plot()
+            return {"step": step, "losses": losses, "last_eval": last_eval, "final_dir": None,
+                    "total_steps": total_steps}
+
+    final_dir = None
+    if export:
+        if cfg.anneal_steps > 0:
+            paths = [_step_dir(ckpt_dir, s) for s in range(total_steps - cfg.anneal_steps + 1, total_steps + 1)
+                     if is_anneal_ckpt(s) and os.path.isdir(_step_dir(ckpt_dir, s))]
+            if len(paths) > 1:
+                average_checkpoints(model, paths)
+                print0(f"§3.4.3 Polyak average of {len(paths)} annealing checkpoints: "
+                       + ", ".join(os.path.basename(p) for p in paths))
+                if eval_fn is not None:
+                    model.eval()
+                    averaged = {k + "_avg": v for k, v in eval_fn(model).items()}
+                    model.train()
+                    logger.log(step, **averaged)
+                    last_eval = {**last_eval, **averaged}
+        final_dir = os.path.join(cfg.out_dir, "final")
+        parallel.export_model(model, model_args, final_dir, tokenizer_path=tokenizer_path)
+        print0(f"exported {final_dir}")
+    logger.plot()
+    return {"step": step, "losses": losses, "last_eval": last_eval, "final_dir": final_dir,
+            "total_steps": total_steps, "tokens_seen": tokens_seen, "seconds": time.time() - t_run}
+
+
+@torch.no_grad()
+def average_checkpoints(model, paths: list[str]):
+    """Load each checkpoint's weights and set the model to their mean (§3.4.3: "the
+    final model is the average of checkpoints during annealing"). Works on sharded
+    (DTensor) models too: each rank averages its own shards."""
+    total = None
+    for path in paths:
+        parallel.load_checkpoint(path, model)
+        sd = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        total = sd if total is None else {k: total[k] + sd[k] for k in total}
+    for k, v in model.state_dict().items():
+        v.copy_((total[k] / len(paths)).to(v.dtype))
+
+
+# -----------------------------------------------------------------------------
+# 7. The pre-training run
+
+
+def main(argv=None):
+    cfg = parse_config(PretrainConfig, argv)
+    dist = parallel.setup_distributed(tp=cfg.tp)
+    if dist.device.type == "cpu":
+        # N ranks on C cores: C/N threads each (2 ranks on 2 cores: 1 thread each);
+        # more threads than cores makes every rank slower.
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    logger = RunLogger(cfg.out_dir, dist)
+    logger.write_json("config.json", asdict(cfg))
+    t_start = time.time()
+
+    # ---- data: build if missing, then the train and held-out streams -------------
+    meta = ensure_data(cfg.data_dir, dist)
+    train_stream = TokenStream(cfg.data_dir, meta, "train")
+    val_stream = TokenStream(cfg.data_dir, meta, "val")
+    anneal_stream = None  # the high-quality split for §3.4.3, if data.py wrote one
+    if cfg.anneal_steps > 0 and (split_record(meta, "anneal") or {}).get("files"):
+        anneal_stream = TokenStream(cfg.data_dir, meta, "anneal")
+        if anneal_stream.n_tokens <= longest_seq_len(cfg) + 1:
+            anneal_stream = None
+        else:
+            print0(f"annealing: last {cfg.anneal_steps} steps, {cfg.anneal_data_fraction:.0%} of rows "
+                   f"from the anneal split ({anneal_stream.n_tokens:,} tokens of code/math)")
+    print0(f"data: {train_stream.n_tokens:,} train tokens, {val_stream.n_tokens:,} held-out "
+           f"tokens, vocabulary {meta['vocab_size']:,} ({cfg.data_dir})")
+
+    # ---- model: the vocabulary comes from the tokenizer the data was built with ---
+    model_args = ModelArgs.from_name(cfg.model, vocab_size=meta["vocab_size"],
+                                     max_seq_len=max(longest_seq_len(cfg), ModelArgs.from_name(cfg.model).max_seq_len))
+    # Mixed precision: train() runs every forward under bf16 autocast (fp32 master
+    # weights). On GPUs FSDP2 also all-gathers the weights in bf16 (half the traffic,
+    # torchtitan's setting); on CPU (gloo) we keep fp32 communication -- it is cheap there.
+    bf16_gpu = dist.device.type == "cuda" and train_dtype(cfg, dist) == torch.bfloat16
+    model = parallel.build_model(model_args, dist, seed=cfg.seed, param_dtype="bf16" if bf16_gpu else "fp32",
+                                 activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile)
+    model.train()
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    print0(f"model {cfg.model}: {count_params(model_args):,} parameters, "
+           f"{flops_per_token(model_args, cfg.seq_len) / 1e6:.1f} MFLOPs/token at seq {cfg.seq_len}")
+    rows = cfg.tokens_per_step // cfg.seq_len
+    print0(f"batch: {cfg.tokens_per_step:,} tokens/step = {rows} rows of {cfg.seq_len}, "
+           f"{dist.dp_size} data-parallel rank(s) x {cfg.batch_size}-row micro-batches "
+           f"x {max(1, rows // dist.dp_size // max(1, cfg.batch_size))} accumulation steps")
+
+    # ---- resume -----------------------------------------------------------------
+    ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
+    start_state = None
+    latest = parallel.latest_checkpoint(ckpt_dir) if cfg.resume else None
+    if latest:
+        start_state = parallel.load_checkpoint(latest, model, optimizer)
+        print0(f"resuming from {latest} (step {start_state['step']})")
+
+    loader = PackedLoader(cfg, train_stream, meta["bos_id"], dist, anneal_stream)
+    eval_fn = make_eval_fn(cfg, val_stream, meta["bos_id"], dist)
+    try:
+        result = train(cfg, dist, model, optimizer, loader, lm_loss, eval_fn=eval_fn, ckpt_dir=ckpt_dir,
+                       model_args=model_args, start_state=start_state, logger=logger,
+                       tokenizer_path=meta.get("tokenizer"))
+    except NonFiniteLossError as e:
+        print0(f"STOPPED: {e}")
+        logger.write_json("report.json", {"status": "non-finite loss", "message": str(e)})
+        parallel.teardown_distributed()
+        sys.exit(3)
+
+    # ---- summary ------------------------------------------------------------------
+    losses = result["losses"]
+    report = {
+        "status": "stopped" if result["final_dir"] is None else "done",
+        "model": cfg.model, "parameters": count_params(model_args), "world_size": dist.world_size,
+        "steps": result["step"], "total_steps": result["total_steps"],
+        "first_loss": losses[min(losses)] if losses else None,
+        "last_loss": losses[max(losses)] if losses else None, **result["last_eval"],
+        "tokens_seen_this_run": result.get("tokens_seen"), "train_seconds": result.get("seconds"),
+        "wall_seconds": round(time.time() - t_start, 1), "final": result["final_dir"],
+    }
+    if result.get("seconds"):
+        report["tokens_per_s"] = round(result["tokens_seen"] / result["seconds"], 1)
+    logger.write_json("report.json", report)
+    print0("summary: " + json.dumps(report))
+    parallel.teardown_distributed()
+
+
+if __name__ == "__main__":
+    main()

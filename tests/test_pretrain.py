@@ -1,0 +1,334 @@
+"""Tests of pretrain.py on CPU: the schedule, the packed batches, the config parser,
+and the fault-tolerance promises of §3.3.4 -- a resumed run equals an uninterrupted
+one (losses and weights), a 2-rank checkpoint resumes on 1 rank, a process killed
+(SIGKILL) in the middle of a checkpoint save leaves the previous checkpoint valid,
+and a NaN loss stops the run without writing anything.
+
+Everything runs a tiny model (tiny-1m) on synthetic shards written here in data.py's
+format, fp32 so that runs are bit-for-bit reproducible. Budget: ~2 minutes."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import pretrain
+from tests.conftest import ROOT
+
+VOCAB, BOS, EOS = 320, 256, 257  # 256 "byte" tokens + special ids, like a tiny tokenizer
+
+# A run of 6 steps: 256 tokens/step = 8 rows of 32, micro-batches of 4 rows
+# (1 rank: 2 accumulation steps; 2 ranks: 1 each).
+COMMON = ["--model", "tiny-1m", "--seq-len", "32", "--batch-size", "4", "--tokens-per-step", "256",
+          "--max-steps", "6", "--warmup-steps", "2", "--lr", "1e-2", "--dtype", "fp32",
+          "--eval-every", "3", "--ckpt-every", "2", "--eval-tokens", "512", "--time-budget-min", "0",
+          "--anneal-steps", "0"]
+
+
+# -----------------------------------------------------------------------------
+# fixtures: synthetic shards and the reference (uninterrupted) run
+
+
+def write_shards(data_dir, n_train_docs=400, n_val_docs=40, seed=0):
+    """data.py's format: uint32 shards, each document [bos] + tokens + [eos], an .idx
+    of document starts, and meta.json. Documents are arithmetic sequences mod 256, so
+    the loss has something to learn."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(data_dir, exist_ok=True)
+    tok_path = os.path.join(data_dir, "tokenizer.model")
+    with open(tok_path, "w") as f:
+        f.write("# placeholder tokenizer for tests\n")
+    splits = {}
+    for split, n_docs in (("train", n_train_docs), ("val", n_val_docs), ("anneal", n_val_docs)):
+        tokens, starts = [], []
+        for _ in range(n_docs):
+            a, d, n = rng.integers(0, 256), rng.integers(1, 8), rng.integers(10, 120)
+            d = 1 if split == "anneal" else d  # the "high-quality" split: counting by one
+            starts.append(sum(len(t) for t in tokens))
+            tokens.append(np.concatenate([[BOS], (a + d * np.arange(n)) % 256, [EOS]]))
+        arr = np.concatenate(tokens).astype(np.uint32)
+        name = f"{split}_000.bin"
+        arr.tofile(os.path.join(data_dir, name))
+        np.array(starts, dtype=np.uint64).tofile(os.path.join(data_dir, f"{split}_000.idx"))
+        splits[split] = {"files": [name], "tokens": int(arr.size), "documents": n_docs}
+    meta = {"tokenizer": tok_path, "vocab_size": VOCAB, "bos_id": BOS, "eos_id": EOS,
+            "dtype": "uint32", "anneal": splits.pop("anneal"), "splits": splits}  # as data.py
+    with open(os.path.join(data_dir, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    return data_dir
+
+
+def losses_of(out_dir):
+    """step -> loss from log.jsonl (a step logged twice: the later record wins)."""
+    losses = {}
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            if "loss" in r:
+                losses[r["step"]] = r["loss"]
+    return losses
+
+
+def final_weights(out_dir):
+    return torch.load(os.path.join(out_dir, "final", "model.pt"), map_location="cpu", weights_only=True)["model"]
+
+
+def run_inprocess(data_dir, out_dir, *extra):
+    pretrain.main(COMMON + ["--data-dir", data_dir, "--out-dir", out_dir, *extra])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_shards(str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    """The uninterrupted 6-step run every other run is compared with."""
+    out = str(tmp_path_factory.mktemp("reference"))
+    run_inprocess(data_dir, out)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# pieces
+
+
+def test_lr_schedule():
+    kw = dict(max_lr=1.0, warmup_steps=10, total_steps=110)
+    assert pretrain.lr_at(0, **kw) == pytest.approx(0.1)  # warm-up: the first step moves
+    assert pretrain.lr_at(9, **kw) == pytest.approx(1.0)
+    assert pretrain.lr_at(10, **kw) == pytest.approx(1.0)  # cosine starts at the peak
+    assert pretrain.lr_at(60, **kw) == pytest.approx(0.505)  # halfway: (1 + 0.01) / 2
+    assert pretrain.lr_at(110, **kw) == pytest.approx(0.01)  # ends at 1% of the peak (§3.4.1)
+    lrs = [pretrain.lr_at(s, **kw) for s in range(10, 110)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # monotone decay
+    # annealing (§3.4.3): the last 10 steps go linearly to 0 from the cosine value
+    ann = [pretrain.lr_at(s, **kw, anneal_steps=10) for s in range(100, 110)]
+    assert ann[0] == pytest.approx(pretrain.lr_at(100, **kw) * 0.9)
+    assert ann[-1] == 0.0 and all(a > b for a, b in zip(ann, ann[1:]))
+
+
+def test_make_batch_doc_ids_and_boundary_mask():
+    #            partial doc | doc 1                | doc 2
+    row = np.array([[7, 8, EOS, BOS, 1, 2, EOS, BOS, 5]])
+    b = pretrain.make_batch(row, BOS, "cpu")
+    assert b["inputs"].tolist() == [[7, 8, EOS, BOS, 1, 2, EOS, BOS]]
+    assert b["doc_ids"].tolist() == [[0, 0, 0, 1, 1, 1, 1, 2]]
+    # eos -> bos (the prediction across a boundary) is ignored; the first real token
+    # of a document (predicted from bos) is a target.
+    assert b["targets"].tolist() == [[8, EOS, -100, 1, 2, EOS, -100, 5]]
+
+
+def test_parse_config_kebab_case_and_bools(capsys):
+    cfg = pretrain.parse_config(pretrain.PretrainConfig, ["--max-steps", "7", "--lr", "0.5",
+                                                         "--no-resume", "--seq-len-schedule", "0:16,5:32"])
+    assert (cfg.max_steps, cfg.lr, cfg.resume, cfg.seq_len_schedule) == (7, 0.5, False, "0:16,5:32")
+    assert "max_steps" in capsys.readouterr().out  # printed with the run
+    with pytest.raises(SystemExit):
+        pretrain.parse_config(pretrain.PretrainConfig, ["--no-such-flag", "1"])
+
+
+def test_loader_ranks_split_the_same_rows(data_dir):
+    """Two ranks together read exactly the rows one rank reads (resharding-safe)."""
+    cfg = pretrain.parse_config(pretrain.PretrainConfig, COMMON[:8])  # seq 32, batch 4, 256 tok
+    with open(os.path.join(data_dir, "meta.json")) as f:
+        meta = json.load(f)
+    stream = pretrain.TokenStream(data_dir, meta, "train")
+
+    class D:  # the fields of parallel.Dist the loader reads
+        def __init__(self, rank, world):
+            self.rank, self.dp_size, self.tp_size, self.device = rank, world, 1, torch.device("cpu")
+
+    def rows(loader, step):
+        return torch.cat([b["inputs"] for b in loader(step, 6)])
+
+    one = pretrain.PackedLoader(cfg, stream, BOS, D(0, 1))
+    two = [pretrain.PackedLoader(cfg, stream, BOS, D(r, 2)) for r in range(2)]
+    for step in range(3):
+        assert torch.equal(rows(one, step), torch.cat([rows(two[0], step), rows(two[1], step)]))
+    assert one.state_dict() == {"seq_len": 32, "rows_done": 24, "anneal_rows_done": 0}
+    # the schedule stages: a longer sequence length means fewer, longer rows
+    cfg.seq_len_schedule = "0:32,1:64"
+    grow = pretrain.PackedLoader(cfg, stream, BOS, D(0, 1))
+    assert rows(grow, 0).shape == (8, 32) and rows(grow, 1).shape == (4, 64)
+
+
+# -----------------------------------------------------------------------------
+# fault tolerance (§3.3.4)
+
+
+def test_resume_equals_uninterrupted(data_dir, reference, tmp_path):
+    out = str(tmp_path / "resumed")
+    run_inprocess(data_dir, out, "--stop-at-step", "3")  # "interrupted" after step 3
+    assert sorted(losses_of(out)) == [1, 2, 3]
+    run_inprocess(data_dir, out)  # resumes from step_00000003
+    ref, got = losses_of(reference), losses_of(out)
+    assert sorted(got) == list(range(1, 7))
+    assert got == ref  # bit-for-bit the same losses
+    ref_w, got_w = final_weights(reference), final_weights(out)
+    assert ref_w.keys() == got_w.keys()
+    for k in ref_w:
+        assert torch.equal(ref_w[k], got_w[k]), k
+    assert ref[6] < ref[1]  # and it learned something
+
+
+def test_two_rank_checkpoint_resumes_on_one_rank(data_dir, reference, tmp_path):
+    out = str(tmp_path / "two_ranks")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "pretrain.py",
+           *COMMON, "--data-dir", data_dir, "--out-dir", out, "--stop-at-step", "3"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ckpt_dir = os.path.join(out, "checkpoints")
+    assert os.path.basename(pretrain.parallel.latest_checkpoint(ckpt_dir)) == "step_00000003"
+    ref = losses_of(reference)
+    two = losses_of(out)
+    # 2 ranks see the same rows per step as 1 rank: same losses up to float order
+    for s in (1, 2, 3):
+        assert two[s] == pytest.approx(ref[s], rel=1e-4), (s, two, ref)
+    run_inprocess(data_dir, out)  # 1 process resumes the 2-rank checkpoint
+    got = losses_of(out)
+    assert sorted(got) == list(range(1, 7))
+    for s in (4, 5, 6):
+        assert got[s] == pytest.approx(ref[s], rel=1e-3), (s, got, ref)
+    ref_w, got_w = final_weights(reference), final_weights(out)
+    for k in ref_w:
+        torch.testing.assert_close(got_w[k], ref_w[k], rtol=1e-3, atol=1e-4)
+
+
+def test_sigkill_during_checkpoint_save(data_dir, reference, tmp_path):
+    """SIGKILL while step 4's checkpoint is being written (files on disk, not yet
+    committed): step 2 stays the latest checkpoint, loads, and a resumed run
+    continues from it to the same result as the uninterrupted run."""
+    out = str(tmp_path / "killed")
+    cmd = [sys.executable, "pretrain.py", *COMMON, "--data-dir", data_dir, "--out-dir", out,
+           "--debug-pause-in-save", "60"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen, deadline = [], time.time() + 120
+    try:
+        for line in proc.stdout:  # wait until the process is inside the save
+            seen.append(line)
+            if line.startswith("DEBUG: inside checkpoint save"):
+                break
+            assert time.time() < deadline, "".join(seen[-30:])
+        else:
+            pytest.fail("the run ended without pausing in a save:\n" + "".join(seen[-30:]))
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "of step 4" in line, line
+
+    ckpt_dir = os.path.join(out, "checkpoints")
+    # the kill hit a save with every file written, only the commit (rename) missing
+    temps = [d for d in os.listdir(ckpt_dir) if d.startswith("step_00000004.tmp")]
+    assert temps and os.path.exists(os.path.join(ckpt_dir, temps[0], "state.json")), os.listdir(ckpt_dir)
+    latest = pretrain.parallel.latest_checkpoint(ckpt_dir)
+    assert latest is not None and os.path.basename(latest) == "step_00000002", os.listdir(ckpt_dir)
+    # the previous checkpoint loads (into a fresh model + optimizer)
+    from model import ModelArgs, Transformer
+    args = ModelArgs.from_name("tiny-1m", vocab_size=VOCAB)
+    model = Transformer(args)
+    state = pretrain.parallel.load_checkpoint(latest, model, pretrain.build_optimizer(model, 1e-3))
+    assert state["step"] == 2 and state["data"]["rows_done"] == 16
+
+    run_inprocess(data_dir, out)  # resume, without the debug pause
+    got, ref = losses_of(out), losses_of(reference)
+    assert sorted(got) == list(range(1, 7))
+    assert got == ref  # steps 3-4 were recomputed from step 2, identically
+    assert os.path.basename(pretrain.parallel.latest_checkpoint(ckpt_dir)) == "step_00000006"
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "nan")
+    with pytest.raises(SystemExit) as e:
+        run_inprocess(data_dir, out, "--debug-nan-at-step", "5")
+    assert e.value.code == 3
+    assert "non-finite loss at step 5" in capsys.readouterr().out
+    ckpt_dir = os.path.join(out, "checkpoints")
+    assert os.path.basename(pretrain.parallel.latest_checkpoint(ckpt_dir)) == "step_00000004"
+    assert not any("00000005" in d for d in os.listdir(ckpt_dir))
+    assert sorted(losses_of(out)) == [1, 2, 3, 4]  # the NaN step is not logged either
+    with open(os.path.join(out, "report.json")) as f:
+        assert json.load(f)["status"] == "non-finite loss"
+
+
+def test_anneal_averages_checkpoints(data_dir, tmp_path):
+    """§3.4.3: the last steps take LR linearly to 0, draw some rows from the anneal
+    split, and the exported model is the average of the annealing checkpoints."""
+    out = str(tmp_path / "anneal")
+    run_inprocess(data_dir, out, "--anneal-steps", "4", "--anneal-ckpt-every", "2", "--eval-every", "0")
+    records = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    lrs = {r["step"]: r["lr"] for r in records if "lr" in r}
+    assert lrs[6] == 0.0 and lrs[3] > lrs[4] > lrs[5] > 0  # linear to 0 over steps 3..6
+    assert any("val_loss_avg" in r for r in records)
+    with open(os.path.join(out, "checkpoints", "step_00000006", "state.json")) as f:
+        data_state = json.load(f)["extra"]["data"]
+    assert data_state["anneal_rows_done"] == 8  # 2 of the 8 rows in each of 4 steps
+    from model import load_model
+    a, _ = load_model(os.path.join(out, "checkpoints", "step_00000004"))
+    b, _ = load_model(os.path.join(out, "checkpoints", "step_00000006"))
+    final = final_weights(out)
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(final[k], (v + b.state_dict()[k]) / 2)
+
+
+def test_schedule_stages():
+    """§3.4.1-3.4.2: sequence-length and batch growth at given steps, and a final
+    long-context stage (fewer, longer rows for the same tokens per step)."""
+    cfg = pretrain.PretrainConfig(seq_len=128, tokens_per_step=4096, seq_len_schedule="0:64,10:128",
+                                  batch_schedule="20:8192", long_context_steps=5, long_context_seq_len=512)
+    assert pretrain.stage_at(cfg, 0, 100) == (64, 4096)
+    assert pretrain.stage_at(cfg, 10, 100) == (128, 4096)
+    assert pretrain.stage_at(cfg, 20, 100) == (128, 8192)
+    assert pretrain.stage_at(cfg, 95, 100) == (512, 8192)
+    assert pretrain.longest_seq_len(cfg) == 512
+
+
+def test_missing_data_is_built_first(tmp_path, monkeypatch):
+    """No meta.json -> pretrain calls data.build(data_dir) before reading shards."""
+    import data
+    calls = []
+    monkeypatch.setattr(data, "build", lambda out_dir, **kw: calls.append(out_dir) or write_shards(out_dir))
+
+    class D:
+        is_main, world_size = True, 1
+
+    target = str(tmp_path / "fresh")
+    meta = pretrain.ensure_data(target, D())
+    assert calls == [target] and meta["vocab_size"] == VOCAB
+    pretrain.ensure_data(target, D())  # complete now: not built again
+    assert calls == [target]
+
+
+def test_time_budget_shortens_the_schedule(data_dir, tmp_path):
+    """--time-budget-min: after timing 3 steps the schedule is cut to fit (here: to
+    one more step), recorded in the checkpoints, and the run ends with an export."""
+    out = str(tmp_path / "budget")
+    run_inprocess(data_dir, out, "--time-budget-min", "0.0001")
+    assert sorted(losses_of(out)) == [1, 2, 3, 4]
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    assert report["total_steps"] == 4 and report["status"] == "done"
+    assert os.path.exists(os.path.join(out, "final", "model.pt"))
