@@ -1,0 +1,436 @@
+"""
+bench.py -- one table of speed and memory, each row measured side by side with its
+reference in the same run.
+
+Stage: none of the paper's; this is how the project keeps its speed claims honest
+(numbers, not feelings). Every row runs our implementation and a well-known reference
+on the same input, in fresh child processes one after the other, so that each side's
+peak memory (the child's max RSS, or CUDA's max allocated) is its own. Times are the
+median of --repeats runs after a warm-up run that is not counted.
+
+Rows (CPU):
+  tokenizer training   tokenizer.train_bpe vs Hugging Face `tokenizers` (same corpus, vocab)
+  tokenizer encoding   tiktoken on our trained file vs `tokenizers` on theirs
+  MinHash signatures   data.minhash_signatures (numpy) vs `datasketch` if installed
+  data pipeline        data.build on the built-in corpus, MB/s (no reference exists)
+  training step        model.Transformer vs transformers' LlamaForCausalLM, same config,
+                       dtype, batch: tokens/s and MFU, fp32 and bf16 autocast
+  decoding             sample.generate vs transformers' generate, batch 1 and 8
+With --device cuda (and a GPU): training MFU of llama3.2-1b in bf16 (FSDP wrapping,
+optional compile) and decoding tokens/s with memory bandwidth.
+
+A reference that is not installed is reported as "missing", never silently skipped.
+
+Reads: the built-in corpus (data.py, tokenizer.py), nothing else.
+Writes: out/bench/bench.json and prints the table.
+Run:    python bench.py                 # all CPU rows (~5-8 minutes on 2 cores)
+        python bench.py --only train decode --repeats 5
+        python bench.py --device cuda   # the GPU rows
+Next:   README.md records the CPU table measured on the project's 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+
+# -----------------------------------------------------------------------------
+# Running one measurement in a fresh process (its own peak memory)
+
+
+def _child(fn_name, kwargs, queue):
+    try:
+        import torch
+        torch.set_num_threads(kwargs.pop("threads", os.cpu_count() or 1))
+        result = globals()[fn_name](**kwargs)
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        result.setdefault("peak_mem_mb", round(rss_mb, 1))
+        queue.put(result)
+    except ImportError as e:
+        queue.put({"missing": str(e)})
+    except Exception as e:  # reported in the table, the other rows still run
+        queue.put({"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=3)})
+
+
+def run_isolated(fn_name: str, **kwargs) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn_name, kwargs, queue))
+    proc.start()
+    try:
+        result = queue.get(timeout=kwargs.get("timeout", 900))
+    except Exception:
+        result = {"error": "timed out or crashed"}
+    proc.join(10)
+    if proc.is_alive():
+        proc.kill()
+    return result
+
+
+def _median_time(fn, repeats: int, warmup: bool = True) -> float:
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# -----------------------------------------------------------------------------
+# Tokenizer: training and encoding
+
+
+def _corpus(mb: float):
+    from tokenizer import builtin_corpus
+    return builtin_corpus(int(mb * 1_000_000))
+
+
+def tok_ours(mb: float, vocab_size: int, repeats: int) -> dict:
+    from tokenizer import NUM_SPECIAL_TOKENS, Tokenizer, save_bpe, train_bpe
+    texts = _corpus(mb)
+    chars = sum(len(t) for t in texts)
+    # training is deterministic and takes seconds: time it `repeats` times, no warm-up
+    times, ranks = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ranks = train_bpe(texts, vocab_size)
+        times.append(time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "tok.model")
+        save_bpe(ranks, path)
+        tok = Tokenizer(path)
+        enc_s = _median_time(lambda: [tok.encode(t) for t in texts], repeats)
+        n_tokens = sum(len(tok.encode(t)) for t in texts)
+    return {"train_s": statistics.median(times), "encode_mb_s": chars / 1e6 / enc_s,
+            "chars_per_token": chars / n_tokens, "vocab": len(ranks) + NUM_SPECIAL_TOKENS}
+
+
+def tok_hf(mb: float, vocab_size: int, repeats: int) -> dict:
+    from tokenizers import Regex, Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+    from tokenizer import NUM_SPECIAL_TOKENS, PAT_STR
+    texts = _corpus(mb)
+    chars = sum(len(t) for t in texts)
+
+    def train():
+        tok = HFTokenizer(models.BPE())
+        # the same job: Meta's pre-tokenization regex, byte-level alphabet, same vocab
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size - NUM_SPECIAL_TOKENS, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer=trainer)
+        return tok
+
+    times, tok = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        tok = train()
+        times.append(time.perf_counter() - t0)
+    enc_s = _median_time(lambda: tok.encode_batch(texts), repeats)
+    n_tokens = sum(len(e.ids) for e in tok.encode_batch(texts))
+    return {"train_s": statistics.median(times), "encode_mb_s": chars / 1e6 / enc_s,
+            "chars_per_token": chars / n_tokens, "vocab": tok.get_vocab_size() + NUM_SPECIAL_TOKENS}
+
+
+# -----------------------------------------------------------------------------
+# Data: MinHash and the whole pipeline
+
+
+def _minhash_docs(n_docs: int, doc_bytes: int = 4096, seed: int = 0):
+    import random
+    rng = random.Random(seed)
+    vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(20000)]
+    docs = []
+    for _ in range(n_docs):
+        words, size = [], 0
+        while size < doc_bytes:
+            words.append(rng.choice(vocab))
+            size += len(words[-1]) + 1
+        docs.append(" ".join(words))
+    return docs
+
+
+def minhash_ours(n_docs: int, repeats: int) -> dict:
+    import data
+    docs = _minhash_docs(n_docs)
+    s = _median_time(lambda: data.minhash_signatures(docs), repeats)
+    return {"docs_per_s": n_docs / s, "num_perm": data.BANDS * data.ROWS}
+
+
+def minhash_datasketch(n_docs: int, repeats: int) -> dict:
+    import data
+    from datasketch import MinHash  # the usual Python reference; not a dependency
+    docs = _minhash_docs(n_docs)
+    num_perm = data.BANDS * data.ROWS
+
+    def run():
+        for d in docs:
+            words = d.split()
+            m = MinHash(num_perm=num_perm)
+            m.update_batch([" ".join(words[i:i + data.NGRAM]).encode() for i in range(len(words) - data.NGRAM + 1)])
+    return {"docs_per_s": n_docs / _median_time(run, repeats), "num_perm": num_perm}
+
+
+def pipeline_ours() -> dict:
+    import data
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        data.build(d)
+        seconds = time.perf_counter() - t0
+        with open(os.path.join(d, "report.json")) as f:
+            report = json.load(f)
+    chars = report["stages"][0]["chars_in"] if isinstance(report.get("stages"), list) else None
+    return {"seconds": seconds, "mb_s": (chars / 1e6 / seconds) if chars else None, "input_mb": (chars or 0) / 1e6}
+
+
+# -----------------------------------------------------------------------------
+# Training step: ours vs transformers' LlamaForCausalLM
+
+
+def _train_setup(model_name: str, batch: int, seq_len: int, device: str):
+    import torch
+    import model as M
+    args = M.ModelArgs.from_name(model_name, max_seq_len=max(seq_len, 256))
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, args.vocab_size, (batch, seq_len + 1), generator=g).to(device)
+    return args, tokens
+
+
+def _peak_flops(dtype, device: str) -> tuple[float, str]:
+    import pretrain
+    from parallel import setup_distributed
+    return pretrain.peak_flops(setup_distributed(device=device), dtype)
+
+
+def measure_peak(dtype: str, device: str = "cpu") -> dict:
+    import torch
+    peak, note = _peak_flops(torch.bfloat16 if dtype == "bf16" else torch.float32, device)
+    return {"peak_flops": peak, "note": note}
+
+
+def train_step(impl: str, model_name: str, batch: int, seq_len: int, dtype: str, steps: int,
+               peak: float, device: str = "cpu", compile: bool = False) -> dict:
+    import torch
+    import torch.nn.functional as F
+    import model as M
+    args, tokens = _train_setup(model_name, batch, seq_len, device)
+    torch.manual_seed(0)
+    if impl == "ours":
+        net = M.Transformer(args).to(device)
+        if compile:
+            for block in net.layers.values():
+                block.compile()
+
+        def loss_fn():
+            logits = net(tokens[:, :-1])
+            return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+    else:
+        import transformers
+        from sample import hf_model_from
+        net = hf_model_from(M.Transformer(args)).to(device).train()
+
+        def loss_fn():
+            # labels are shifted inside; same tokens, same cross-entropy
+            return net(input_ids=tokens[:, :-1], labels=tokens[:, :-1]).loss
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=(device == "cuda") or None)
+    amp_dtype = torch.bfloat16 if dtype == "bf16" else None
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp_dtype is not None):
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(2):  # warm-up (and compilation)
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    s = statistics.median(times)
+    tokens_per_s = batch * seq_len / s
+    # MFU = achieved model FLOP/s (PaLM's 6N + attention, model.flops_per_token) over
+    # the peak, which the parent measured once so that both sides share it.
+    mfu = tokens_per_s * M.flops_per_token(args, seq_len) / peak
+    out = {"tokens_per_s": tokens_per_s, "mfu": mfu}
+    if device == "cuda":
+        out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+# -----------------------------------------------------------------------------
+# Decoding: ours vs transformers' generate
+
+
+def decode(impl: str, model_name: str, batch: int, new_tokens: int, repeats: int,
+           device: str = "cpu", dtype: str = "fp32", compile: bool = False) -> dict:
+    import torch
+    import model as M
+    import sample
+    args = M.ModelArgs.from_name(model_name)
+    torch.manual_seed(0)
+    net = M.Transformer(args).to(device=device, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
+    if impl == "ours":
+        r = sample.benchmark_decoding(net, args.vocab_size, batch, new_tokens, repeats=repeats, compile=compile)
+    else:
+        r = sample.benchmark_hf_decoding(net, batch, new_tokens, repeats=repeats)
+    if device == "cuda":
+        r["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return r
+
+
+# -----------------------------------------------------------------------------
+# The table
+
+
+def _fmt(x, spec=".1f"):
+    if x is None:
+        return "-"
+    return format(x, spec) if isinstance(x, (int, float)) else str(x)
+
+
+def _side(result: dict, key: str, spec: str):
+    if "missing" in result:
+        return "missing"
+    if "error" in result:
+        return "error"
+    return _fmt(result.get(key), spec)
+
+
+def row(name: str, metric: str, ours: dict, ref: dict | None, ref_name: str, key: str, spec=".1f",
+        lower_is_better=False) -> dict:
+    ratio = None
+    if ref is not None and key in ours and key in ref and ours[key] and ref[key]:
+        ratio = (ref[key] / ours[key]) if lower_is_better else (ours[key] / ref[key])
+    return {"row": name, "metric": metric, "ours": _side(ours, key, spec),
+            "reference": ref_name, "ref": _side(ref, key, spec) if ref is not None else "-",
+            "speedup": _fmt(ratio, ".2f") if ratio else "-",
+            "ours_mem_mb": _fmt(ours.get("peak_mem_mb"), ".0f"),
+            "ref_mem_mb": _fmt(ref.get("peak_mem_mb"), ".0f") if ref else "-",
+            "details": {"ours": ours, "ref": ref}}
+
+
+def print_table(rows: list[dict]):
+    cols = ["row", "metric", "ours", "reference", "ref", "speedup", "ours_mem_mb", "ref_mem_mb"]
+    heads = ["row", "metric", "ours", "reference", "reference value", "ours/ref", "ours MB", "ref MB"]
+    widths = [max(len(h), *(len(str(r[c])) for r in rows)) for c, h in zip(cols, heads)]
+    line = " | ".join(h.ljust(w) for h, w in zip(heads, widths))
+    print("| " + line + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)) + " |")
+    for r in rows:
+        for side in ("ours", "ref"):
+            d = r["details"][side] or {}
+            if "error" in d:
+                print(f"  {r['row']} ({side}): {d['error']}")
+            if "missing" in d:
+                print(f"  {r['row']} ({side}): reference not installed ({d['missing']})")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Speed and memory, ours vs references, side by side.")
+    p.add_argument("--only", nargs="*", default=None,
+                   help="subset of: tokenizer minhash pipeline train decode (default: all)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--model", default="small-15m", help="model for the training/decoding rows")
+    p.add_argument("--batch", type=int, default=8, help="training rows: sequences per step")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--tokenizer-mb", type=float, default=10.0)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd variants")
+    p.add_argument("--out", default="out/bench/bench.json")
+    cli = p.parse_args(argv)
+    threads = os.cpu_count() or 1
+    want = set(cli.only or ["tokenizer", "minhash", "pipeline", "train", "decode"])
+    rows = []
+    t_start = time.time()
+
+    if cli.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            print("--device cuda: no CUDA device on this machine; nothing to measure.")
+            return 1
+        want &= {"train", "decode"}
+        cli.model = "llama3.2-1b" if cli.model == "small-15m" else cli.model
+        cli.seq_len = 2048 if cli.seq_len == 256 else cli.seq_len
+        cli.batch = 4 if cli.batch == 8 else cli.batch
+
+    if "tokenizer" in want:
+        print(f"tokenizer: training an 8,192-token BPE on {cli.tokenizer_mb} MB, ours vs tokenizers ...", flush=True)
+        kw = dict(mb=cli.tokenizer_mb, vocab_size=8192, repeats=cli.repeats, threads=threads)
+        ours, ref = run_isolated("tok_ours", **kw), run_isolated("tok_hf", **kw)
+        rows.append(row("tokenizer training", "seconds", ours, ref, "HF tokenizers", "train_s", ".2f",
+                        lower_is_better=True))
+        rows.append(row("tokenizer encoding", "MB/s", ours, ref, "HF tokenizers", "encode_mb_s", ".2f"))
+    if "minhash" in want:
+        print("MinHash signatures of 2,000 documents of ~4 KB ...", flush=True)
+        kw = dict(n_docs=2000, repeats=cli.repeats, threads=1)
+        rows.append(row("MinHash signatures (1 core)", "docs/s", run_isolated("minhash_ours", **kw),
+                        run_isolated("minhash_datasketch", **kw), "datasketch", "docs_per_s", ".0f"))
+    if "pipeline" in want:
+        print("data pipeline on the built-in corpus ...", flush=True)
+        rows.append(row("data pipeline (built-in corpus)", "MB/s", run_isolated("pipeline_ours", threads=threads),
+                        None, "(none)", "mb_s", ".2f"))
+    if "train" in want:
+        dtypes = ["bf16"] if cli.device == "cuda" else ["fp32", "bf16"]
+        for dtype in dtypes:
+            print(f"training step, {cli.model}, batch {cli.batch}x{cli.seq_len}, {dtype} ...", flush=True)
+            peak = run_isolated("measure_peak", dtype=dtype, device=cli.device, threads=threads)
+            print(f"  peak: {peak.get('peak_flops', float('nan')) / 1e9:.0f} GFLOP/s ({peak.get('note')})")
+            kw = dict(model_name=cli.model, batch=cli.batch, seq_len=cli.seq_len, dtype=dtype,
+                      steps=max(3, cli.repeats), device=cli.device, threads=threads,
+                      peak=peak.get("peak_flops", float("nan")))
+            ours, ref = run_isolated("train_step", impl="ours", **kw), run_isolated("train_step", impl="hf", **kw)
+            rows.append(row(f"train step {cli.model} {dtype}", "tokens/s", ours, ref, "transformers", "tokens_per_s", ".0f"))
+            rows.append(row(f"train step {cli.model} {dtype}", "MFU", ours, ref, "transformers", "mfu", ".1%"))
+            if cli.compile:
+                comp = run_isolated("train_step", impl="ours", compile=True, **kw)
+                rows.append(row(f"train step {cli.model} {dtype} +compile", "tokens/s", comp, ref, "transformers",
+                                "tokens_per_s", ".0f"))
+    if "decode" in want:
+        dtype = "bf16" if cli.device == "cuda" else "fp32"
+        for bs in (1, 8):
+            print(f"decoding, {cli.model}, batch {bs}, {dtype} ...", flush=True)
+            kw = dict(model_name=cli.model, batch=bs, new_tokens=128, repeats=cli.repeats, device=cli.device,
+                      dtype=dtype, threads=threads)
+            ours, ref = run_isolated("decode", impl="ours", **kw), run_isolated("decode", impl="hf", **kw)
+            rows.append(row(f"decode {cli.model} batch {bs}", "tokens/s", ours, ref, "transformers generate",
+                            "tokens_per_s", ".0f"))
+            if cli.device == "cuda":
+                rows.append(row(f"decode {cli.model} batch {bs}", "GB/s", ours, None, "(none)", "bandwidth_gb_s", ".0f"))
+            if cli.compile:
+                comp = run_isolated("decode", impl="ours", compile=True, **kw)
+                rows.append(row(f"decode {cli.model} batch {bs} +compile", "tokens/s", comp, ref,
+                                "transformers generate", "tokens_per_s", ".0f"))
+
+    print()
+    print_table(rows)
+    print(f"\n{len(rows)} rows in {time.time() - t_start:.0f}s; {threads} threads; "
+          f"medians of {cli.repeats} runs after a warm-up; peak memory = child max RSS (CPU) "
+          f"or CUDA max allocated.")
+    os.makedirs(os.path.dirname(cli.out) or ".", exist_ok=True)
+    with open(cli.out, "w") as f:
+        json.dump({"argv": sys.argv[1:], "rows": rows}, f, indent=1, default=str)
+    print(f"wrote {cli.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
