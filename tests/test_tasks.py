@@ -1,0 +1,176 @@
+"""Tests of tasks.py: deterministic generation, train/held-out disjointness, checkers
+that accept right answers (plain and chatty) and reject corrupted ones, preference
+pairs ranked edited > chosen > rejected, and the JSONL readers on files with every
+kind of bad row (line numbers asserted, good rows all kept). Runs in about a second."""
+import base64
+import json
+import os
+import random
+
+import pytest
+
+import tasks as T
+
+
+# -----------------------------------------------------------------------------
+# Generation: determinism and splits
+
+
+def test_make_examples_is_deterministic_and_balanced():
+    a = T.make_examples(50, seed=0)
+    assert a == T.make_examples(50, seed=0)
+    assert a != T.make_examples(50, seed=1)
+    assert [e["task"] for e in a[:len(T.DEFAULT_TASKS)]] == T.DEFAULT_TASKS  # the tasks take turns
+    e = a[0]
+    assert e["messages"][0]["role"] == "user" and e["messages"][1]["role"] == "assistant"
+    assert e["meta"]["answer"] == e["messages"][1]["content"] and e["meta"]["task"] == e["task"]
+    assert {x["task"] for x in T.make_examples(10, 0, tasks="sort,reverse")} == {"sort", "reverse"}
+    with pytest.raises(ValueError, match="unknown task"):
+        T.make_examples(3, 0, tasks=["nope"])
+
+
+def test_train_and_held_out_prompts_are_disjoint():
+    train = {e["messages"][0]["content"] for e in T.make_examples(3000, seed=0, split="train")}
+    for seed in (0, 1):
+        val = {e["messages"][0]["content"] for e in T.make_examples(300, seed=seed, split="val")}
+        assert not train & val
+        assert all(T.split_of(p) == "val" for p in val)
+    assert all(T.split_of(p) == "train" for p in train)
+
+
+@pytest.mark.parametrize("name", list(T.TASKS))
+def test_checkers_accept_right_and_reject_corrupted_answers(name):
+    task, rng = T.TASKS[name], random.Random(0)
+    for e in T.make_examples(40, seed=3, tasks=[name]):
+        prompt, answer, meta = e["messages"][0]["content"], e["messages"][1]["content"], e["meta"]
+        assert task.check(meta, answer) and T.check_response(e, answer)
+        assert T.check_response(meta, f"The answer is {answer}.")  # chatty but right
+        assert T.check_response(meta, " " + answer.upper() + ". ")  # case, spaces, full stop
+        wrong = task.corrupt(rng, prompt, answer, meta)
+        assert wrong != answer and not task.check(meta, wrong), (prompt, wrong)
+        assert not T.check_response(meta, "")
+        assert not T.check_response(meta, answer + " " + answer)
+
+
+def test_check_examples():
+    meta = {"task": "reverse", "answer": "t a c"}
+    assert T.check_response(meta, "t a c") and T.check_response(meta, "Sure! Here it is: t, a, c")
+    assert not T.check_response(meta, "x t a c") and not T.check_response(meta, "t c a")
+    add = {"task": "add", "answer": "9"}
+    assert T.check_response(add, "9") and not T.check_response(add, "19") and not T.check_response(add, "99")
+    # own data without a task: the reference answer, normalized
+    ex = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]}
+    assert T.check_response(ex, "hello") and not T.check_response(ex, "bye")
+
+
+def test_accuracy_per_task_and_overall():
+    ex = T.make_examples(4, 0, tasks="add,larger")
+    responses = [ex[0]["meta"]["answer"], "nonsense", ex[2]["meta"]["answer"], ex[3]["meta"]["answer"]]
+    assert T.accuracy(ex, responses) == {"overall": 0.75, "add": 1.0, "larger": 0.5}
+
+
+def test_preference_pairs_are_ranked_edited_chosen_rejected():
+    pairs = T.make_preference_pairs(100, seed=0)
+    assert pairs == T.make_preference_pairs(100, seed=0)
+    for p in pairs:
+        assert p["prompt"][-1]["role"] == "user" and len(p["prompt"]) == 1
+        assert T.check_response(p["meta"], p["edited"]) and p["edited"] == p["meta"]["answer"]
+        assert T.check_response(p["meta"], p["chosen"]) and p["chosen"] != p["edited"]
+        assert not T.check_response(p["meta"], p["rejected"])
+        # chosen and rejected share the template: they differ only in the answer
+        template = next(t for t in T.CHATTY_TEMPLATES if t.format(p["edited"]) == p["chosen"])
+        before, after = template.split("{}")
+        assert p["rejected"].startswith(before) and p["rejected"].endswith(after)
+    val = T.make_preference_pairs(50, 0, split="val", tasks="sort")
+    assert {p["task"] for p in val} == {"sort"} and all(T.split_of(p["prompt"][0]["content"]) == "val" for p in val)
+    half = T.make_preference_pairs(200, 0, edited_fraction=0.5)
+    assert 50 < sum("edited" in p for p in half) < 150
+
+
+# -----------------------------------------------------------------------------
+# JSONL readers
+
+
+def _write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _byte_tokenizer(tmp_path):
+    from tokenizer import Tokenizer
+    path = tmp_path / "bytes.model"
+    path.write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256)))
+    return Tokenizer(str(path))
+
+
+def msg(role, content):
+    return {"role": role, "content": content}
+
+
+def test_read_sft_jsonl_reports_bad_rows_with_line_numbers(tmp_path):
+    good = {"messages": [msg("system", "be brief"), msg("user", "hi"), msg("assistant", "hello")], "id": 1}
+    lines = [
+        json.dumps(good),                                                            # 1 good
+        '{"messages": [ {"role": "user", ',                                          # 2 malformed JSON
+        json.dumps({"messages": [msg("user", "hi"), msg("bot", "hello")]}),          # 3 unknown role
+        json.dumps({"messages": [msg("user", "  "), msg("assistant", "x")]}),        # 4 empty content
+        "",                                                                          # 5 blank: not a row
+        json.dumps({"conversation": []}),                                            # 6 missing field
+        json.dumps({"messages": [msg("user", "hi")]}),                               # 7 no assistant turn
+        json.dumps({"messages": [msg("user", "x" * 200), msg("assistant", "y")]}),   # 8 too long
+        json.dumps({"messages": [msg("ipython", "42"), msg("assistant", "ok")]}),    # 9 good
+        json.dumps([1, 2]),                                                          # 10 not an object
+    ]
+    path = _write_lines(tmp_path / "sft.jsonl", lines)
+    rows, skipped = T.read_sft_jsonl(path, max_tokens=100, tokenizer=_byte_tokenizer(tmp_path))
+    assert rows == [good, json.loads(lines[8])]
+    assert [(s["line"], s["kind"]) for s in skipped] == [
+        (2, "json"), (3, "role"), (4, "empty"), (6, "missing"), (7, "no_assistant"), (8, "too_long"), (10, "missing")]
+    assert all(s["reason"].startswith(f"{path}:{s['line']}: ") for s in skipped)
+    assert "'bot'" in skipped[1]["reason"]
+    assert T.summarize_skipped(skipped) == {"skipped": 7, "by_kind": {
+        "empty": 1, "json": 1, "missing": 2, "no_assistant": 1, "role": 1, "too_long": 1}}
+    # without a tokenizer the length is not checked: the long row is kept
+    rows, skipped = T.read_sft_jsonl(path)
+    assert len(rows) == 3 and 8 not in [s["line"] for s in skipped]
+
+
+def test_read_preference_jsonl_formats_and_bad_rows(tmp_path, capsys):
+    lines = [
+        json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"}),                          # 1 good (str)
+        json.dumps({"messages": [msg("user", "hi")], "chosen": "Hello!", "rejected": "Go away",
+                    "edited": "Hello.", "task": "greet"}),                                       # 2 good, 3 ranked
+        json.dumps({"chosen": [msg("user", "q"), msg("assistant", "a")],
+                    "rejected": [msg("user", "q"), msg("assistant", "b")]}),                     # 3 good (HF style)
+        json.dumps({"prompt": "x", "chosen": "same", "rejected": "same"}),                       # 4 chosen == rejected
+        json.dumps({"prompt": "x", "chosen": "a", "rejected": "  "}),                            # 5 empty response
+        json.dumps({"prompt": "x", "rejected": "b"}),                                            # 6 missing chosen
+        json.dumps({"prompt": [msg("robot", "x")], "chosen": "a", "rejected": "b"}),             # 7 unknown role
+        "{not json",                                                                             # 8 malformed
+        json.dumps({"chosen": "a", "rejected": "b"}),                                            # 9 missing prompt
+        json.dumps({"prompt": "x" * 300, "chosen": "a", "rejected": "b"}),                       # 10 too long
+        json.dumps({"prompt": "x", "chosen": "a", "rejected": "b", "edited": "a"}),              # 11 edited == chosen
+    ]
+    path = _write_lines(tmp_path / "pref.jsonl", lines)
+    rows, skipped = T.read_preference_jsonl(path, max_tokens=200, tokenizer=_byte_tokenizer(tmp_path), verbose=True)
+    assert rows == [
+        {"prompt": [msg("user", "2+2?")], "chosen": "4", "rejected": "5"},
+        {"prompt": [msg("user", "hi")], "chosen": "Hello!", "rejected": "Go away", "edited": "Hello.", "task": "greet"},
+        {"prompt": [msg("user", "q")], "chosen": "a", "rejected": "b"},
+    ]
+    assert [(s["line"], s["kind"]) for s in skipped] == [
+        (4, "same"), (5, "empty"), (6, "missing"), (7, "role"), (8, "json"), (9, "missing"),
+        (10, "too_long"), (11, "same")]
+    out = capsys.readouterr().out
+    assert f"{path}:7: unknown role 'robot'" in out and "3 rows read, 8 skipped" in out
+
+
+def test_generated_files_round_trip_through_the_readers(tmp_path):
+    report = T.main(["--out", str(tmp_path), "--n-train", "40", "--n-val", "10", "--seed", "1"])
+    assert report["files"]["sft_val.jsonl"]["rows"] == 10
+    assert sorted(os.listdir(tmp_path)) == ["pref_train.jsonl", "pref_val.jsonl", "report.json",
+                                           "sft_train.jsonl", "sft_val.jsonl"]  # no temporary files left
+    rows, skipped = T.read_sft_jsonl(tmp_path / "sft_train.jsonl")
+    assert rows == T.make_examples(40, 1) and skipped == []
+    pairs, skipped = T.read_preference_jsonl(tmp_path / "pref_val.jsonl")
+    assert skipped == [] and [p["chosen"] for p in pairs] == [p["chosen"] for p in T.make_preference_pairs(10, 1, "val")]
