@@ -51,7 +51,7 @@ def stages(out: str) -> list[tuple[str, list[str], str]]:
          "FSDP2 pre-training on 2 ranks (§3.4)"),
         ("sft", [PY, "sft.py", "--init", d("pretrain", "final"), "--out-dir", d("sft"),
                  "--tokenizer", d("data", "tokenizer.model")], "supervised fine-tuning (§4.1.3)"),
-        ("reward", [PY, "reward.py", "train", "--init", d("sft", "final"), "--out-dir", d("reward")],
+        ("reward", [PY, "reward.py", "--init", d("sft", "final"), "--out-dir", d("reward")],
          "reward model (§4.1.2)"),
         ("rejection", [PY, "reward.py", "rejection-sample", "--policy", d("sft", "final"),
                        "--reward", d("reward", "final"), "--out-dir", d("rejection")],

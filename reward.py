@@ -1,0 +1,751 @@
+"""
+reward.py -- the reward model (§4.1.2) and rejection sampling (§4.2.2).
+
+Stage of the paper: the first two steps of every post-training round (§4.1: reward
+model -> rejection sampling -> SFT -> DPO). Written as a difference from pretrain.py:
+the optimizer, schedule, training loop, logging and checkpoints are imported from
+there; this file owns the reward model's data, its packed rows and its loss.
+
+What is notable here
+- The reward model is the Transformer trunk of a checkpoint (the paper starts from
+  the pre-trained one; our default is the SFT model if there is one, see below) with
+  its next-token head left unused and a scalar `value_head` read at the LAST token of
+  each response -- the <|eot_id|> that closes the assistant turn, i.e. after the model
+  has read the whole response.
+- The loss is Llama 2's Bradley-Terry objective without the margin term (§4.1.2):
+  -log σ(r(x, y_chosen) - r(x, y_rejected)). Rows with three ranked responses
+  (edited > chosen > rejected) contribute every ordered pair: 3 pairs instead of 1.
+- The paper's packed row (§4.1.2: "we concatenate the prompt and multiple responses
+  into a single row with responses randomly shuffled"): ONE forward pass reads the
+  prompt once and all its responses; an attention mask lets each response see only
+  the prompt and itself, and its RoPE positions continue from the prompt's end, so
+  each response is scored exactly as in a row of its own (tests/test_reward.py holds
+  the two to 1e-5).
+- Rejection sampling (§4.2.2): K samples per prompt from the policy with
+  sample.generate(num_samples=K) -- the prompt's KV cache is computed once and shared
+  by the K samples -- scored by the reward model in one packed row per prompt; the
+  best becomes SFT data. The task checker (tasks.py, "execution feedback" §4.3) then
+  says how often the reward model's pick is actually right, against a random sample
+  and against the best-of-K oracle.
+
+Our choices where the paper is silent or a 15M model differs (measured numbers are in
+the report.json each run writes):
+- Initialization: the paper trains the RM on the pre-trained checkpoint. Our tiny
+  pre-trained model has never seen a chat turn nor our tasks, and its loss is ~6 nats;
+  the SFT model (out/sft/final) already solves part of the tasks, so its trunk
+  "knows" more of what a correct answer is. Default: --init out/sft/final when it
+  exists, else out/pretrain/final (printed at start).
+- The value head is zero-initialized: every score starts at 0, so the first loss is
+  exactly ln 2 and the trunk's first gradients are not noise from a random head.
+
+Measured on this CPU (small-15m, out/sft/final at 47% held-out task accuracy, default
+tasks digit/max/last/count/larger, 300 steps, 1 thread, 4.4 min):
+- held-out pairwise accuracy 91.2% over all ordered pairs, margin 9.7; but 73.5% on
+  the chosen-vs-rejected pairs alone (correct vs wrong answer in the same template):
+  the edited-vs-chosen pairs (concise vs chatty) are easy, correctness is not. Per
+  task (chosen vs rejected): digit 89%, max 89%, larger 69%, count 66%, last 55% --
+  the RM judges best what the SFT model itself solves (digit 70%, max 85%). With
+  lr 1e-4 and 150 steps the chosen-vs-rejected pairs stayed at chance (~50%).
+- Rejection sampling, K=8, 128 prompts: the RM's pick is correct 28.9% of the time, a
+  random sample 34.8%, the best-of-8 oracle 76.6%; the RM ranks a correct sample above
+  a wrong one in only 52% of the policy's own (correct, wrong) pairs. The offline
+  pairs put every wrong answer in a chatty template; the policy answers tersely, so the
+  RM's "concise wins" lesson says nothing about its samples. A second round trained on
+  736 ON-policy pairs (the pairs.jsonl of `rejection-sample --n-prompts 1024`: the
+  policy's own correct vs wrong samples; Llama 3 also collects its preference data
+  from the latest models each round, §4.2.1), 150 steps, reached 66.9%
+  held-out pair accuracy and picks correct 36.3% vs random 35.7% (oracle 74.6%) on
+  256 held-out prompts: better, still barely above random. The gap to the oracle is
+  what a better reward model (or the task checker itself, §4.3) would buy.
+
+Reads:  a checkpoint (--init), preference pairs (tasks.make_preference_pairs by
+        default, or --data / --eval-data JSONL validated by tasks.read_preference_jsonl).
+        rejection-sample: a policy checkpoint and a reward model (out/reward/final).
+Writes: out/reward/{config.json, log.jsonl, loss.png, accuracy.png, report.json,
+        checkpoints/, final/{model.pt, tokenizer.model, reward_head.pt}}.
+        rejection-sample: out/rejection/{sft_rs.jsonl (SFT JSONL: {"messages", "task",
+        "meta"}), pairs.jsonl (on-policy preference pairs for dpo.py --data),
+        report.json}.
+
+How to run
+    python reward.py                                  # train the RM, held-out accuracy
+    python reward.py --max-steps 50 --tasks add,larger --init out/pretrain/final
+    python reward.py rejection-sample --policy out/sft/final --reward out/reward/final --k 8
+
+Read next: sft.py (trains on out/rejection/sft_rs.jsonl in the next round), then dpo.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import model as M
+import parallel
+import pretrain
+from parallel import print0
+from pretrain import TrainConfig, arg
+
+# -----------------------------------------------------------------------------
+# 1. The loss (§4.1.2) and its metrics
+
+
+def reward_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry preference loss, mean over the N pairs of
+        -log σ(r(x, y_chosen) - r(x, y_rejected))
+    (Llama 2's objective minus its margin term, §4.1.2). (N,), (N,) -> 0-dim.
+    logsigmoid is the stable form: a gap of ±50 gives a finite loss and gradient.
+    Equal scores -> ln 2 = 0.6931; a gap of +5 -> 0.0067."""
+    return -F.logsigmoid(chosen_scores - rejected_scores).mean()
+
+
+def ranking_pairs(n_responses: int) -> list[tuple[int, int]]:
+    """All ordered (better, worse) pairs of a ranking given best first (§4.1.2: "edited >
+    chosen > rejected"). 2 -> [(0, 1)];  3 -> [(0, 1), (0, 2), (1, 2)]."""
+    return [(i, j) for i in range(n_responses) for j in range(i + 1, n_responses)]
+
+
+@torch.no_grad()
+def pairwise_metrics(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> dict:
+    """accuracy = share of pairs with r_chosen > r_rejected (a tie counts as wrong),
+    margin = mean(r_chosen - r_rejected). [2, 0], [1, 1] -> accuracy 0.5, margin 0.0."""
+    gap = (chosen_scores - rejected_scores).float()
+    return {"accuracy": (gap > 0).float().mean().item(), "margin": gap.mean().item()}
+
+
+# -----------------------------------------------------------------------------
+# 2. The reward model: a Transformer trunk + a scalar head
+
+
+class RewardModel(nn.Module):
+    """trunk: model.Transformer (its `output` next-token head stays in the checkpoint
+    but is unused); value_head: Linear(dim, 1), read at chosen positions."""
+
+    def __init__(self, trunk: M.Transformer):
+        super().__init__()
+        self.trunk, self.args = trunk, trunk.args
+        self.value_head = nn.Linear(trunk.args.dim, 1)
+        nn.init.zeros_(self.value_head.weight)  # every score starts at 0: loss ln 2
+        nn.init.zeros_(self.value_head.bias)  # (the bias cancels in r_c - r_r anyway)
+
+    def forward(self, tokens, *, positions=None, attn_mask=None, score_index=None) -> torch.Tensor:
+        """tokens (B, T) -> scores (B, R) at score_index (B, R), or (B, T) at every
+        position when score_index is None. positions / attn_mask: see Transformer."""
+        hidden = self.trunk(tokens, positions=positions, attn_mask=attn_mask, return_hidden=True)  # (B, T, dim)
+        if score_index is not None:
+            index = score_index[..., None].expand(-1, -1, hidden.shape[-1])  # (B, R, dim)
+            hidden = hidden.gather(1, index)  # (B, R, dim): the last token of each response
+        return self.value_head(hidden).squeeze(-1).float()  # (B, R) or (B, T)
+
+
+HEAD_FILE = "reward_head.pt"  # beside model.pt: DIR stays loadable by model.load_model
+
+
+def save_reward_model(reward_model: nn.Module, args: M.ModelArgs, out_dir: str, tokenizer_path=None):
+    """DIR/model.pt (the trunk, this project's single-file format via model.save_model)
+    + DIR/reward_head.pt ({"value_head": state_dict}) + DIR/tokenizer.model.
+    Every rank calls this (FSDP gathers the full weights); rank 0 writes."""
+    sd = parallel.full_state_dict(reward_model)  # "trunk.*" and "value_head.*" (rank 0)
+    if not sd:
+        parallel.barrier()
+        return out_dir
+    trunk = {k[len("trunk."):]: v for k, v in sd.items() if k.startswith("trunk.")}
+    head = {k[len("value_head."):]: v for k, v in sd.items() if k.startswith("value_head.")}
+    if args.tie_embeddings and "output.weight" not in trunk:
+        trunk["output.weight"] = trunk["tok_embeddings.weight"]
+    M.save_model(None, args, out_dir, tokenizer_path=tokenizer_path, state_dict=trunk)
+    M._atomic_torch_save({"value_head": head}, os.path.join(out_dir, HEAD_FILE))
+    parallel.barrier()
+    return out_dir
+
+
+def load_reward_model(path: str, device="cpu", dtype=None) -> tuple[RewardModel, M.ModelArgs]:
+    """DIR written by save_reward_model -> (RewardModel in eval mode, ModelArgs)."""
+    head_path = os.path.join(path, HEAD_FILE)
+    if not os.path.exists(head_path):
+        raise FileNotFoundError(f"{path}: no {HEAD_FILE}; not a reward model (train one: python reward.py)")
+    trunk, args = M.load_model(path, device=device, dtype=dtype)
+    reward_model = RewardModel(trunk).to(device=device, dtype=dtype or torch.float32)
+    reward_model.value_head.load_state_dict(torch.load(head_path, map_location=device, weights_only=True)["value_head"])
+    return reward_model.eval(), args
+
+
+# -----------------------------------------------------------------------------
+# 3. Packed rows (§4.1.2): one prompt, several responses, one forward pass
+#
+#    tokens     [bos <user header> Add 2 and 3. <eot> <assistant header>][5 <eot>][4 <eot>]
+#    segment    [-1  -1 ...                                         -1][ 0   0  ][ 1   1  ]
+#    positions  [ 0   1 ...                                        P-1][ P  P+1 ][ P  P+1 ]
+#    scored at                                                              ^         ^
+#    Response i attends to the prompt (segment -1) and causally to itself only.
+
+
+def chat_format(tokenizer_or_chat):
+    """A tokenizer.Tokenizer or a ChatFormat -> ChatFormat."""
+    from tokenizer import ChatFormat
+    return tokenizer_or_chat if hasattr(tokenizer_or_chat, "encode_dialog") else ChatFormat(tokenizer_or_chat)
+
+
+def encode_responses(chat, prompt: list[dict], responses: list[str]) -> tuple[list[int], list[list[int]]]:
+    """-> (prompt tokens ending with the assistant header, [response tokens ending with
+    <|eot_id|>]). Cut from encode_dialog(prompt + [assistant turn]) so that prompt +
+    response is exactly the separate row the chat format gives."""
+    prompt_tokens = chat.encode_dialog(prompt, add_generation_prompt=True).tokens
+    P = len(prompt_tokens)
+    out = []
+    for response in responses:
+        full = chat.encode_dialog(list(prompt) + [{"role": "assistant", "content": response}]).tokens
+        assert full[:P] == prompt_tokens, "the generation prompt must be a prefix of the dialog"
+        out.append(full[P:])  # content tokens + <|eot_id|>
+    return prompt_tokens, out
+
+
+def pack_row(prompt_tokens: list[int], response_tokens: list[list[int]]) -> dict:
+    """-> {"tokens", "positions", "segment", "ends"} (lists): see the picture above.
+    ends[i] is the index of response i's last token (its <|eot_id|>), where it is scored."""
+    P = len(prompt_tokens)
+    tokens, positions, segment, ends = list(prompt_tokens), list(range(P)), [-1] * P, []
+    for i, ids in enumerate(response_tokens):
+        tokens += ids
+        positions += range(P, P + len(ids))  # as if it followed the prompt alone
+        segment += [i] * len(ids)
+        ends.append(len(tokens) - 1)
+    return {"tokens": tokens, "positions": positions, "segment": segment, "ends": ends}
+
+
+def packed_attention_mask(segment: torch.Tensor) -> torch.Tensor:
+    """(B, T) segment ids (-1 prompt, i response i, -2 padding) -> (B, T, T) bool, True =
+    may attend: causal, and a key is visible if it is in the prompt or in the query's own
+    segment. Padding sees the prompt and earlier padding (never used; no empty rows).
+    [[-1, -1, 0, 1]] -> rows: [1000], [1100], [1110], [1101]."""
+    T = segment.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment.device).tril()  # (T, T)
+    same = segment[:, :, None] == segment[:, None, :]  # (B, T, T) query's segment == key's
+    prompt_key = (segment == -1)[:, None, :]  # (B, 1, T)
+    return causal[None] & (same | prompt_key)
+
+
+def collate_packed(rows: list[dict], pad_id: int, device) -> dict:
+    """Right-pad packed rows into a batch: inputs, positions, attn_mask (B, T, T),
+    score_index (B, R) (padded with index 0) and score_valid (B, R)."""
+    T = max(len(r["tokens"]) for r in rows)
+    R = max(len(r["ends"]) for r in rows)
+    tokens = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), T), dtype=torch.long)
+    segment = torch.full((len(rows), T), -2, dtype=torch.long)
+    score_index = torch.zeros((len(rows), R), dtype=torch.long)
+    score_valid = torch.zeros((len(rows), R), dtype=torch.bool)
+    for b, r in enumerate(rows):
+        n = len(r["tokens"])
+        tokens[b, :n] = torch.tensor(r["tokens"])
+        positions[b, :n] = torch.tensor(r["positions"])
+        segment[b, :n] = torch.tensor(r["segment"])
+        score_index[b, :len(r["ends"])] = torch.tensor(r["ends"])
+        score_valid[b, :len(r["ends"])] = True
+    batch = {"inputs": tokens, "positions": positions, "attn_mask": packed_attention_mask(segment),
+             "score_index": score_index, "score_valid": score_valid}
+    return {k: v.to(device) for k, v in batch.items()} | {"n_tokens": sum(len(r["tokens"]) for r in rows)}
+
+
+def score_batch(reward_model, batch: dict) -> torch.Tensor:
+    """Scores (B, R) of a collated batch of packed rows."""
+    return reward_model(batch["inputs"], positions=batch["positions"], attn_mask=batch["attn_mask"],
+                        score_index=batch["score_index"])
+
+
+@torch.no_grad()
+def score(reward_model, tokenizer, prompt: list[dict], responses: list[str]) -> list[float]:
+    """r(x, y) for every response y of one prompt x (a list of messages ending with the
+    user turn), in ONE packed forward pass (several if the row would exceed max_seq_len).
+    score(rm, tok, [{"role": "user", "content": "Add 2 and 3."}], ["5", "6"]) -> [1.3, -0.8]"""
+    chat = chat_format(tokenizer)
+    device = next(reward_model.parameters()).device
+    prompt_tokens, response_tokens = encode_responses(chat, prompt, responses)
+    limit = reward_model.args.max_seq_len
+    scores, chunk = [], []
+
+    def flush():
+        if chunk:
+            row = pack_row(prompt_tokens, chunk)
+            batch = collate_packed([row], chat.tokenizer.pad_id, device)
+            scores.extend(score_batch(reward_model, batch)[0].tolist())
+            chunk.clear()
+
+    for ids in response_tokens:
+        if len(prompt_tokens) + len(ids) > limit:
+            raise ValueError(f"prompt + response of {len(prompt_tokens) + len(ids)} tokens > max_seq_len {limit}")
+        if len(prompt_tokens) + sum(map(len, chunk)) + len(ids) > limit:
+            flush()
+        chunk.append(ids)
+    flush()
+    return scores
+
+
+@torch.no_grad()
+def score_prompts(reward_model, tokenizer, prompts: list[list[dict]], responses: list[list[str]]) -> list[list[float]]:
+    """score() for many prompts at once: one packed row per prompt, all rows in one
+    padded batch (falls back to score() for a prompt whose row exceeds max_seq_len)."""
+    chat = chat_format(tokenizer)
+    device = next(reward_model.parameters()).device
+    rows, out = [], [None] * len(prompts)
+    for i, (prompt, texts) in enumerate(zip(prompts, responses)):
+        row = pack_row(*encode_responses(chat, prompt, texts))
+        if len(row["tokens"]) <= reward_model.args.max_seq_len:
+            rows.append((i, row))
+        else:
+            out[i] = score(reward_model, chat, prompt, texts)
+    if rows:
+        scores = score_batch(reward_model, collate_packed([r for _, r in rows], chat.tokenizer.pad_id, device))
+        for (i, row), s in zip(rows, scores.tolist()):
+            out[i] = s[:len(row["ends"])]
+    return out
+
+
+# -----------------------------------------------------------------------------
+# 4. Data: preference rows -> ranked responses -> shuffled packed rows
+
+
+def ranked_responses(row: dict) -> list[str]:
+    """A preference row -> its responses best first: [edited, chosen, rejected] when
+    the row has "edited" (§4.1.2), else [chosen, rejected]."""
+    return ([row["edited"]] if row.get("edited") else []) + [row["chosen"], row["rejected"]]
+
+
+def encode_rows(chat, rows: list[dict], max_seq_len: int) -> tuple[list[dict], int]:
+    """Tokenize every preference row once: -> ([{"prompt", "responses" (best first),
+    "task"}], number dropped because the packed row would exceed max_seq_len)."""
+    out, dropped = [], 0
+    for row in rows:
+        prompt_tokens, responses = encode_responses(chat, row["prompt"], ranked_responses(row))
+        if len(prompt_tokens) + sum(map(len, responses)) > max_seq_len:
+            dropped += 1
+            continue
+        out.append({"prompt": prompt_tokens, "responses": responses, "task": row.get("task", "?")})
+    return out, dropped
+
+
+def make_packed(encoded: dict, rng: random.Random | None) -> tuple[dict, list[tuple[int, int]]]:
+    """One encoded row -> (packed row with the responses in shuffled order (§4.1.2; no
+    shuffle when rng is None), [(better, worse)] as positions in the packed row)."""
+    order = list(range(len(encoded["responses"])))  # order[slot] = rank of the response there
+    if rng is not None:
+        rng.shuffle(order)
+    packed = pack_row(encoded["prompt"], [encoded["responses"][rank] for rank in order])
+    slot_of = {rank: slot for slot, rank in enumerate(order)}
+    return packed, [(slot_of[a], slot_of[b]) for a, b in ranking_pairs(len(order))]
+
+
+def make_batch(encoded_rows: list[dict], pad_id: int, device, rng: random.Random | None) -> dict:
+    """Collate packed rows and list their ranked pairs as (row, better slot, worse slot),
+    plus each pair's kind: 1 = the pair involving only chosen and rejected (correctness),
+    0 = a pair with the edited response (form)."""
+    packed, pairs, kinds = [], [], []
+    for b, encoded in enumerate(encoded_rows):
+        row, row_pairs = make_packed(encoded, rng)
+        packed.append(row)
+        n = len(encoded["responses"])
+        for (better, worse), ranks in zip(row_pairs, ranking_pairs(n)):  # same order
+            pairs.append((b, better, worse))
+            kinds.append(ranks == (n - 2, n - 1))  # (chosen, rejected) in rank terms
+    batch = collate_packed(packed, pad_id, device)
+    batch["pairs"] = torch.tensor(pairs, dtype=torch.long, device=device)  # (n_pairs, 3)
+    batch["pair_is_chosen_rejected"] = torch.tensor(kinds, dtype=torch.bool, device=device)
+    return batch
+
+
+def pair_scores(reward_model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (better scores, worse scores), (n_pairs,) each."""
+    scores = score_batch(reward_model, batch)  # (B, R)
+    row, better, worse = batch["pairs"].unbind(1)
+    return scores[row, better], scores[row, worse]
+
+
+def rm_loss_fn(reward_model, batch: dict):
+    """pretrain.train's loss_fn: mean -log σ(r_better - r_worse) over every ordered pair
+    of the micro-batch, plus its accuracy and margin for the log."""
+    better, worse = pair_scores(reward_model, batch)
+    return reward_loss(better, worse), pairwise_metrics(better, worse)
+
+
+class PreferenceBatches:
+    """next_batch for pretrain.train: step s, rank r takes rows [(s·dp + r)·B, ... + B)
+    of an endless sequence of epochs, each a fresh permutation; the responses of every
+    row are shuffled (§4.1.2). Both depend only on (seed, position): no state to save,
+    and a resumed run sees exactly the rows an uninterrupted run would."""
+
+    def __init__(self, encoded: list[dict], batch_size: int, pad_id: int, dist, seed: int):
+        self.encoded, self.batch_size, self.pad_id, self.dist, self.seed = encoded, batch_size, pad_id, dist, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def _row(self, g: int) -> int:
+        epoch, n = divmod(g, len(self.encoded))
+        if epoch not in self._perms:
+            n_rows = len(self.encoded)
+            self._perms = {epoch: random.Random(f"{self.seed}:{epoch}").sample(range(n_rows), n_rows)}
+        return self._perms[epoch][n]
+
+    def __call__(self, step: int, total_steps: int) -> list[dict]:
+        start = (step * self.dist.dp_size + self.dist.dp_rank) * self.batch_size
+        rows = [self.encoded[self._row(g)] for g in range(start, start + self.batch_size)]
+        rng = random.Random(f"{self.seed}:shuffle:{start}")
+        return [make_batch(rows, self.pad_id, self.dist.device, rng)]
+
+
+def make_eval_fn(encoded: list[dict], batch_size: int, pad_id: int, dist):
+    """Held-out pairwise accuracy and margin (§4.1.2 reports RM accuracy on held-out
+    pairs), over all ordered pairs, and separately for chosen-vs-rejected pairs (here:
+    correct vs wrong answer) -- the pairs rejection sampling depends on. Responses are
+    not shuffled (a fixed order: the same evaluation every time)."""
+    mine = encoded[dist.dp_rank::dist.dp_size]
+
+    @torch.no_grad()
+    def eval_fn(reward_model) -> dict:
+        sums = torch.zeros(4, dtype=torch.float64, device=dist.device)  # loss, right, margin, pairs
+        cr = torch.zeros(2, dtype=torch.float64, device=dist.device)  # chosen>rejected right, n
+        for i in range(0, len(mine), batch_size):
+            batch = make_batch(mine[i:i + batch_size], pad_id, dist.device, None)
+            better, worse = pair_scores(reward_model, batch)
+            gap = (better - worse).double()
+            sums += torch.stack([F.softplus(-gap).sum(), (gap > 0).double().sum(), gap.sum(),
+                                 torch.tensor(float(len(gap)), dtype=torch.float64, device=gap.device)])
+            is_cr = batch["pair_is_chosen_rejected"]
+            cr += torch.stack([(gap[is_cr] > 0).double().sum(), is_cr.double().sum()])
+        if dist.world_size > 1:
+            torch.distributed.all_reduce(sums)
+            torch.distributed.all_reduce(cr)
+        n = max(1.0, sums[3].item())
+        return {"val_loss": sums[0].item() / n, "val_accuracy": sums[1].item() / n,
+                "val_margin": sums[2].item() / n, "val_accuracy_chosen_rejected": cr[0].item() / max(1.0, cr[1].item())}
+
+    return eval_fn
+
+
+# -----------------------------------------------------------------------------
+# 5. Training the reward model
+
+
+def set_threads(threads: int, dist=None):
+    """CPU threads: `threads` if > 0, else cores / local ranks (as pretrain.main does)."""
+    if dist is not None and dist.device.type != "cpu":
+        return
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 1) // local_ranks))
+
+
+def default_init() -> str:
+    """out/sft/final when SFT has run, else the pre-trained model (see the docstring)."""
+    return "out/sft/final" if os.path.exists("out/sft/final/model.pt") else "out/pretrain/final"
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    """Reward model training (§4.1.2): every field is a --kebab-case flag."""
+    init: str = arg("", "checkpoint to start from (default: out/sft/final if it exists, else out/pretrain/final)")
+    out_dir: str = arg("out/reward", "checkpoints, logs, report and final/ go here")
+    data: str = arg("", "preference JSONL (tasks.read_preference_jsonl format); default: generated pairs")
+    eval_data: str = arg("", "held-out preference JSONL; default: generated 'val' pairs")
+    tasks: str = arg("", "comma-separated tasks of tasks.py for the generated pairs (default: all)")
+    n_train: int = arg(6000, "generated training pairs")
+    n_eval: int = arg(400, "generated held-out pairs (tasks.py's 'val' split: problems never trained on)")
+    batch_size: int = arg(16, "prompts (packed rows) per optimizer step")
+    max_steps: int = arg(300, "optimizer steps")
+    time_budget_min: float = arg(0.0, "if > 0: shorten the run to end within this many minutes (timed on "
+                                      "steps 2-3, which a busy machine makes look slow: off by default)")
+    lr: float = arg(5e-4, "peak learning rate (the paper gives none for the RM; measured on a 15M model: "
+                          "1e-4 learned the form pairs but left chosen-vs-rejected at chance after 150 steps)")
+    warmup_steps: int = arg(20, "linear warm-up steps")
+    weight_decay: float = arg(0.0, "AdamW weight decay (fine-tuning: none)")
+    eval_every: int = arg(50, "held-out accuracy every N steps")
+    ckpt_every: int = arg(100, "checkpoint every N steps")
+    tp: int = arg(1, "tensor-parallel degree (GPUs); the rest is FSDP data parallel")
+    threads: int = arg(0, "CPU threads per rank (0 = cores / local ranks, pretrain.py's rule). On a machine "
+                          "shared with other jobs use 1: measured here, a DPO step took 2.7 s with 1 thread "
+                          "and 15 s with 2 (busy-waiting threads of an oversubscribed CPU)")
+
+
+def load_pairs(cfg: RewardConfig, split: str) -> tuple[list[dict], list[dict]]:
+    """Preference rows for 'train' or 'val': from --data / --eval-data (validated: bad
+    lines are reported with their line number and skipped) or generated by tasks.py."""
+    import tasks
+    path = cfg.data if split == "train" else cfg.eval_data
+    if path:
+        return tasks.read_preference_jsonl(path, verbose=int(os.environ.get("RANK", "0")) == 0)
+    n = cfg.n_train if split == "train" else cfg.n_eval
+    return tasks.make_preference_pairs(n, cfg.seed, split=split, tasks=cfg.tasks or None), []
+
+
+def train_reward_model(cfg: RewardConfig) -> dict:
+    """The whole stage: load, pack, train with pretrain.train, evaluate, save. -> report."""
+    dist = parallel.setup_distributed(tp=cfg.tp)
+    set_threads(cfg.threads, dist)
+    t_start = time.time()
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    logger = pretrain.RunLogger(cfg.out_dir, dist)
+    logger.write_json("config.json", asdict(cfg))
+    init = cfg.init or default_init()
+    trunk, model_args = M.load_model(init, device=dist.device)
+    tokenizer_path = M.find_tokenizer(init)
+    from tokenizer import ChatFormat, Tokenizer
+    chat = ChatFormat(Tokenizer(tokenizer_path))
+    print0(f"reward model: trunk of {init} ({M.count_params(model_args):,} parameters) + value head")
+
+    # ---- data ---------------------------------------------------------------------
+    train_rows, skipped = load_pairs(cfg, "train")
+    eval_rows, eval_skipped = load_pairs(cfg, "val")
+    train_encoded, dropped = encode_rows(chat, train_rows, model_args.max_seq_len)
+    eval_encoded, eval_dropped = encode_rows(chat, eval_rows, model_args.max_seq_len)
+    n_pairs = sum(len(ranking_pairs(len(e["responses"]))) for e in train_encoded)
+    print0(f"data: {len(train_encoded)} training rows ({n_pairs} ordered pairs; "
+           f"{sum(len(e['responses']) == 3 for e in train_encoded)} with edited > chosen > rejected), "
+           f"{len(eval_encoded)} held-out rows; skipped {len(skipped) + len(eval_skipped)} bad lines, "
+           f"dropped {dropped + eval_dropped} too long")
+    if not train_encoded or not eval_encoded:
+        raise SystemExit("no usable preference rows")
+
+    # ---- model: trunk + head, sharded like pretrain's model when there are ranks ----
+    reward_model = RewardModel(trunk).to(dist.device)
+    if dist.world_size > 1:
+        # FSDP per block and on the trunk (parallel.parallelize), then one more group at
+        # the root for the value head, so its gradient is averaged over ranks too.
+        from torch.distributed.fsdp import fully_shard
+        parallel.parallelize(reward_model.trunk, dist)
+        fully_shard(reward_model, mesh=dist.mesh["dp"])
+    reward_model.train()
+    optimizer = pretrain.build_optimizer(reward_model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
+    start_state = None
+    latest = parallel.latest_checkpoint(ckpt_dir) if cfg.resume else None
+    if latest:
+        start_state = parallel.load_checkpoint(latest, reward_model, optimizer)
+        print0(f"resuming from {latest} (step {start_state['step']})")
+
+    pad_id = chat.tokenizer.pad_id
+    eval_fn = make_eval_fn(eval_encoded, cfg.batch_size, pad_id, dist)
+    next_batch = PreferenceBatches(train_encoded, cfg.batch_size, pad_id, dist, cfg.seed)
+    result = pretrain.train(cfg, dist, reward_model, optimizer, next_batch, rm_loss_fn, eval_fn=eval_fn,
+                            ckpt_dir=ckpt_dir, model_args=model_args, start_state=start_state,
+                            logger=logger, export=False)
+    final_dir = os.path.join(cfg.out_dir, "final")
+    save_reward_model(reward_model, model_args, final_dir, tokenizer_path=tokenizer_path)
+    print0(f"saved {final_dir} (model.pt = trunk, {HEAD_FILE} = value head)")
+
+    # ---- per-task held-out accuracy (what can the reward model judge?) ------------
+    reward_model.eval()
+    per_task = {}
+    for task in sorted({e["task"] for e in eval_encoded}):
+        per_task[task] = make_eval_fn([e for e in eval_encoded if e["task"] == task], cfg.batch_size, pad_id,
+                                      dist)(reward_model)
+    report = {
+        "init": init, "steps": result["step"], "total_steps": result["total_steps"],
+        "train_rows": len(train_encoded), "train_pairs": n_pairs, "eval_rows": len(eval_encoded),
+        "skipped_lines": skipped[:50] + eval_skipped[:50], "after": result["last_eval"],
+        "heldout_accuracy": result["last_eval"].get("val_accuracy"),
+        "heldout_accuracy_chosen_rejected": result["last_eval"].get("val_accuracy_chosen_rejected"),
+        "heldout_margin": result["last_eval"].get("val_margin"),
+        "per_task": {t: {k.replace("val_", ""): round(v, 4) for k, v in m.items()} for t, m in per_task.items()},
+        "first_loss": result["losses"][min(result["losses"])] if result["losses"] else None,
+        "last_loss": result["losses"][max(result["losses"])] if result["losses"] else None,
+        "train_seconds": round(result.get("seconds", 0.0), 1), "wall_seconds": round(time.time() - t_start, 1),
+        "final": final_dir,
+    }
+    logger.write_json("report.json", report)
+    if dist.is_main:
+        plot_accuracy(logger, os.path.join(cfg.out_dir, "accuracy.png"))
+        print0(f"held-out pairwise accuracy {result['last_eval']['val_accuracy']:.1%}"
+               f" (chosen vs rejected {result['last_eval']['val_accuracy_chosen_rejected']:.1%}), "
+               f"margin {result['last_eval']['val_margin']:.2f}")
+        for task, m in report["per_task"].items():
+            print0(f"  {task:8s} accuracy {m['accuracy']:.1%} (chosen vs rejected {m['accuracy_chosen_rejected']:.1%})"
+                   f"  margin {m['margin']:.2f}")
+    parallel.teardown_distributed()
+    return report
+
+
+def plot_accuracy(logger, path: str):
+    """accuracy.png: training-batch and held-out pairwise accuracy against step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    records = logger.records()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("accuracy", "train batch"), ("val_accuracy", "held-out, all pairs"),
+                       ("val_accuracy_chosen_rejected", "held-out, chosen vs rejected")):
+        points = {r["step"]: r[key] for r in records if r.get(key) is not None}
+        if points:
+            steps = sorted(points)
+            ax.plot(steps, [points[s] for s in steps], label=label, marker="o" if len(steps) < 30 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("pairwise accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("reward model (§4.1.2)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
+# 6. Rejection sampling (§4.2.2)
+
+
+@torch.no_grad()
+def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: int = 8,
+                     temperature: float = 0.8, top_p: float = 1.0, max_new_tokens: int = 32,
+                     batch_prompts: int = 16, seed: int = 0, log_every: int = 1) -> tuple[list[dict], list[dict], dict]:
+    """K samples per prompt from the policy, the reward model picks the best.
+
+    examples: task examples ({"messages" (the last one, the reference answer, is
+              dropped), "task", "meta"}) or prompts ({"prompt": [messages]}).
+    -> (sft_rows, pairs, report):
+       sft_rows: {"messages": prompt + [the pick], "task", "meta": {..., "reward"}} -- the
+                 SFT JSONL format (§4.2.2: the pick becomes fine-tuning data);
+       pairs:    on-policy preference rows (chosen = the best-scored CORRECT sample,
+                 rejected = the best-scored WRONG one: a hard negative), where a prompt
+                 has both -- the checker is the judge here, not the reward model;
+       report:   pick_correct (the RM's pick passes the checker), random_correct (a
+                 random sample does: the mean over samples), oracle_correct (best of K:
+                 any sample does), and timings."""
+    import sample
+    import tasks
+    chat = chat_format(tokenizer)
+    prompts = [e["prompt"] if "prompt" in e else e["messages"][:-1] for e in examples]
+    sft_rows, pairs = [], []
+    n_checked = pick = random_hits = oracle = 0
+    sample_pairs = []  # (correct sample scored above wrong sample) for every such pair
+    stats_total = {"prefill_s": 0.0, "decode_s": 0.0, "new_tokens": 0, "score_s": 0.0}
+    t0 = time.time()
+    for start in range(0, len(prompts), batch_prompts):
+        batch = prompts[start:start + batch_prompts]
+        stats = {}
+        # §4.2.2: one prefill per prompt, its KV cache copied to the K rows that sample.
+        samples = sample.generate(policy, chat.tokenizer, [chat.encode_dialog_prompt(p) for p in batch],
+                                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  seed=seed + start, num_samples=k, stats=stats)
+        for key in ("prefill_s", "decode_s", "new_tokens"):
+            stats_total[key] += stats[key]
+        t_score = time.time()
+        texts_of = [[chat.tokenizer.decode(ids) for ids in samples[i * k:(i + 1) * k]] for i in range(len(batch))]
+        scores_of = score_prompts(reward_model, chat, batch, texts_of)  # one packed row per prompt
+        for i, prompt in enumerate(batch):
+            example = examples[start + i]
+            texts, scores = texts_of[i], scores_of[i]  # the K samples and their rewards
+            best = max(range(k), key=lambda j: scores[j])
+            row = {"messages": list(prompt) + [{"role": "assistant", "content": texts[best]}],
+                   "task": example.get("task"), "meta": {**example.get("meta", {}), "reward": scores[best], "k": k}}
+            if example.get("meta"):
+                correct = [tasks.check_response(example, t) for t in texts]
+                n_checked += 1
+                pick += correct[best]
+                random_hits += sum(correct) / k
+                oracle += any(correct)
+                row["meta"]["checker"] = correct[best]
+                right = [j for j in range(k) if correct[j] and texts[j].strip()]
+                wrong = [j for j in range(k) if not correct[j] and texts[j].strip()]
+                # The RM's own pairwise accuracy on the policy's samples (what picking needs).
+                sample_pairs += [scores[c] > scores[r] for c in right for r in wrong]
+                if right and wrong:  # on-policy pair for DPO (§4.1.4 uses the latest policy's samples)
+                    c, r = max(right, key=lambda j: scores[j]), max(wrong, key=lambda j: scores[j])
+                    if " ".join(texts[c].split()) != " ".join(texts[r].split()):
+                        pairs.append({"task": example.get("task"), "prompt": list(prompt), "chosen": texts[c],
+                                      "rejected": texts[r], "meta": example.get("meta", {})})
+            sft_rows.append(row)
+        stats_total["score_s"] += time.time() - t_score
+        done = min(start + batch_prompts, len(prompts))
+        if log_every and (start // batch_prompts) % log_every == 0:
+            elapsed = time.time() - t0
+            msg = (f"rejection sampling: {done}/{len(prompts)} prompts, {elapsed:.0f}s, "
+                   f"eta {elapsed / done * (len(prompts) - done):.0f}s")
+            if n_checked:
+                msg += (f" | pick correct {pick / n_checked:.1%}, random {random_hits / n_checked:.1%}, "
+                        f"oracle {oracle / n_checked:.1%}")
+            print0(msg, flush=True)
+    n = max(1, n_checked)
+    report = {"prompts": len(prompts), "k": k, "temperature": temperature, "top_p": top_p,
+              "checked": n_checked, "pick_correct": pick / n, "random_correct": random_hits / n,
+              "oracle_correct": oracle / n, "pairs": len(pairs), "seconds": round(time.time() - t0, 1),
+              "rm_accuracy_on_samples": sum(sample_pairs) / max(1, len(sample_pairs)),
+              "rm_sample_pairs": len(sample_pairs),
+              "generate_tokens_per_s": round(stats_total["new_tokens"]
+                                             / max(1e-9, stats_total["prefill_s"] + stats_total["decode_s"]), 1),
+              "score_seconds": round(stats_total["score_s"], 1)}
+    return sft_rows, pairs, report
+
+
+def rejection_sample_main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="reward.py rejection-sample",
+                                     description="Rejection sampling (§4.2.2): K samples per prompt, "
+                                                 "the reward model picks.")
+    parser.add_argument("--policy", default="",
+                        help="the policy checkpoint (default: out/sft/final, else out/pretrain/final)")
+    parser.add_argument("--reward", default="out/reward/final", help="the reward model (python reward.py writes it)")
+    parser.add_argument("--k", type=int, default=8, help="samples per prompt (§4.2.2: 10 to 30)")
+    parser.add_argument("--prompts", default="",
+                        help="SFT JSONL whose prompts to sample (default: generated task prompts)")
+    parser.add_argument("--n-prompts", type=int, default=128, help="generated task prompts (tasks.make_examples)")
+    parser.add_argument("--split", default="train", help="tasks.py split of the generated prompts (train | val)")
+    parser.add_argument("--tasks", default="", help="comma-separated subset of tasks.py's tasks")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="sampling temperature (our choice: diverse samples)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus; 1 = off")
+    parser.add_argument("--max-new-tokens", type=int, default=24,
+                        help="per sample (task answers are a few tokens)")
+    parser.add_argument("--batch-prompts", type=int, default=16, help="prompts per generate call (x K rows)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores; 1 on a busy machine)")
+    parser.add_argument("--out-dir", "--out", dest="out", default="out/rejection", help="output folder")
+    args = parser.parse_args(argv)
+    print(json.dumps(vars(args)))
+    import sample
+    import tasks
+    set_threads(args.threads)
+    policy_path = args.policy or default_init()
+    policy, tokenizer = sample.load_for_inference(policy_path, device="cpu" if not torch.cuda.is_available() else None)
+    reward_model, _ = load_reward_model(args.reward, device=next(policy.parameters()).device)
+    if args.prompts:
+        examples, _ = tasks.read_sft_jsonl(args.prompts)
+    else:
+        examples = tasks.make_examples(args.n_prompts, args.seed, tasks=args.tasks or None, split=args.split)
+    print(f"policy {policy_path}, reward model {args.reward}: {len(examples)} prompts x {args.k} samples")
+    sft_rows, pairs, report = rejection_sample(policy, reward_model, tokenizer, examples, k=args.k,
+                                               temperature=args.temperature, top_p=args.top_p,
+                                               max_new_tokens=args.max_new_tokens,
+                                               batch_prompts=args.batch_prompts, seed=args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    tasks.write_jsonl(sft_rows, os.path.join(args.out, "sft_rs.jsonl"))
+    tasks.write_jsonl(pairs, os.path.join(args.out, "pairs.jsonl"))
+    report = {"policy": policy_path, "reward": args.reward, **report,
+              "files": {"sft": os.path.join(args.out, "sft_rs.jsonl"), "pairs": os.path.join(args.out, "pairs.jsonl")}}
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"summary: the reward model's pick is correct {report['pick_correct']:.1%} of the time; a random "
+          f"sample {report['random_correct']:.1%}; best-of-{args.k} oracle {report['oracle_correct']:.1%}; it ranks "
+          f"a correct sample above a wrong one in {report['rm_accuracy_on_samples']:.1%} of "
+          f"{report['rm_sample_pairs']} such pairs. Wrote {len(sft_rows)} SFT rows and {len(pairs)} on-policy pairs to {args.out}")
+    return report
+
+
+# -----------------------------------------------------------------------------
+# 7. Command line
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "rejection-sample":
+        return rejection_sample_main(argv[1:])
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    return train_reward_model(pretrain.parse_config(RewardConfig, argv))
+
+
+if __name__ == "__main__":
+    main()
