@@ -147,19 +147,9 @@ def tok_hf(mb: float, vocab_size: int, repeats: int) -> dict:
 # Data: MinHash and the whole pipeline
 
 
-def _minhash_docs(n_docs: int, doc_bytes: int = 4096, seed: int = 0):
-    import random
-    rng = random.Random(seed)
-    vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
-             for _ in range(20000)]
-    docs = []
-    for _ in range(n_docs):
-        words, size = [], 0
-        while size < doc_bytes:
-            words.append(rng.choice(vocab))
-            size += len(words[-1]) + 1
-        docs.append(" ".join(words))
-    return docs
+def _minhash_docs(n_docs: int):
+    import data
+    return data.synthetic_documents(n_docs, doc_bytes=4096, seed=0)
 
 
 def minhash_ours(n_docs: int, repeats: int) -> dict:

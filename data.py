@@ -1896,8 +1896,8 @@ def _plot_report(report_json, path):
     os.replace(tmp, path)
 
 
-def benchmark_minhash(n_docs=2000, doc_bytes=4096, seed=0):
-    """Signatures per second on synthetic ~4 KB documents in one process."""
+def synthetic_documents(n_docs=2000, doc_bytes=4096, seed=0):
+    """Random-word documents of ~doc_bytes each (for MinHash speed measurements)."""
     rng = random.Random(seed)
     vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(20000)]
     docs = []
@@ -1907,6 +1907,12 @@ def benchmark_minhash(n_docs=2000, doc_bytes=4096, seed=0):
             words.append(rng.choice(vocab))
             size += len(words[-1]) + 1
         docs.append(" ".join(words))
+    return docs
+
+
+def benchmark_minhash(n_docs=2000, doc_bytes=4096, seed=0):
+    """Signatures per second on synthetic ~4 KB documents in one process."""
+    docs = synthetic_documents(n_docs, doc_bytes, seed)
     minhash_signatures(docs[:50], seed=seed)                   # warm the word cache a bit
     t0, c0 = time.time(), time.process_time()
     minhash_signatures(docs, seed=seed)

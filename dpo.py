@@ -81,6 +81,9 @@ import parallel
 import pretrain
 from parallel import print0
 from pretrain import TrainConfig, arg
+# Preference rows come from the same place as the reward model's (one reader and
+# validator, tasks.py): --data / --eval-data files, or generated pairs.
+from reward import load_pairs
 
 # -----------------------------------------------------------------------------
 # 1. The loss (§4.1.4; Rafailov et al. 2023)
@@ -338,15 +341,6 @@ class DPOConfig(TrainConfig):
     threads: int = arg(0, "CPU threads per rank (0 = cores / local ranks, pretrain.py's rule). On a machine "
                           "shared with other jobs use 1: measured here, a DPO step took 2.7 s with 1 thread "
                           "and 15 s with 2 (busy-waiting threads of an oversubscribed CPU)")
-
-
-def load_pairs(cfg: DPOConfig, split: str) -> tuple[list[dict], list[dict]]:
-    import tasks
-    path = cfg.data if split == "train" else cfg.eval_data
-    if path:
-        return tasks.read_preference_jsonl(path, verbose=int(os.environ.get("RANK", "0")) == 0)
-    n = cfg.n_train if split == "train" else cfg.n_eval
-    return tasks.make_preference_pairs(n, cfg.seed, split=split, tasks=cfg.tasks or None), []
 
 
 def run_dpo(cfg: DPOConfig) -> dict:
