@@ -36,7 +36,10 @@ import sys
 import time
 
 PY = sys.executable
-CHAT_SCRIPT = ["Add 12 and 7.", "Reverse the list: a b c d", "/exit"]
+# Prompts in the format of tasks.py's default tasks (what SFT and DPO taught); /reset
+# between them because the tasks were single-turn conversations.
+CHAT_SCRIPT = ["Largest of: 3 9 2 5", "/reset", "Find the digit: k 7 b q", "/reset",
+               "Last of: 4 8 1 6", "/reset", "Which is larger: 34 or 17?", "/exit"]
 
 
 def stages(out: str) -> list[tuple[str, list[str], str]]:
@@ -120,8 +123,11 @@ def _flat(record, keep: tuple[str, ...], prefix="") -> list[tuple[str, object]]:
     if isinstance(record, dict):
         for k, v in record.items():
             key = f"{prefix}{k}"
-            if isinstance(v, (dict, list)) and not isinstance(v, str):
-                rows += _flat(v, keep, key + ".") if isinstance(v, dict) else []
+            if isinstance(v, dict):
+                rows += _flat(v, keep, key + ".")
+            elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v) and len(v) <= 8:
+                for i, x in enumerate(v):  # e.g. one record per tokenizer compared
+                    rows += _flat(x, keep, f"{key}[{i}].")
             elif isinstance(v, (int, float, str)) and any(s in key for s in keep):
                 rows.append((key, v))
     return rows
@@ -167,7 +173,8 @@ def write_report(out: str, timings: dict):
         log = os.path.join(out, "logs", f"{name}.log")
         if name == "chat" and os.path.exists(log):
             with open(log) as f:
-                lines += ["```", f.read()[-3000:].strip(), "```", ""]
+                lines += ["Typed in (one line per turn): " + " | ".join(f"`{c}`" for c in CHAT_SCRIPT), "",
+                          "```", f.read()[-3000:].strip(), "```", ""]
             found = True
         if not found:
             lines += ["(no record: stage not run)", ""]

@@ -1,0 +1,492 @@
+"""
+exercises/checks.py -- one check per exercise: the student's code against the project's.
+
+Stage: classroom (see exercises/README.md for the statements, docs/TEACHING.md for the
+order). Every `check_<name>(ns)` takes a namespace `ns` -- the student's exercise module,
+or exercises/solutions.py, or any object with the right attributes -- and compares its
+functions with the project's own implementation (model.py, tokenizer.py, data.py,
+pretrain.py, parallel.py, sample.py, reward.py, dpo.py) on seeded random inputs. A
+mismatch raises AssertionError with a message that says what differed; a skeleton
+that was not filled in raises its NotImplementedError.
+
+Reads:  nothing on disk (every input is generated here from a fixed seed).
+Writes: nothing.
+Run:    pytest exercises/ -k rmsnorm            # the student's command, one exercise
+        python -m pytest -q tests/test_classroom.py   # the checks hold their teeth
+Next:   exercises/test_exercises.py (the pytest entry points), exercises/solutions.py.
+
+Tolerances (documented once, used everywhere): float32 results are compared with
+`torch.testing.assert_close(..., atol=1e-5, rtol=1e-5)` (TOL below): the same maths in
+a different order differs in the last bits, never more. Integer results (masks,
+positions, token ids, byte counts, MinHash signatures) must be exactly equal. The one
+statistical check (exercise 12, sampling) compares frequencies over 40,000 seeded draws
+with the student's probabilities at atol 0.02 -- about 8 standard deviations of the
+worst-case sampling noise (sqrt(0.25/40,000) = 0.0025) -- and is also held to an exact
+hand-worked example.
+
+The checks of exercises 10 and 11 (reward and DPO losses) work in two layers: a
+closed-form formula written here, in the check itself, always runs; the comparison
+with the project's reward.py / dpo.py runs as soon as those files exist (until then
+it is skipped with a reason). The closed form keeps the skip from hiding a bug: the
+student's code = formula, and project = student's code, imply project = formula.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def _close(actual, expected, what, **tol):
+    """assert_close with a message that names the quantity and what it is compared with."""
+    torch.testing.assert_close(actual, expected, **(tol or TOL),
+                               msg=lambda m: f"{what}: your result differs from the expected one.\n{m}")
+
+
+def project_module(module_name: str, reason: str = ""):
+    """Import one of the project's files, or skip the test (with the reason) while that
+    file does not exist yet. Unlike pytest.importorskip, only a MISSING module skips:
+    a module that exists but fails to import (one of ITS imports is missing, a syntax
+    error) is an error, never a silent skip."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        pytest.skip(f"{module_name}.py does not exist yet{reason}")
+
+
+def _project(module_name: str, function_name: str):
+    """The project's function (skipped while its file is missing, see project_module).
+    A module that exists but lacks the function is an error: the names are fixed by
+    the project's contract."""
+    module = project_module(module_name, f": the comparison with {module_name}.{function_name} "
+                                         f"runs as soon as it does")
+    return getattr(module, function_name)
+
+
+# -----------------------------------------------------------------------------
+# 1. RMSNorm (§3.2) vs model.RMSNorm
+
+
+def check_rmsnorm(ns):
+    import model
+    gen = torch.Generator().manual_seed(1)
+    for shape, eps in [((2, 5, 16), 1e-5), ((3, 64), 1e-6), ((1, 1, 7, 8), 0.1)]:
+        x = torch.randn(shape, generator=gen) * 3
+        weight = torch.randn(shape[-1], generator=gen)
+        norm = model.RMSNorm(shape[-1], eps=eps)
+        with torch.no_grad():
+            norm.weight.copy_(weight)
+            expected = norm(x)
+        got = ns.rmsnorm(x, weight, eps)
+        assert got.shape == x.shape, f"rmsnorm: shape {tuple(got.shape)}, expected {tuple(x.shape)}"
+        _close(got, expected, f"rmsnorm(x of shape {shape}, eps={eps})")
+    # bf16 input: the project normalizes in fp32 and casts back before the weight.
+    x = torch.randn(4, 32, generator=gen).bfloat16()
+    norm = model.RMSNorm(32)
+    got = ns.rmsnorm(x, norm.weight.detach(), 1e-5)
+    expected = norm(x).detach()  # bf16 normalized values times the fp32 weight: fp32
+    assert got.dtype == expected.dtype, f"rmsnorm of a bf16 input with an fp32 weight: dtype {got.dtype}, " \
+        f"expected {expected.dtype} (normalize in fp32, cast back to x's dtype, then multiply by the weight)"
+    _close(got, expected, "rmsnorm of a bf16 input (compute in fp32)", atol=1e-2, rtol=1e-2)
+
+
+# -----------------------------------------------------------------------------
+# 2. RoPE with the Llama 3.1 scaling (§3.2, §3.4.2) vs model.rope_frequencies,
+#    model.precompute_freqs_cis and model.apply_rotary_emb
+
+
+_ROPE_CASES = [
+    # head_dim, theta, scaled, factor, low, high, original context
+    (128, 500000.0, True, 8.0, 1.0, 4.0, 8192),     # Llama 3.1 8B/70B/405B
+    (64, 500000.0, True, 32.0, 1.0, 4.0, 8192),     # Llama 3.2 1B (head_dim 64)
+    (128, 500000.0, False, 8.0, 1.0, 4.0, 8192),    # Llama 3 (no scaling)
+    (32, 10000.0, True, 4.0, 2.0, 8.0, 256),        # an odd one: every branch is used
+]
+
+
+def check_rope(ns):
+    import model
+    for hd, theta, scaled, factor, low, high, orig in _ROPE_CASES:
+        args = model.ModelArgs(dim=hd * 2, n_heads=2, n_kv_heads=1, rope_theta=theta, use_scaled_rope=scaled,
+                               rope_scale_factor=factor, rope_low_freq_factor=low, rope_high_freq_factor=high,
+                               rope_original_max_seq_len=orig, max_seq_len=64)
+        got = ns.rope_frequencies(hd, theta=theta, use_scaled_rope=scaled, scale_factor=factor,
+                                  low_freq_factor=low, high_freq_factor=high, original_max_seq_len=orig)
+        expected = model.rope_frequencies(args)
+        assert got.shape == (hd // 2,), f"rope_frequencies: shape {tuple(got.shape)}, expected ({hd // 2},)"
+        _close(got.float(), expected, f"rope_frequencies(head_dim={hd}, scaled={scaled}, factor={factor})",
+               atol=0.0, rtol=1e-5)
+
+    # Rotation: random q-like tensors at random (per-document) positions.
+    gen = torch.Generator().manual_seed(2)
+    args = model.ModelArgs(dim=64, n_heads=4, n_kv_heads=2, use_scaled_rope=True, max_seq_len=64)
+    freqs = model.rope_frequencies(args)  # (8,)
+    table = model.precompute_freqs_cis(args)  # (64, 8, 2)
+    B, T, H, hd = 2, 10, 4, args.head_dim
+    x = torch.randn(B, T, H, hd, generator=gen)
+    positions = torch.randint(0, 64, (B, T), generator=gen)
+    expected = model.apply_rotary_emb(x, table[positions])
+    got = ns.apply_rope(x, freqs, positions)
+    assert got.shape == x.shape, f"apply_rope: shape {tuple(got.shape)}, expected {tuple(x.shape)}"
+    _close(got, expected, "apply_rope (rotate interleaved pairs (x[2i], x[2i+1]) by position·freq[i])")
+    # A rotation keeps lengths; relative positions: <R(m)q, R(n)k> depends on m - n only.
+    q, k = torch.randn(1, 1, 1, hd, generator=gen), torch.randn(1, 1, 1, hd, generator=gen)
+    dots = [(ns.apply_rope(q, freqs, torch.tensor([[m]])) * ns.apply_rope(k, freqs, torch.tensor([[m - 3]]))).sum()
+            for m in (3, 20, 50)]
+    _close(torch.stack(dots), dots[0].expand(3), "RoPE: <R(m)q, R(m-3)k> must not depend on m", atol=1e-4, rtol=1e-4)
+
+
+# -----------------------------------------------------------------------------
+# 3. Grouped-query attention and the KV cache (§3.2) vs model.Attention._attend and
+#    model.KVCache
+
+
+def check_gqa(ns):
+    import model
+    gen = torch.Generator().manual_seed(3)
+    for B, H, KV, T, hd in [(2, 8, 2, 7, 16), (1, 4, 4, 5, 8), (3, 6, 1, 9, 4)]:
+        args = model.ModelArgs(dim=H * hd, n_heads=H, n_kv_heads=KV, max_seq_len=64)
+        attention = model.Attention(args)
+        q = torch.randn(B, H, T, hd, generator=gen)
+        k = torch.randn(B, KV, T, hd, generator=gen)
+        v = torch.randn(B, KV, T, hd, generator=gen)
+        expected = attention._attend(q, k, v, None, None)  # causal, KV heads shared by groups
+        got = ns.gqa_attention(q, k, v)
+        assert got.shape == (B, H, T, hd), f"gqa_attention: shape {tuple(got.shape)}, expected {(B, H, T, hd)}"
+        _close(got, expected, f"gqa_attention with {H} query heads sharing {KV} KV heads")
+
+    # KV-cache size: what the project's static cache allocates (on the meta device: no memory).
+    for name, batch, seq, dtype in [("llama3-70b", 1, 8192, torch.bfloat16), ("llama3-8b", 4, 2048, torch.bfloat16),
+                                    ("llama3.1-405b", 1, 131072, torch.bfloat16), ("tiny-1m", 3, 100, torch.float32)]:
+        for override in ({}, {"n_kv_heads": None}):  # GQA, then plain multi-head (n_kv = n_heads)
+            args = model.ModelArgs.from_name(name, **override)
+            cache = model.KVCache(batch, seq, args.n_kv_heads, args.head_dim, dtype, "meta")
+            expected = args.n_layers * sum(b.numel() * b.element_size() for b in cache.buffers())
+            got = ns.kv_cache_bytes(args.n_layers, args.n_kv_heads, args.head_dim, seq, batch,
+                                    bytes_per_value=torch.finfo(dtype).bits // 8)
+            assert int(got) == expected, (f"kv_cache_bytes for {name} with {args.n_kv_heads} KV heads, batch {batch}, "
+                                          f"{seq} tokens: got {got:,}, the project's cache holds {expected:,} bytes")
+    args = model.ModelArgs.from_name("llama3-70b")
+    saving = (ns.kv_cache_bytes(80, 64, 128, 8192, 1, bytes_per_value=2)
+              / ns.kv_cache_bytes(80, args.n_kv_heads, args.head_dim, 8192, 1, bytes_per_value=2))
+    assert saving == 8, f"llama3-70b: 64 heads / 8 KV heads should make the cache 8x smaller, got {saving}"
+
+
+# -----------------------------------------------------------------------------
+# 4. The document mask (§3.2) vs model.positions_from_doc_ids / document_causal_mask
+
+
+def _random_doc_ids(gen, B, T, max_docs):
+    """(B, T) non-decreasing document indices, like a packed row: [[0,0,0,1,1,2,...]]."""
+    rows = []
+    for _ in range(B):
+        n_docs = int(torch.randint(1, max_docs + 1, (1,), generator=gen))
+        cuts = torch.randperm(T - 1, generator=gen)[: n_docs - 1] + 1
+        starts = torch.zeros(T, dtype=torch.long)
+        starts[cuts] = 1
+        rows.append(starts.cumsum(0))
+    return torch.stack(rows)
+
+
+def check_document_mask(ns):
+    import model
+    gen = torch.Generator().manual_seed(4)
+    examples = [torch.tensor([[0, 0, 0, 1, 1]]), torch.tensor([[5, 5, 5, 5]]), torch.tensor([[0, 1, 2, 3]])]
+    examples += [_random_doc_ids(gen, B, T, d) for B, T, d in [(3, 16, 4), (2, 33, 8), (1, 1, 1), (4, 64, 1)]]
+    for doc_ids in examples:
+        pos = ns.positions_from_doc_ids(doc_ids)
+        assert torch.equal(pos, model.positions_from_doc_ids(doc_ids)), (
+            f"positions_from_doc_ids({doc_ids.tolist()}) = {pos.tolist()}, expected "
+            f"{model.positions_from_doc_ids(doc_ids).tolist()}")
+        mask = ns.document_causal_mask(doc_ids)
+        expected = model.document_causal_mask(doc_ids)
+        assert mask.dtype == torch.bool, f"document_causal_mask must be a bool tensor, got {mask.dtype}"
+        assert torch.equal(mask, expected), (
+            f"document_causal_mask differs for doc_ids {doc_ids.tolist()} at (row, query, key) "
+            f"{(mask != expected).nonzero()[:5].tolist()}")
+
+
+# -----------------------------------------------------------------------------
+# 5. SwiGLU, its width and the parameter count (§3.2, Table 3) vs model.FeedForward,
+#    ModelArgs.ffn_hidden_dim and model.count_params
+
+OFFICIAL_PARAMS = {  # SPEC.md: counted from the reference configurations
+    "llama3-8b": 8_030_261_248, "llama3-70b": 70_553_706_496, "llama3.1-405b": 405_853_388_800,
+    "llama3.2-1b": 1_235_814_400, "llama3.2-3b": 3_212_749_824,
+}
+
+
+def check_swiglu(ns):
+    import model
+    gen = torch.Generator().manual_seed(5)
+    for dim, hidden in [(16, 48), (8, 32)]:
+        ffn = model.FeedForward(dim, hidden)
+        for lin in (ffn.w1, ffn.w2, ffn.w3):
+            torch.nn.init.normal_(lin.weight, 0.0, 0.3, generator=gen)
+        x = torch.randn(2, 3, dim, generator=gen)
+        got = ns.swiglu(x, ffn.w1.weight.detach(), ffn.w2.weight.detach(), ffn.w3.weight.detach())
+        _close(got, ffn(x).detach(), f"swiglu(dim={dim}, hidden={hidden})")
+
+    configs = [model.ModelArgs.from_name(n) for n in model.CONFIGS]
+    rng = random.Random(5)
+    for _ in range(20):  # random shapes: GQA or not, multiplier or not, tied or not
+        heads = rng.choice([2, 4, 8])
+        configs.append(model.ModelArgs(
+            dim=heads * rng.choice([8, 16, 64]), n_layers=rng.randint(1, 6), n_heads=heads,
+            n_kv_heads=rng.choice([h for h in (1, 2, heads) if heads % h == 0]), vocab_size=rng.randint(256, 5000),
+            multiple_of=rng.choice([16, 32, 256]), ffn_dim_multiplier=rng.choice([None, 1.3, 1.5, 0.7]),
+            tie_embeddings=rng.random() < 0.5))
+    for args in configs:
+        got = ns.ffn_hidden_dim(args.dim, args.multiple_of, args.ffn_dim_multiplier)
+        assert got == args.ffn_hidden_dim, (f"ffn_hidden_dim(dim={args.dim}, multiple_of={args.multiple_of}, "
+                                            f"multiplier={args.ffn_dim_multiplier}) = {got}, expected {args.ffn_hidden_dim}")
+        got = ns.count_params(args)
+        assert got == model.count_params(args), f"count_params({args}) = {got:,}, expected {model.count_params(args):,}"
+    for name, official in OFFICIAL_PARAMS.items():  # and the official numbers themselves
+        assert ns.count_params(model.ModelArgs.from_name(name)) == official, f"{name}: expected {official:,} parameters"
+
+
+# -----------------------------------------------------------------------------
+# 6. A BPE merge step (§3.2) vs tokenizer._merge_word and tokenizer.train_bpe
+
+_BPE_TEXTS = [
+    "the cat sat on the mat; the cat ate the rat. " * 3,
+    "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n",
+    "low lower lowest newer wider newest widest aaaa aaaa aaab",
+    "naïve café déjà vu, façade and 3.14159 26535 + 42 = 42",
+]
+
+
+def check_bpe(ns):
+    import tokenizer
+    rng = random.Random(6)
+    cases = [([1, 2, 3, 1, 2], 1, 2), ([5, 5, 5], 5, 5), ([5, 5, 5, 5], 5, 5), ([], 1, 2), ([7], 7, 7)]
+    for _ in range(200):
+        word = [rng.randint(0, 3) for _ in range(rng.randint(0, 12))]
+        cases.append((word, rng.randint(0, 3), rng.randint(0, 3)))
+    for word, a, b in cases:
+        got = ns.merge_pair(list(word), a, b, 99)
+        expected = tokenizer._merge_word(list(word), a, b, 99)
+        assert got == expected, f"merge_pair({word}, {a}, {b}, 99) = {got}, expected {expected}"
+
+    for texts, n in [(_BPE_TEXTS[:1], 10), (_BPE_TEXTS[1:2], 20), (_BPE_TEXTS, 40),
+                     (["ab abc bc abcd"] * 2, 8)]:  # this corpus runs out of pairs after 6 merges: stop there
+        ranks = tokenizer.train_bpe(texts, tokenizer.NUM_BYTE_TOKENS + tokenizer.NUM_SPECIAL_TOKENS + n)
+        expected = [t for t, _ in sorted(ranks.items(), key=lambda kv: kv[1])][tokenizer.NUM_BYTE_TOKENS:]
+        got = ns.learn_merges(texts, n)
+        assert [bytes(t) for t in got] == expected, (
+            f"learn_merges({len(texts)} texts, {n}): first difference at merge "
+            f"{next((i for i, (g, e) in enumerate(zip(got, expected)) if g != e), min(len(got), len(expected)))}:\n"
+            f"  yours:     {got}\n  train_bpe: {expected}")
+
+
+# -----------------------------------------------------------------------------
+# 7. MinHash de-duplication (§3.1.1) vs data.minhash_signatures and data.jaccard
+
+_DOC = ("Llama 3 is a herd of language models that natively support multilinguality coding reasoning "
+        "and tool usage; the largest model is a dense Transformer with 405B parameters and a context "
+        "window of up to 128K tokens; this paper presents an extensive empirical evaluation of Llama 3")
+
+
+def check_minhash(ns):
+    import data
+    words = _DOC.split()
+    rng = random.Random(7)
+    texts = [_DOC, _DOC.replace("dense", "sparse"), " ".join(words[:20]), "short text", "",
+             " ".join(rng.choice(words) for _ in range(300)), "x " * 5000]
+    for num_perm, seed in [(data.BANDS * data.ROWS, 0), (16, 3)]:
+        a, b = data.minhash_params(num_perm, seed)
+        expected = data.minhash_signatures(texts, num_perm=num_perm, seed=seed)
+        for i, text in enumerate(texts):
+            got = np.asarray(ns.minhash_signature(data.shingle_hashes(text), a, b))
+            assert got.dtype == np.uint32, f"minhash_signature must return uint32 values, got {got.dtype}"
+            assert np.array_equal(got, expected[i]), (
+                f"minhash_signature of text {i} ({num_perm} hash functions): first differing entry "
+                f"{int(np.flatnonzero(got != expected[i])[0]) if got.shape == expected[i].shape else 'shape'}")
+
+    # The estimate: the fraction of agreeing entries, unbiased for the Jaccard similarity.
+    a, b = data.minhash_params(512, 0)
+    for i, j in [(0, 1), (0, 2), (0, 5), (0, 0)]:
+        sa = data.minhash_signatures([texts[i]], num_perm=512)[0]
+        sb = data.minhash_signatures([texts[j]], num_perm=512)[0]
+        got = ns.estimate_jaccard(sa, sb)
+        assert abs(got - float(np.mean(sa == sb))) < 1e-12, "estimate_jaccard: the fraction of equal entries"
+        exact = data.jaccard(texts[i], texts[j])
+        assert abs(got - exact) < 0.1, f"estimate {got:.3f} vs exact Jaccard {exact:.3f} (512 hashes: within 0.1)"
+
+
+# -----------------------------------------------------------------------------
+# 8. The learning-rate schedule (§3.4.1, §3.4.3) vs pretrain.lr_at
+
+
+def check_lr_schedule(ns):
+    import pretrain
+    configs = [dict(max_lr=1.0, warmup_steps=10, total_steps=100),
+               dict(max_lr=8e-5, warmup_steps=8000, total_steps=1_200_000),  # 405B (§3.4.1)
+               dict(max_lr=3e-4, warmup_steps=0, total_steps=50, min_lr_ratio=0.1),
+               dict(max_lr=6e-4, warmup_steps=5, total_steps=40, anneal_steps=8),  # §3.4.3 annealing
+               dict(max_lr=1e-3, warmup_steps=3, total_steps=3)]
+    for cfg in configs:
+        total = cfg["total_steps"]
+        steps = sorted({0, 1, 2, total - 1, total, total + 5} | set(range(0, total + 1, max(1, total // 200)))
+                       | {cfg["warmup_steps"] - 1, cfg["warmup_steps"], cfg["warmup_steps"] + 1})
+        for step in (s for s in steps if s >= 0):
+            got = ns.lr_schedule(step, **cfg)
+            expected = pretrain.lr_at(step, **cfg)
+            assert math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-15), (
+                f"lr_schedule(step={step}, {cfg}) = {got!r}, expected {expected!r}")
+
+
+# -----------------------------------------------------------------------------
+# 9. FSDP memory per GPU (§3.3.2) vs parallel.plan
+
+
+def check_fsdp_memory(ns):
+    import parallel
+    layouts = [dict(model="llama3.1-405b", gpus=16384, tp=8, pp=16),  # Table 4, row 2
+               dict(model="llama3.1-405b", gpus=8192, tp=8, pp=16),   # Table 4, row 1
+               dict(model="llama3-70b", gpus=64, tp=8, pp=1),
+               dict(model="llama3-8b", gpus=8, tp=1, pp=1),
+               dict(model="llama3-8b", gpus=1, tp=1, pp=1)]          # no sharding at all
+    keys = {"weights_bf16": "weights_bf16_bytes", "master_fp32": "master_fp32_bytes",
+            "grads_fp32": "grads_fp32_bytes", "optimizer": "optimizer_bytes", "total": "static_bytes"}
+    for layout in layouts:
+        p = parallel.plan(**layout, reshard_after_forward=False)
+        got = ns.fsdp_memory_per_gpu(p["params_per_gpu"], p["dp"])
+        for mine, theirs in keys.items():
+            assert mine in got, f"fsdp_memory_per_gpu must return a dict with the key {mine!r}"
+            assert int(got[mine]) == p[theirs], (f"{layout}: {mine} = {int(got[mine]):,} bytes, "
+                                                 f"parallel.plan says {p[theirs]:,}")
+
+
+# -----------------------------------------------------------------------------
+# 10. The reward model's loss (§4.1.2): closed form here + reward.reward_loss
+
+
+def _preference_scores(seed, n=64):
+    gen = torch.Generator().manual_seed(seed)
+    chosen = torch.randn(n, generator=gen) * 3
+    rejected = torch.randn(n, generator=gen) * 3
+    chosen[:4] = torch.tensor([0.0, 50.0, -50.0, 1.0])  # saturated both ways: must stay finite
+    rejected[:4] = torch.tensor([0.0, -50.0, 50.0, 1.0])
+    return chosen, rejected
+
+
+def check_reward_loss(ns):
+    """Closed form: mean over pairs of -log σ(r_c - r_r) = mean softplus(r_r - r_c)
+    (σ(z) = 1/(1+e^-z), so -log σ(z) = log(1 + e^-z), computed stably)."""
+    chosen, rejected = _preference_scores(10)
+    c, r = chosen.clone().requires_grad_(), rejected.clone().requires_grad_()
+    got = ns.reward_loss(c, r)
+    assert got.dim() == 0, f"reward_loss must return a scalar, got shape {tuple(got.shape)}"
+    z = (chosen - rejected).double()
+    expected = torch.where(z > 0, torch.log1p(torch.exp(-z)), -z + torch.log1p(torch.exp(z))).mean()
+    _close(got.double(), expected, "reward_loss vs the closed form mean(-log σ(r_chosen - r_rejected))")
+    got.backward()  # d/dr_c = -σ(-(r_c - r_r)) / N
+    _close(c.grad, -torch.sigmoid(-(chosen - rejected)) / len(chosen), "d reward_loss / d r_chosen")
+    _close(r.grad, torch.sigmoid(-(chosen - rejected)) / len(chosen), "d reward_loss / d r_rejected")
+    assert math.isclose(float(ns.reward_loss(torch.zeros(3), torch.zeros(3))), math.log(2), rel_tol=1e-6), \
+        "equal scores: the loss is log 2"
+
+
+def check_reward_loss_vs_project(ns):
+    project = _project("reward", "reward_loss")
+    for seed in (11, 12):
+        chosen, rejected = _preference_scores(seed)
+        _close(ns.reward_loss(chosen, rejected), project(chosen, rejected), "reward_loss vs reward.reward_loss")
+
+
+# -----------------------------------------------------------------------------
+# 11. The DPO loss and its gradient (§4.1.4): closed form here + dpo.dpo_loss
+
+
+def _dpo_inputs(seed, n=32):
+    gen = torch.Generator().manual_seed(seed)
+    return [-(torch.rand(n, generator=gen) * 40 + 1) for _ in range(4)]  # sequence log-probs < 0
+
+
+def _dpo_closed_form(pc, pr, rc, rr, beta):
+    """-log σ(β((πc - rc) - (πr - rr))) per pair, the rewards, and the gradient of the
+    SUM of losses w.r.t. πc: dL/dπc = -β σ(-βΔ), dL/dπr = +β σ(-βΔ)."""
+    delta = (pc - rc) - (pr - rr)
+    losses = F.softplus(-beta * delta)
+    return losses, beta * (pc - rc), beta * (pr - rr), -beta * torch.sigmoid(-beta * delta)
+
+
+def check_dpo(ns):
+    for seed, beta in [(20, 0.1), (21, 0.5), (22, 2.0)]:
+        pc, pr, rc, rr = (t.double() for t in _dpo_inputs(seed))
+        losses_cf, chosen_cf, rejected_cf, grad_cf = _dpo_closed_form(pc, pr, rc, rr, beta)
+        pc_, pr_ = pc.clone().requires_grad_(), pr.clone().requires_grad_()
+        losses, chosen_rewards, rejected_rewards = ns.dpo_loss(pc_, pr_, rc, rr, beta=beta)
+        assert losses.shape == pc.shape, f"dpo_loss: losses must be per pair, shape {tuple(pc.shape)}"
+        _close(losses, losses_cf, f"dpo_loss (beta={beta}) vs -log σ(β((πc-rc)-(πr-rr)))")
+        _close(chosen_rewards, chosen_cf, "chosen_rewards = β(πc - rc)")
+        _close(rejected_rewards, rejected_cf, "rejected_rewards = β(πr - rr)")
+        assert not chosen_rewards.requires_grad and not rejected_rewards.requires_grad, \
+            "the rewards are for logging: detach them"
+        losses.sum().backward()
+        _close(pc_.grad, grad_cf, "autograd dL/dπc of your dpo_loss vs the closed form -β σ(-βΔ)")
+        _close(pr_.grad, -grad_cf, "autograd dL/dπr of your dpo_loss vs the closed form +β σ(-βΔ)")
+        grad_chosen, grad_rejected = ns.dpo_loss_grad(pc, pr, rc, rr, beta=beta)
+        _close(grad_chosen, grad_cf, "dpo_loss_grad: dL/dπc (closed form)")
+        _close(grad_rejected, -grad_cf, "dpo_loss_grad: dL/dπr (closed form)")
+    # Policy = reference: Δ = 0, every loss is log 2 and the gradient is ∓β/2.
+    z = torch.full((3,), -5.0)
+    losses, _, _ = ns.dpo_loss(z, z, z, z, beta=0.1)
+    _close(losses, torch.full((3,), math.log(2)), "policy == reference: loss log 2")
+
+
+def check_dpo_vs_project(ns):
+    project = _project("dpo", "dpo_loss")
+    for seed, beta in [(23, 0.1), (24, 1.0)]:
+        pc, pr, rc, rr = _dpo_inputs(seed)
+        mine = ns.dpo_loss(pc, pr, rc, rr, beta=beta)
+        theirs = project(pc, pr, rc, rr, beta=beta)
+        for what, m, t in zip(("losses", "chosen_rewards", "rejected_rewards"), mine, theirs):
+            _close(m, t, f"dpo_loss {what} vs dpo.dpo_loss (beta={beta})")
+        pc_ = pc.clone().requires_grad_()
+        project(pc_, pr, rc, rr, beta=beta)[0].sum().backward()
+        _close(ns.dpo_loss_grad(pc, pr, rc, rr, beta=beta)[0], pc_.grad, "dpo_loss_grad vs autograd of dpo.dpo_loss")
+
+
+# -----------------------------------------------------------------------------
+# 12. Temperature, top-k and top-p (§6, Meta's defaults T=0.6, p=0.9) vs sample.sample_next
+
+
+def check_sampling(ns):
+    import sample
+    # The worked example of sample.sample_next's docstring, exactly.
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    got = ns.sampling_distribution(logits, temperature=1.0, top_p=0.7)
+    _close(got, torch.tensor([[5 / 8, 3 / 8, 0.0, 0.0]]), "top_p=0.7 on [0.5, 0.3, 0.15, 0.05]")
+    got = ns.sampling_distribution(logits, temperature=1.0, top_p=1.0, top_k=3)
+    _close(got, torch.tensor([[0.5, 0.3, 0.15, 0.0]]) / 0.95, "top_k=3 on [0.5, 0.3, 0.15, 0.05]")
+    got = ns.sampling_distribution(logits[:, [2, 0, 3, 1]], temperature=0.0, top_p=0.9)
+    _close(got, torch.tensor([[0.0, 1.0, 0.0, 0.0]]), "temperature 0 is greedy: all mass on the argmax")
+
+    # Against the project: empirical frequencies of sample_next's draws.
+    gen = torch.Generator().manual_seed(12)
+    V, n_draws = 12, 40_000
+    for temperature, top_p, top_k in [(1.0, 0.9, None), (0.6, 0.9, None), (1.3, 1.0, 5), (0.8, 0.5, 6), (1.0, 1.0, None)]:
+        logits = torch.randn(2, V, generator=gen) * 2
+        probs = ns.sampling_distribution(logits, temperature=temperature, top_p=top_p, top_k=top_k)
+        assert probs.shape == logits.shape, f"sampling_distribution: shape {tuple(probs.shape)}, expected {(2, V)}"
+        _close(probs.sum(-1), torch.ones(2), "each row of the distribution sums to 1")
+        draws = sample.sample_next(logits.repeat_interleave(n_draws, 0), temperature=temperature, top_p=top_p,
+                                   top_k=top_k, generator=torch.Generator().manual_seed(0)).view(2, n_draws)
+        freq = torch.stack([torch.bincount(row, minlength=V) for row in draws]).float() / n_draws
+        where = f"(temperature={temperature}, top_p={top_p}, top_k={top_k})"
+        assert not ((freq > 0) & (probs == 0)).any(), f"sample_next draws tokens to which you give probability 0 {where}"
+        _close(probs, freq, f"your probabilities vs sample_next's frequencies over {n_draws} draws {where}",
+               atol=0.02, rtol=0.0)
