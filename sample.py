@@ -822,6 +822,14 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if distributed:
+            # Leave together: a rank that exits while the other still talks to it
+            # (gloo's threads alive) aborts with "terminate called without an
+            # active exception".
+            from parallel import barrier, teardown_distributed
+            barrier()
+            teardown_distributed()
     return 0
 
 
