@@ -270,12 +270,15 @@ def train_step(impl: str, model_name: str, batch: int, seq_len: int, dtype: str,
 
 def decode(impl: str, model_name: str, batch: int, new_tokens: int, repeats: int,
            device: str = "cpu", dtype: str = "fp32", compile: bool = False) -> dict:
+    """dtype: fp32, bf16, or int8 (ours only: sample.quantize_int8, bf16 activations)."""
     import torch
     import model as M
     import sample
     args = M.ModelArgs.from_name(model_name)
     torch.manual_seed(0)
-    net = M.Transformer(args).to(device=device, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
+    net = M.Transformer(args).to(device=device, dtype=torch.float32 if dtype == "fp32" else torch.bfloat16).eval()
+    if dtype == "int8":
+        sample.quantize_int8(net)
     if impl == "ours":
         r = sample.benchmark_decoding(net, args.vocab_size, batch, new_tokens, repeats=repeats, compile=compile)
     else:
@@ -394,8 +397,25 @@ def main(argv=None):
                 comp = run_isolated("train_step", impl="ours", compile=True, **kw)
                 rows.append(row(f"train step {cli.model} {dtype} +compile", "tokens/s", comp, ref, "transformers",
                                 "tokens_per_s", ".0f"))
-    if "decode" in want:
-        dtype = "bf16" if cli.device == "cuda" else "fp32"
+    if "decode" in want and cli.device == "cpu":
+        # Each precision against transformers in the SAME precision: fp32 eager, bf16
+        # eager and compiled; then int8 weight-only (§6.2-style, bf16 activations,
+        # compiled) against transformers in bf16, its fastest setting on this CPU.
+        for bs in (1, 8):
+            refs = {}
+            for dtype, compile in (("fp32", False), ("bf16", False), ("bf16", True), ("int8", True)):
+                ref_dtype = "bf16" if dtype == "int8" else dtype
+                print(f"decoding, {cli.model}, batch {bs}, {dtype}{' +compile' if compile else ''} ...", flush=True)
+                kw = dict(model_name=cli.model, batch=bs, new_tokens=128, repeats=cli.repeats, device=cli.device,
+                          threads=threads)
+                if ref_dtype not in refs:
+                    refs[ref_dtype] = run_isolated("decode", impl="hf", dtype=ref_dtype, **kw)
+                ours = run_isolated("decode", impl="ours", dtype=dtype, compile=compile, **kw)
+                rows.append(row(f"decode {cli.model} batch {bs} {dtype}{' +compile' if compile else ''}",
+                                "tokens/s", ours, refs[ref_dtype], f"transformers generate {ref_dtype}",
+                                "tokens_per_s", ".0f"))
+    elif "decode" in want:
+        dtype = "bf16"
         for bs in (1, 8):
             print(f"decoding, {cli.model}, batch {bs}, {dtype} ...", flush=True)
             kw = dict(model_name=cli.model, batch=bs, new_tokens=128, repeats=cli.repeats, device=cli.device,
@@ -403,8 +423,7 @@ def main(argv=None):
             ours, ref = run_isolated("decode", impl="ours", **kw), run_isolated("decode", impl="hf", **kw)
             rows.append(row(f"decode {cli.model} batch {bs}", "tokens/s", ours, ref, "transformers generate",
                             "tokens_per_s", ".0f"))
-            if cli.device == "cuda":
-                rows.append(row(f"decode {cli.model} batch {bs}", "GB/s", ours, None, "(none)", "bandwidth_gb_s", ".0f"))
+            rows.append(row(f"decode {cli.model} batch {bs}", "GB/s", ours, None, "(none)", "bandwidth_gb_s", ".0f"))
             if cli.compile:
                 comp = run_isolated("decode", impl="ours", compile=True, **kw)
                 rows.append(row(f"decode {cli.model} batch {bs} +compile", "tokens/s", comp, ref,

@@ -22,11 +22,17 @@ What is notable here
   decoding step must read every weight and the KV cache once: bytes/step x steps/s).
   `benchmark_decoding` / `benchmark_hf_decoding` measure it against Hugging Face
   transformers' generate on the same weights (bench.py calls them).
-- What limits speed on a CPU (measured on a 2-core AMD EPYC, small-15m, fp32): a step
-  must stream all 50 MB of matrices (more than the 32 MB L3) from memory, which alone
-  takes ~4.7 ms at the ~10.6 GB/s this machine reaches; ours spends ~6.0 ms per step,
-  transformers ~6.6 ms (about 1.1x at batch 1 and 8). Python overhead is the small
-  part; the bytes are the large part, on CPU as on GPU (gpt-fast's lesson).
+- What limits speed on a CPU (measured on a 2-core AMD EPYC, small-15m): the bytes.
+  A step must stream every matrix -- 50 MB in fp32, more than the 32 MB L3 -- so fp32
+  decoding is only ~1.05x transformers (142 vs 132 tokens/s at batch 1). Three things
+  help, each measured side by side by `python bench.py --only decode`:
+  bf16 weights (half the bytes; transformers gets the same benefit), `--compile`
+  (the step becomes a few fused C++ kernels around the matmuls: 1.6x transformers in
+  bf16 at batch 1, 1.9x at batch 8), and attention of the ONE new token done as two
+  small matmuls (model.one_query_attention; SDPA's CPU kernel cost 25% of a step at
+  batch 8). Int8 weight-only quantization (`--quantize int8`, §6.2's row-wise idea)
+  makes a step 12.5 MB, which fits in L3: 682 tokens/s at batch 1 (3.7x transformers'
+  bf16), 2,578 at batch 8 (2.3x), with logits within a few % of the unquantized ones.
 - `torchrun --nproc_per_node=N sample.py ...` splits every matrix over N ranks (tensor
   parallel without sequence parallel, so a single decoding token is never split).
 
@@ -41,6 +47,7 @@ How to run
     python sample.py --ckpt out/sft/final --chat --system "You are terse."
     python sample.py --ckpt out/pretrain/final --prompts prompts.txt --batch-size 8
     python sample.py --ckpt CKPT --bench                  # tokens/s vs transformers
+    python sample.py --ckpt CKPT --prompt "..." --dtype bf16 --compile --quantize int8   # fastest on CPU
     torchrun --nproc_per_node=2 sample.py --ckpt BIG --prompt "..."   # tensor parallel
 
 Read next: reward.py (rejection sampling: generate(..., num_samples=K) + reward model),
@@ -223,6 +230,68 @@ def _step_fn(compile: bool) -> Callable:
 
 
 # -----------------------------------------------------------------------------
+# 3b. Int8 weight-only quantization: fewer bytes per step (§6.2)
+#
+# §6.2 serves the 405B model with FP8 row-wise quantization of the feed-forward
+# weights, because decoding is bound by the bytes each step must read. This CPU has no
+# FP8 matmuls, so we do the same thing with int8: every row of a weight matrix gets one
+# scale (its absolute max / 127) and 8-bit integers. A step of small-15m then reads
+# 12.5 MB instead of 50 MB (fp32), which fits in this machine's 32 MB L3. Activations
+# stay in bf16 (PyTorch's CPU int8 kernel is fast for bf16 inputs, ~10x slower for
+# fp32 ones, measured). The embedding table is not quantized: a step reads one row.
+
+
+class Int8Linear(torch.nn.Module):
+    """y = x · (q · s)ᵀ: q (out, in) int8, s (out,) one scale per output row.
+
+    The int8 matrix is registered as `weight` (same shape as the nn.Linear it
+    replaces), so code that reads layer.wk.weight.shape keeps working."""
+
+    def __init__(self, linear: torch.nn.Linear, act_dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        w = linear.weight.detach().float()  # (out, in)
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,): row-wise, as §6.2
+        self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(act_dtype))
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        shape = x.shape
+        if x.device.type == "cpu":  # fused int8-weight matmul (gpt-fast's int8 path on CPU)
+            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.weight, self.scale.to(x.dtype))
+            return y.view(*shape[:-1], self.out_features)
+        # elsewhere: dequantize on the fly (correct; saves memory, not time)
+        return torch.nn.functional.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+
+
+def quantize_int8(model: M.Transformer, ffn_only: bool = False,
+                  act_dtype: torch.dtype = torch.bfloat16) -> M.Transformer:
+    """Replace the model's matrices by Int8Linear, in place, for inference only.
+
+    ffn_only=True is the paper's choice for the 405B model (§6.2): feed-forward weights
+    of all but the first and last layers; attention and the output layer stay. The
+    default quantizes every matrix but the embedding (the fastest here). The rest of
+    the model is cast to act_dtype first. Returns the model."""
+    if any(hasattr(p, "to_local") for p in model.parameters()):
+        raise ValueError("quantize_int8: the model is sharded (tensor parallel); quantize before sharding "
+                         "or decode without --quantize")
+    model.to(act_dtype)
+    n = model.args.n_layers
+    targets = []  # (parent module, attribute name)
+    for i, layer in enumerate(model.layers.values()):
+        if ffn_only and i in (0, n - 1):
+            continue  # §6.2: first and last Transformer layers are not quantized
+        targets += [(layer.feed_forward, name) for name in ("w1", "w2", "w3")]
+        if not ffn_only:
+            targets += [(layer.attention, name) for name in ("wq", "wk", "wv", "wo")]
+    if not ffn_only and model.output.weight is not model.tok_embeddings.weight:
+        targets.append((model, "output"))  # a tied output shares the embedding: keep it
+    for parent, name in targets:
+        setattr(parent, name, Int8Linear(getattr(parent, name), act_dtype))
+    return model
+
+
+# -----------------------------------------------------------------------------
 # 4. generate(): the library function
 
 
@@ -365,8 +434,14 @@ def _sync(device):
 
 
 def model_bytes(model: M.Transformer) -> int:
-    """Bytes of all weights (each read once per decoding step)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes of all weights (each read once per decoding step), int8 ones included;
+    tied tensors counted once, the KV cache (not persistent) not at all."""
+    seen, total = set(), 0
+    for t in model.state_dict().values():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
 
 
 def decode_bandwidth(model: M.Transformer, stats: dict) -> float:
@@ -402,6 +477,7 @@ def benchmark_decoding(model: M.Transformer, tokenizer_or_vocab, batch_size: int
     tokenizer = None if isinstance(tokenizer_or_vocab, int) else tokenizer_or_vocab
     prompts = _random_prompts(vocab, batch_size, prompt_len)
     kw = dict(max_new_tokens=new_tokens, temperature=0.0, stop_tokens=[], compile=compile)
+    quantized = any(isinstance(m, Int8Linear) for m in model.modules())
     if warmup:
         generate(model, tokenizer, prompts, **kw)  # warm-up (and compilation with --compile)
     runs = []
@@ -410,7 +486,8 @@ def benchmark_decoding(model: M.Transformer, tokenizer_or_vocab, batch_size: int
         generate(model, tokenizer, prompts, stats=stats, **kw)
         steps = stats["decode_steps"]
         runs.append(dict(
-            impl="ours" + ("+compile" if compile else ""), batch_size=batch_size, new_tokens=new_tokens,
+            impl="ours" + ("+int8" if quantized else "") + ("+compile" if compile else ""),
+            batch_size=batch_size, new_tokens=new_tokens,
             prompt_len=prompt_len, device=str(model.tok_embeddings.weight.device),
             dtype=str(model.tok_embeddings.weight.dtype).removeprefix("torch."),
             tokens_per_s=batch_size * steps / stats["decode_s"],
@@ -479,11 +556,13 @@ def benchmark_hf_decoding(model: M.Transformer, batch_size: int = 1, new_tokens:
 
 
 def compare_with_hf(model: M.Transformer, batch_sizes=(1, 8), new_tokens: int = 128, prompt_len: int = 16,
-                    repeats: int = 5, compile: bool = False) -> list[dict]:
+                    repeats: int = 5, compile: bool = False, reference: Optional[M.Transformer] = None) -> list[dict]:
     """Side by side in one process: ours vs transformers at each batch size. Runs are
     interleaved (ours, theirs, ours, theirs, ...) so that a change of machine load
-    hits both alike; each side reports its median run."""
-    hf = hf_model_from(model)
+    hits both alike; each side reports its median run. reference: the model whose
+    weights transformers gets (default: `model`; pass the unquantized model when
+    `model` went through quantize_int8)."""
+    hf = hf_model_from(reference if reference is not None else model)
     rows = []
     for bs in batch_sizes:
         ours_runs, hf_runs = [], []
@@ -513,7 +592,7 @@ def load_for_inference(ckpt: str, tokenizer_path: Optional[str] = None, device=N
     """Any checkpoint format -> (model in eval mode, tokenizer). The tokenizer is
     --tokenizer if given, else the one next to the checkpoint (model.find_tokenizer)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dtype is None:  # bf16 on GPUs that have it, fp32 on CPU (bf16 matmuls are slow there)
+    if dtype is None:  # bf16 on GPUs that have it; fp32 on CPU (exact; --dtype bf16 is ~1.4x faster here)
         dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     model, _ = M.load_model(ckpt, device=device, dtype=dtype)
     model.eval()
@@ -741,6 +820,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default: bf16 on GPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoding step")
+    p.add_argument("--quantize", default=None, choices=["int8", "int8-ffn"],
+                   help="int8 weight-only matrices, bf16 activations (§6.2); int8-ffn: the paper's "
+                        "choice, feed-forward of all but the first and last layers")
     return p.parse_args(argv)
 
 
@@ -755,6 +837,15 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    reference = None  # unquantized weights, for --bench's transformers side
+    if cli.quantize:
+        if distributed:
+            print("error: --quantize works on one process (not with tensor parallel)", file=sys.stderr)
+            return 2
+        if cli.bench:
+            import copy
+            reference = copy.deepcopy(model)
+        quantize_int8(model, ffn_only=cli.quantize == "int8-ffn")
     is_main = True
     if distributed:
         model, dist = shard_for_inference(model)
@@ -778,7 +869,7 @@ def main(argv=None) -> int:
                  out=sys.stdout if is_main else io.StringIO(), **kw)
         elif cli.bench:
             new = min(cli.max_new_tokens, model.args.max_seq_len - 16)
-            rows = compare_with_hf(model, new_tokens=new, compile=cli.compile)
+            rows = compare_with_hf(model, new_tokens=new, compile=cli.compile, reference=reference)
             for r in rows:
                 print0(f"batch {r['batch_size']}: ours {r['ours']['tokens_per_s']:.1f} tokens/s "
                        f"({r['ours']['bandwidth_gb_s']:.1f} GB/s), transformers "

@@ -331,3 +331,15 @@ def test_checkpoint_shape_mismatch_is_named(tmp_path):
     (tmp_path / "junk").mkdir()
     with pytest.raises(ValueError, match="unknown checkpoint format"):
         M.load_model(str(tmp_path / "junk"))
+
+
+def test_one_query_attention_equals_sdpa():
+    """The decoding path (one query token per row, bool mask over the cache) equals
+    SDPA with GQA, including rows whose mask hides some slots."""
+    torch.manual_seed(0)
+    B, H, KV, S, hd = 3, 6, 2, 11, 16
+    q, k, v = torch.randn(B, H, 1, hd), torch.randn(B, KV, S, hd), torch.randn(B, KV, S, hd)
+    mask = torch.rand(B, 1, 1, S) > 0.3
+    mask[..., 0] = True  # every row sees at least one slot
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(M.one_query_attention(q, k, v, mask), ref, atol=1e-5, rtol=1e-5)

@@ -295,3 +295,69 @@ def test_torchrun_tensor_parallel_equals_one_process(tmp_path, tok_path):
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "tp.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+
+
+# -----------------------------------------------------------------------------
+# Int8 weight-only quantization (§6.2's row-wise idea, in int8 on CPU)
+
+
+def test_int8_linear_is_rowwise_quantized_linear():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48, bias=False)
+    with torch.no_grad():
+        lin.weight[3] *= 50  # one row with a much larger range: row-wise scales keep the others precise
+    q = S.Int8Linear(lin, act_dtype=torch.float32)
+    assert q.weight.dtype == torch.int8 and q.weight.shape == lin.weight.shape and q.scale.shape == (48,)
+    deq = q.weight.float() * q.scale[:, None]
+    err = (deq - lin.weight).abs()
+    assert (err <= q.scale[:, None] / 2 + 1e-7).all()  # rounding: at most half a step per row
+    assert err[torch.arange(48) != 3].max() < lin.weight.abs().max() / 127 / 20  # other rows unharmed
+    x = torch.randn(2, 5, 64).bfloat16()
+    q_bf16 = S.Int8Linear(lin, act_dtype=torch.bfloat16)
+    y = q_bf16(x)  # the fused CPU kernel
+    assert y.shape == (2, 5, 48) and y.dtype == torch.bfloat16
+    ref = torch.nn.functional.linear(x.float(), deq)
+    assert (y.float() - ref).abs().max() < 0.02 * ref.abs().max()
+
+
+def test_quantize_int8_model():
+    model = tiny_model(seed=5)
+    reference = tiny_model(seed=5)
+    fp32_bytes = S.model_bytes(reference)
+    S.quantize_int8(model)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears == []  # every matrix but the embedding is int8 now
+    assert model.tok_embeddings.weight.dtype == torch.bfloat16
+    # bytes per step: matrices 4x smaller than fp32 (the embedding 2x: bf16)
+    emb = model.tok_embeddings.weight.numel()
+    assert S.model_bytes(model) < (fp32_bytes - 4 * emb) / 4 * 1.1 + 2 * emb
+    tokens = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        ref, q = reference(tokens), model(tokens)
+    assert (q - ref).abs().max() < 0.1 * ref.abs().max()  # close to the unquantized logits
+    assert (q.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.85
+    # decoding through the cache is consistent with the quantized model's full forward
+    out = S.generate(model, None, PROMPTS, max_new_tokens=8, temperature=0)
+    assert out == [greedy_full_forward(model, p, 8) for p in PROMPTS]
+
+
+def test_quantize_int8_ffn_only_is_the_papers_choice():
+    model = S.quantize_int8(tiny_model(n_layers=4), ffn_only=True)
+    kinds = [[type(getattr(layer.feed_forward, n)).__name__ for n in ("w1", "w2", "w3")]
+             for layer in model.layers.values()]
+    assert kinds[0] == kinds[3] == ["Linear"] * 3  # §6.2: first and last layers stay
+    assert kinds[1] == kinds[2] == ["Int8Linear"] * 3
+    assert all(isinstance(layer.attention.wq, torch.nn.Linear) for layer in model.layers.values())
+    assert isinstance(model.output, torch.nn.Linear)
+
+
+def test_cli_quantize(tmp_path, tok_path, tok, capsys):
+    args = tiny_args()
+    model = tiny_model()
+    M.save_model(model, args, str(tmp_path / "ckpt"), tokenizer_path=tok_path)
+    common = ["--ckpt", str(tmp_path / "ckpt"), "--temperature", "0", "--max-new-tokens", "6"]
+    assert S.main(common + ["--prompt", "abc", "--quantize", "int8"]) == 0
+    text = capsys.readouterr().out
+    expected = tok.decode(S.generate(S.quantize_int8(tiny_model()), tok, [tok.encode("abc", bos=True)], 6,
+                                     temperature=0)[0])
+    assert "abc" + expected in text and "bfloat16" in text
