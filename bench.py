@@ -17,7 +17,8 @@ Rows (CPU):
                        dtype, batch: tokens/s and MFU, fp32 and bf16 autocast
   decoding             sample.generate vs transformers' generate, batch 1 and 8
 With --device cuda (and a GPU): training MFU of llama3.2-1b in bf16 (FSDP wrapping,
-optional compile) and decoding tokens/s with memory bandwidth.
+optional compile), decoding tokens/s with memory bandwidth, and document masking at
+8K tokens: FlexAttention's block mask vs SDPA's dense mask (agreement, then speed).
 
 A reference that is not installed is reported as "missing", never silently skipped.
 
@@ -289,6 +290,71 @@ def decode(impl: str, model_name: str, batch: int, new_tokens: int, repeats: int
 
 
 # -----------------------------------------------------------------------------
+# Document masking (§3.2): FlexAttention's block mask vs SDPA with a dense mask
+
+
+def _packed_doc_ids(seq_len: int, n_docs: int, device):
+    """(1, seq_len) document ids of n_docs documents of random lengths (seeded)."""
+    import random
+    import torch
+    cuts = sorted(random.Random(0).sample(range(1, seq_len), n_docs - 1))
+    doc_ids = torch.zeros(1, seq_len, dtype=torch.long)
+    for i, c in enumerate(cuts):
+        doc_ids[0, c:] = i + 1
+    return doc_ids.to(device)
+
+
+def doc_masking(impl: str, model_name: str, seq_len: int, n_docs: int, repeats: int, device: str = "cuda") -> dict:
+    """Forward + backward tokens/s of one packed row of n_docs documents, bf16 weights,
+    with impl = "flex" (block mask, compiled on GPU) or "sdpa" (dense (T, T) bool mask)."""
+    import torch
+    import model as M
+    args = M.ModelArgs.from_name(model_name)
+    args.max_seq_len = max(args.max_seq_len, seq_len)
+    torch.manual_seed(0)
+    net = M.Transformer(args).to(device=device, dtype=torch.bfloat16)
+    net.set_attention(impl)
+    tokens = torch.randint(0, args.vocab_size, (1, seq_len), device=device)
+    doc_ids = _packed_doc_ids(seq_len, n_docs, device)
+
+    def step():
+        net.zero_grad(set_to_none=True)
+        net(tokens, doc_ids=doc_ids).logsumexp(-1).mean().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    seconds = _median_time(step, repeats)
+    out = {"tokens_per_s": seq_len / seconds, "ms_per_step": 1000 * seconds}
+    if device == "cuda":
+        out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def doc_masking_parity(model_name: str, seq_len: int, n_docs: int, n_layers: int = 2, device: str = "cuda") -> dict:
+    """The two paths on the same weights and packed row, fp32, a model cut to n_layers:
+    max |difference| of the logits and of every gradient, relative to their scale."""
+    import torch
+    import model as M
+    args = M.ModelArgs.from_name(model_name)
+    args.max_seq_len, args.n_layers = max(args.max_seq_len, seq_len), n_layers
+    torch.manual_seed(0)
+    net = M.Transformer(args).to(device)
+    tokens = torch.randint(0, args.vocab_size, (1, seq_len), device=device)
+    doc_ids = _packed_doc_ids(seq_len, n_docs, device)
+    results = {}
+    for impl in ("sdpa", "flex"):
+        net.set_attention(impl)
+        net.zero_grad(set_to_none=True)
+        logits = net(tokens, doc_ids=doc_ids)
+        logits.logsumexp(-1).mean().backward()
+        results[impl] = (logits.detach(), {n: p.grad.detach().clone() for n, p in net.named_parameters()})
+    (l0, g0), (l1, g1) = results["sdpa"], results["flex"]
+    grad_rel = max(((g0[n] - g1[n]).abs().max() / g0[n].abs().max().clamp(min=1e-30)).item() for n in g0)
+    return {"logits_max_abs_diff": (l0 - l1).abs().max().item(), "logits_scale": l0.abs().max().item(),
+            "grad_max_rel_diff": grad_rel}
+
+
+# -----------------------------------------------------------------------------
 # The table
 
 
@@ -340,7 +406,8 @@ def print_table(rows: list[dict]):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Speed and memory, ours vs references, side by side.")
     p.add_argument("--only", nargs="*", default=None,
-                   help="subset of: tokenizer minhash pipeline train decode (default: all)")
+                   help="subset of: tokenizer minhash pipeline train decode docmask (default: all; "
+                        "docmask only on cuda)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--model", default="small-15m", help="model for the training/decoding rows")
@@ -351,7 +418,8 @@ def main(argv=None):
     p.add_argument("--out", default="out/bench/bench.json")
     cli = p.parse_args(argv)
     threads = os.cpu_count() or 1
-    want = set(cli.only or ["tokenizer", "minhash", "pipeline", "train", "decode"])
+    want = set(cli.only or ["tokenizer", "minhash", "pipeline", "train", "decode"]
+               + (["docmask"] if cli.device == "cuda" else []))
     rows = []
     t_start = time.time()
 
@@ -360,7 +428,7 @@ def main(argv=None):
         if not torch.cuda.is_available():
             print("--device cuda: no CUDA device on this machine; nothing to measure.")
             return 1
-        want &= {"train", "decode"}
+        want &= {"train", "decode", "docmask"}
         cli.model = "llama3.2-1b" if cli.model == "small-15m" else cli.model
         cli.seq_len = 2048 if cli.seq_len == 256 else cli.seq_len
         cli.batch = 4 if cli.batch == 8 else cli.batch
@@ -397,6 +465,21 @@ def main(argv=None):
                 comp = run_isolated("train_step", impl="ours", compile=True, **kw)
                 rows.append(row(f"train step {cli.model} {dtype} +compile", "tokens/s", comp, ref, "transformers",
                                 "tokens_per_s", ".0f"))
+    if "docmask" in want:
+        # §3.2 document masking at 8K tokens: FlexAttention (compiled on GPU) vs SDPA with a
+        # dense boolean mask, first their agreement (fp32, 2 layers), then their speed.
+        seq, n_docs = (8192, 8) if cli.device == "cuda" else (512, 4)
+        print(f"document masking, {cli.model}, {seq} tokens in {n_docs} documents: flex vs sdpa ...", flush=True)
+        parity = run_isolated("doc_masking_parity", model_name=cli.model, seq_len=min(seq, 2048), n_docs=n_docs,
+                              device=cli.device, threads=threads)
+        print(f"  parity (fp32, 2 layers, {min(seq, 2048)} tokens): " + json.dumps(parity))
+        kw = dict(model_name=cli.model, seq_len=seq, n_docs=n_docs, repeats=cli.repeats, device=cli.device,
+                  threads=threads)
+        ours, ref = run_isolated("doc_masking", impl="flex", **kw), run_isolated("doc_masking", impl="sdpa", **kw)
+        rows.append(row(f"doc-masked fwd+bwd {cli.model} {seq} tok, {n_docs} docs, flex", "tokens/s", ours, ref,
+                        "SDPA + dense mask", "tokens_per_s", ".0f"))
+        rows.append(row(f"flex vs sdpa parity (fp32, {min(seq, 2048)} tok)", "max |dlogits|", parity, None, "(none)",
+                        "logits_max_abs_diff", ".2e"))
     if "decode" in want and cli.device == "cpu":
         # Each precision against transformers in the SAME precision: fp32 eager, bf16
         # eager and compiled; then int8 weight-only (§6.2-style, bf16 activations,

@@ -28,26 +28,36 @@ What is notable here
   (the SFT model) and after DPO.
 
 Our choices (the paper's are for 8B-405B models)
-- Default data: tasks.py's preference pairs (chosen = the correct answer, rejected =
-  a plausible wrong one; where a row has "edited" -- the concise correct answer, the
-  best one -- it is the chosen response, as tasks.make_preference_pairs advises).
-  `python reward.py rejection-sample` also writes ON-policy pairs (the policy's own
-  correct vs wrong samples) to out/rejection/pairs.jsonl: `--data` takes them.
+- Data: the ON-POLICY pairs that `python reward.py rejection-sample` writes to
+  out/rejection/pairs.jsonl (the default when that file exists): for each prompt, one
+  of the SFT policy's own correct samples vs one of its wrong ones, as judged by the
+  task checker (execution feedback, §4.3). Llama 3 collects its preference data from
+  the latest models every round (§4.2.1) for the same reason: DPO moves probability
+  between responses the policy actually gives. Without that file: tasks.py's offline
+  pairs (chosen = the correct answer, "edited" -- the concise one -- when the row has
+  it; rejected = a plausible wrong one).
 - The NLL term is the per-token mean over the chosen responses' SFT targets (content
   and the closing <|eot_id|>, as in sft.py: the model must keep learning to stop),
   while the DPO log-probabilities are SUMS over the response tokens (the DPO paper).
-- Learning rate 5e-5 (the paper: 1e-5 for 8B-405B). Not tuned: a 15M model gets 100
-  steps here, and at 5e-5 the held-out reward margin already saturates within them.
+- Learning rate 5e-5 (the paper: 1e-5 for 8B-405B), one epoch over the pairs.
+- Task accuracy on 1,000 held-out prompts: with 200, its standard error (~3.5
+  points) was as large as the effects we wanted to see.
 
-Measured on this CPU (small-15m from out/sft/final, default tasks, 1,600 pairs, 100
-steps at 5e-5, 1 thread, 2.9 min): held-out task accuracy (greedy, 200 prompts) 47.0%
--> 48.5%; held-out eval_rewards/accuracies 100%, margin 6.2; eval_logps/chosen -1.623
--> -1.615 (no collapse) while eval_logps/rejected fell -225 -> -287. The same run
-with --nll-coef 0 (plain DPO): eval_logps/chosen -1.623 -> -1.919 and task accuracy
-47.0% -> 35.5% -- the fall that §4.1.4's NLL term is there to prevent. (On a weaker
-SFT model, 7-8% accuracy, both variants gained a few points and the chosen log-prob
-rose either way: the effect depends on how far the chosen responses are from what the
-model already says.)
+Measured on this CPU (small-15m, default tasks, 1,000 held-out prompts, one epoch at
+5e-5, ~2-3 min), on the on-policy pairs of `reward.py rejection-sample --n-prompts 4096`:
+- SFT model A (57.0% held-out task accuracy), 2,681 pairs: 57.0% -> 61.0% (digit
+  85 -> 98%, last 67 -> 77%, the others within noise); eval_logps/chosen -0.885 ->
+  -0.835. Earlier pair selections on A: 57.0% -> 64.3%
+  (2,639 pairs) and -> 59.8% (666 pairs).
+- SFT model B (42.0%, a weaker pre-training run), 2,825 pairs: 42.0% -> 41.8%, i.e.
+  unchanged within the ±1.6-point standard error (also at lr 2e-4: 42.0% -> 42.0%);
+  eval_logps/chosen -1.340 -> -1.177. DPO sharpens what the policy can already do
+  (digit 59 -> 64%), it does not teach a skill the policy lacks (larger: 1% -> 4%).
+- Offline pairs (1,600 generated, chatty chosen/rejected), 100 steps: 47.0% -> 48.5%
+  on one SFT model and 59.5% -> 57.5% on another (200 prompts): they teach a style the
+  policy does not use. With --nll-coef 0 (plain DPO) on them: eval_logps/chosen
+  -1.623 -> -1.919 and task accuracy 47.0% -> 35.5% -- the fall that §4.1.4's NLL
+  term is there to prevent.
 
 Reads:  a checkpoint (--init; default out/sft/final, else out/pretrain/final),
         preference pairs (generated, or --data / --eval-data JSONL validated by
@@ -58,7 +68,7 @@ Writes: out/dpo/{config.json, log.jsonl, loss.png, dpo.png, report.json,
 How to run
     python dpo.py                                    # SFT model -> DPO, report before/after
     python dpo.py --no-mask-format-tokens --nll-coef 0   # plain DPO, for comparison
-    python dpo.py --data out/rejection/pairs.jsonl   # on-policy pairs (reward.py)
+    python dpo.py --data out/tasks/pref_train.jsonl  # offline pairs (python tasks.py --out out/tasks)
     torchrun --standalone --nproc_per_node=2 dpo.py  # FSDP over 2 ranks
 
 Read next: sample.py --ckpt out/dpo/final --chat (talk to the result), then the
@@ -84,6 +94,8 @@ from pretrain import TrainConfig, arg
 # Preference rows come from the same place as the reward model's (one reader and
 # validator, tasks.py): --data / --eval-data files, or generated pairs.
 from reward import load_pairs
+
+ON_POLICY_PAIRS = "out/rejection/pairs.jsonl"  # what `python reward.py rejection-sample` writes
 
 # -----------------------------------------------------------------------------
 # 1. The loss (§4.1.4; Rafailov et al. 2023)
@@ -284,29 +296,25 @@ def make_eval_fn(pairs, ref_chosen, ref_rejected, batch_size, pad_id, dist, beta
 
 @torch.no_grad()
 def task_accuracy(model, tokenizer, examples: list[dict], max_new_tokens: int = 32, batch_size: int = 64) -> dict:
-    """Greedy answers to the held-out prompts, checked by tasks.py: tasks.accuracy's dict
-    plus a few examples. Runs on one unsharded model (rank 0)."""
-    import sample
+    """Greedy answers to the held-out prompts, checked by tasks.py (sft.task_accuracy,
+    the same measure as the SFT stage's), with the count per task and a few examples.
+    Runs on one unsharded model (rank 0)."""
+    import sft
     import tasks
-    from tokenizer import ChatFormat
-    chat = ChatFormat(tokenizer)
     was_training = model.training
     model.eval()
-    responses = []
-    for i in range(0, len(examples), batch_size):
-        prompts = [chat.encode_dialog_prompt(e["messages"][:-1]) for e in examples[i:i + batch_size]]
-        outs = sample.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0)
-        responses += [tokenizer.decode(o) for o in outs]
+    _, responses = sft.task_accuracy(model, tokenizer, examples, max_new_tokens=max_new_tokens,
+                                     batch_size=batch_size)
     model.train(was_training)
     correct = [tasks.check_response(e, r) for e, r in zip(examples, responses)]
     result = {"accuracy": sum(correct) / max(1, len(correct)), "correct": sum(correct), "n": len(correct),
               "per_task": {}}
-    for e, ok in zip(examples, correct):  # (tasks.accuracy gives the same; computed here to keep n per task)
+    for e, ok in zip(examples, correct):  # counts per task (tasks.accuracy gives fractions only)
         task = result["per_task"].setdefault(e.get("task", "?"), {"accuracy": 0.0, "correct": 0, "n": 0})
         task["correct"], task["n"] = task["correct"] + ok, task["n"] + 1
         task["accuracy"] = task["correct"] / task["n"]
-    result["examples"] = [{"prompt": e["messages"][-2]["content"], "response": r, "correct": tasks.check_response(e, r)}
-                          for e, r in list(zip(examples, responses))[:6]]
+    result["examples"] = [{"prompt": e["messages"][-2]["content"], "response": r, "correct": ok}
+                          for e, r, ok in list(zip(examples, responses, correct))[:6]]
     return result
 
 
@@ -319,18 +327,21 @@ class DPOConfig(TrainConfig):
     """DPO (§4.1.4): every field is a --kebab-case flag."""
     init: str = arg("", "policy = reference at start (default: out/sft/final if it exists, else out/pretrain/final)")
     out_dir: str = arg("out/dpo", "checkpoints, logs, report and final/ go here")
-    data: str = arg("", "preference JSONL (tasks.read_preference_jsonl format); default: generated pairs")
-    eval_data: str = arg("", "held-out preference JSONL; default: generated 'val' pairs")
+    data: str = arg("", "preference JSONL (tasks.read_preference_jsonl format); default: the on-policy pairs "
+                        f"of rejection sampling ({ON_POLICY_PAIRS}) if they exist, else generated pairs")
+    eval_data: str = arg("", "held-out preference JSONL; default: every 20th row of --data if given, else "
+                             "generated 'val' pairs")
     tasks: str = arg("", "comma-separated tasks of tasks.py (default: all)")
     n_train: int = arg(1600, "generated training pairs (the reference log-probs of each cost a forward pass)")
     n_eval: int = arg(200, "generated held-out pairs")
-    n_eval_tasks: int = arg(200, "held-out task prompts for greedy accuracy before/after")
+    n_eval_tasks: int = arg(1000, "held-out task prompts for greedy accuracy before/after (1,000: a standard "
+                                  "error of ~1.6 points; 200 left ~3.5, as large as the effects measured)")
     max_new_tokens: int = arg(32, "greedy answer length for the task accuracy")
     beta: float = arg(0.1, "DPO β (§4.1.4: 0.1)")
     nll_coef: float = arg(0.2, "NLL term on the chosen sequences (§4.1.4: 0.2; 0 = plain DPO)")
     mask_format_tokens: bool = arg(True, "mask header and termination tokens out of the log-probs (§4.1.4)")
     batch_size: int = arg(16, "pairs per optimizer step")
-    max_steps: int = arg(100, "optimizer steps (default: one epoch of the 1,600 pairs)")
+    max_steps: int = arg(0, "optimizer steps (0 = one epoch over the training pairs)")
     time_budget_min: float = arg(0.0, "if > 0: shorten the run to end within this many minutes")
     lr: float = arg(5e-5, "peak learning rate (§4.1.4: 1e-5; a 15M model in 200 steps needs more)")
     warmup_steps: int = arg(10, "linear warm-up steps")
@@ -354,6 +365,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
     logger = pretrain.RunLogger(cfg.out_dir, dist)
     logger.write_json("config.json", asdict(cfg))
     init = cfg.init or ("out/sft/final" if os.path.exists("out/sft/final/model.pt") else "out/pretrain/final")
+    if not cfg.data and os.path.exists(ON_POLICY_PAIRS):
+        cfg.data = ON_POLICY_PAIRS  # reward.py rejection-sample ran: the round's own pairs (§4.2.1)
     model, model_args = M.load_model(init, device=dist.device)
     tokenizer_path = M.find_tokenizer(init)
     tokenizer = Tokenizer(tokenizer_path)
@@ -363,13 +376,22 @@ def run_dpo(cfg: DPOConfig) -> dict:
 
     # ---- data ---------------------------------------------------------------------
     train_rows, skipped = load_pairs(cfg, "train")
-    eval_rows, eval_skipped = load_pairs(cfg, "val")
+    if cfg.data and not cfg.eval_data:
+        # Held-out pairs of the same kind as the training ones: every 20th row of --data.
+        # (Generated offline pairs would measure a style the on-policy pairs never show.)
+        eval_rows, eval_skipped = train_rows[::20], []
+        train_rows = [row for i, row in enumerate(train_rows) if i % 20]
+    else:
+        eval_rows, eval_skipped = load_pairs(cfg, "val")
     train_pairs, dropped = encode_pairs(chat, train_rows, cfg.mask_format_tokens, model_args.max_seq_len)
     eval_pairs, eval_dropped = encode_pairs(chat, eval_rows, cfg.mask_format_tokens, model_args.max_seq_len)
-    print0(f"data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs; skipped "
+    print0(f"data: {len(train_pairs)} training pairs ({cfg.data or 'generated by tasks.py'}), "
+           f"{len(eval_pairs)} held-out pairs; skipped "
            f"{len(skipped) + len(eval_skipped)} bad lines, dropped {dropped + eval_dropped} too long")
     if not train_pairs or not eval_pairs:
         raise SystemExit("no usable preference pairs")
+    if cfg.max_steps <= 0:
+        cfg.max_steps = math.ceil(len(train_pairs) / cfg.batch_size)  # one epoch
     eval_examples = tasks.make_examples(cfg.n_eval_tasks, cfg.seed, tasks=cfg.tasks or None, split="val")
 
     # ---- before training: task accuracy, and the reference log-probs (ONCE) --------
@@ -409,6 +431,10 @@ def run_dpo(cfg: DPOConfig) -> dict:
                             model_args=model_args, start_state=start_state, logger=logger,
                             tokenizer_path=tokenizer_path)
 
+    if result.get("stopped"):  # --stop-at-step: the checkpoint is written; run again to resume
+        parallel.teardown_distributed()
+        return {"status": "stopped", "steps": result["step"], "total_steps": result["total_steps"]}
+
     # ---- after: task accuracy of the exported model (unsharded, rank 0) ------------
     accuracy_after = None
     if dist.is_main and cfg.n_eval_tasks:
@@ -422,7 +448,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
                   for r in records if "logps/chosen" in r]
     report = {
         "init": init, "beta": cfg.beta, "nll_coef": cfg.nll_coef, "mask_format_tokens": cfg.mask_format_tokens,
-        "lr": cfg.lr, "steps": result["step"], "total_steps": result["total_steps"],
+        "data": cfg.data or "generated", "lr": cfg.lr, "steps": result["step"], "total_steps": result["total_steps"],
         "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "skipped_lines": (skipped + eval_skipped)[:100],
         "task_accuracy_before": accuracy_before, "task_accuracy_after": accuracy_after,
         "eval_before": eval_before, "eval_after": result["last_eval"],

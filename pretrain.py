@@ -765,7 +765,7 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
             print0(f"--stop-at-step {step}: stopping here (resume continues the same schedule)")
             logger.plot()
             return {"step": step, "losses": losses, "last_eval": last_eval, "final_dir": None,
-                    "total_steps": total_steps}
+                    "total_steps": total_steps, "stopped": True}
 
     final_dir = None
     if export:

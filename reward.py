@@ -37,26 +37,33 @@ the report.json each run writes):
   exists, else out/pretrain/final (printed at start).
 - The value head is zero-initialized: every score starts at 0, so the first loss is
   exactly ln 2 and the trunk's first gradients are not noise from a random head.
+- Half of the generated pairs are bare answers ("9" vs "6", no edited): the form the
+  SFT policy answers in, i.e. what rejection sampling will ask the RM to judge.
+- The wrong answers imitate the policy's own mistakes (tasks.py's corrupt(): for max,
+  last and larger, half the time a number that is not in the prompt at all). This was
+  the change that mattered: with only "another item of the list" as the wrong answer,
+  the RM reached 80% on held-out chosen-vs-rejected pairs yet ranked the policy's
+  correct samples above its wrong ones only 54% of the time, and its best-of-8 pick
+  was correct LESS often than a random sample (30.8% vs 32.7%).
+- 600 steps x 16 rows, each generated row seen once (300 steps: 86% / 73% below).
+- `--on-policy-prompts N` also trains on the init model's own samples, labelled by
+  the task checker (§4.2.1's "preference data from the latest models"). Off by
+  default: with 2,048 prompts (1,387 pairs) it made things worse here (held-out 76%,
+  on-policy held-out pairs 49%): a 15M trunk does not learn from those noisy pairs.
 
-Measured on this CPU (small-15m, out/sft/final at 47% held-out task accuracy, default
-tasks digit/max/last/count/larger, 300 steps, 1 thread, 4.4 min):
-- held-out pairwise accuracy 91.2% over all ordered pairs, margin 9.7; but 73.5% on
-  the chosen-vs-rejected pairs alone (correct vs wrong answer in the same template):
-  the edited-vs-chosen pairs (concise vs chatty) are easy, correctness is not. Per
-  task (chosen vs rejected): digit 89%, max 89%, larger 69%, count 66%, last 55% --
-  the RM judges best what the SFT model itself solves (digit 70%, max 85%). With
-  lr 1e-4 and 150 steps the chosen-vs-rejected pairs stayed at chance (~50%).
-- Rejection sampling, K=8, 128 prompts: the RM's pick is correct 28.9% of the time, a
-  random sample 34.8%, the best-of-8 oracle 76.6%; the RM ranks a correct sample above
-  a wrong one in only 52% of the policy's own (correct, wrong) pairs. The offline
-  pairs put every wrong answer in a chatty template; the policy answers tersely, so the
-  RM's "concise wins" lesson says nothing about its samples. A second round trained on
-  736 ON-policy pairs (the pairs.jsonl of `rejection-sample --n-prompts 1024`: the
-  policy's own correct vs wrong samples; Llama 3 also collects its preference data
-  from the latest models each round, §4.2.1), 150 steps, reached 66.9%
-  held-out pair accuracy and picks correct 36.3% vs random 35.7% (oracle 74.6%) on
-  256 held-out prompts: better, still barely above random. The gap to the oracle is
-  what a better reward model (or the task checker itself, §4.3) would buy.
+Measured on this CPU (small-15m, an SFT model at 42% held-out task accuracy, default
+tasks digit/max/last/count/larger, 600 steps, 2 threads, ~4.5 min):
+- held-out pairwise accuracy 91.2% over all ordered pairs (edited > chosen > rejected,
+  and the bare pairs), margin 7.5; 82.2% on the chosen-vs-rejected (correct vs wrong)
+  pairs alone: digit 100%, larger 84%, max 84%, count 72%, last 71%. The RM judges
+  "larger" (84%) although the policy answers it right 1% of the time: a scalar
+  judgement can be easier to learn than the generation.
+- Rejection sampling, K=8, 1,024 held-out prompts with that RM: its pick is correct
+  43.8% of the time, a random sample 32.7%, the best-of-8 oracle 75.8%; it ranks a
+  correct sample above a wrong one in 70.2% of the policy's own (correct, wrong) pairs.
+- On a stronger SFT model (57% task accuracy): held-out 90.1% (chosen vs rejected
+  80.0%); rejection sampling on 4,096 prompts: pick correct 57.8%, random 49.9%,
+  oracle 85.2%.
 
 Reads:  a checkpoint (--init), preference pairs (tasks.make_preference_pairs by
         default, or --data / --eval-data JSONL validated by tasks.read_preference_jsonl).
@@ -78,6 +85,7 @@ Read next: sft.py (trains on out/rejection/sft_rs.jsonl in the next round), then
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import random
@@ -136,6 +144,12 @@ class RewardModel(nn.Module):
         self.value_head = nn.Linear(trunk.args.dim, 1)
         nn.init.zeros_(self.value_head.weight)  # every score starts at 0: loss ln 2
         nn.init.zeros_(self.value_head.bias)  # (the bias cancels in r_c - r_r anyway)
+        if trunk.output.weight is not trunk.tok_embeddings.weight:
+            # The next-token head is unused: freeze it, so that the optimizer holds no
+            # state for it. (AdamW never creates state for a parameter without a
+            # gradient, and a resumed run's freshly initialized optimizer then expected
+            # state the checkpoint did not have: resuming failed.)
+            trunk.output.weight.requires_grad_(False)
 
     def forward(self, tokens, *, positions=None, attn_mask=None, score_index=None) -> torch.Tensor:
         """tokens (B, T) -> scores (B, R) at score_index (B, R), or (B, T) at every
@@ -454,10 +468,16 @@ class RewardConfig(TrainConfig):
     data: str = arg("", "preference JSONL (tasks.read_preference_jsonl format); default: generated pairs")
     eval_data: str = arg("", "held-out preference JSONL; default: generated 'val' pairs")
     tasks: str = arg("", "comma-separated tasks of tasks.py for the generated pairs (default: all)")
-    n_train: int = arg(6000, "generated training pairs")
+    n_train: int = arg(10000, "generated training pairs (600 steps x 16 rows: each seen once)")
     n_eval: int = arg(400, "generated held-out pairs (tasks.py's 'val' split: problems never trained on)")
+    on_policy_prompts: int = arg(0, "also train on the --init model's OWN samples: K per prompt for this "
+                                      "many prompts, a correct vs a wrong one labelled by the task checker "
+                                      "(§4.2.1: preference data from the latest model; 0 = off)")
+    on_policy_k: int = arg(8, "samples per prompt for the on-policy pairs")
+    terse_fraction: float = arg(0.5, "fraction of generated pairs that are bare right vs bare wrong answers, "
+                                     "the form the policy answers in (tasks.make_preference_pairs)")
     batch_size: int = arg(16, "prompts (packed rows) per optimizer step")
-    max_steps: int = arg(300, "optimizer steps")
+    max_steps: int = arg(600, "optimizer steps")
     time_budget_min: float = arg(0.0, "if > 0: shorten the run to end within this many minutes (timed on "
                                       "steps 2-3, which a busy machine makes look slow: off by default)")
     lr: float = arg(5e-4, "peak learning rate (the paper gives none for the RM; measured on a 15M model: "
@@ -480,7 +500,35 @@ def load_pairs(cfg: RewardConfig, split: str) -> tuple[list[dict], list[dict]]:
     if path:
         return tasks.read_preference_jsonl(path, verbose=int(os.environ.get("RANK", "0")) == 0)
     n = cfg.n_train if split == "train" else cfg.n_eval
-    return tasks.make_preference_pairs(n, cfg.seed, split=split, tasks=cfg.tasks or None), []
+    return tasks.make_preference_pairs(n, cfg.seed, split=split, tasks=cfg.tasks or None,
+                                       terse_fraction=getattr(cfg, "terse_fraction", 0.0)), []
+
+
+def sample_on_policy_pairs(policy: M.Transformer, tokenizer, cfg: RewardConfig) -> tuple[list[dict], list[dict], dict]:
+    """The init model's own answers as preference pairs (§4.2.1: each round's preference
+    data is sampled from the latest models; our annotator is the task checker, §4.3).
+    K samples per prompt (rejection_sample with no reward model yet); where a prompt
+    has a correct and a wrong sample, (correct, wrong) is a pair. Training pairs come
+    from 'train' prompts, held-out ones (a quarter as many prompts) from 'val' prompts.
+    Without them the reward model never sees the policy's failure modes (empty, malformed
+    or off-task answers) and can score them highest: its best-of-K pick was then no
+    better than a random sample."""
+    import tasks
+    was_training = policy.training
+    policy.eval()
+    out = []
+    for split, n, seed in (("train", cfg.on_policy_prompts, cfg.seed + 101), ("val", max(1, cfg.on_policy_prompts // 4),
+                                                                             cfg.seed + 202)):
+        examples = tasks.make_examples(n, seed, tasks=cfg.tasks or None, split=split)
+        t0 = time.time()
+        _, pairs, rs = rejection_sample(policy, None, tokenizer, examples, k=cfg.on_policy_k, seed=seed, log_every=0)
+        print0(f"on-policy pairs ({split}): {len(pairs)} from {n} prompts x {cfg.on_policy_k} samples in "
+               f"{time.time() - t0:.0f}s (a sample is correct {rs['random_correct']:.1%} of the time)")
+        out.append((pairs, {"prompts": n, "pairs": len(pairs), "sample_correct": rs["random_correct"],
+                            "seconds": round(time.time() - t0, 1)}))
+    policy.train(was_training)
+    (train_pairs, train_info), (val_pairs, val_info) = out
+    return train_pairs, val_pairs, {"k": cfg.on_policy_k, "train": train_info, "val": val_info}
 
 
 def train_reward_model(cfg: RewardConfig) -> dict:
@@ -501,6 +549,10 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     # ---- data ---------------------------------------------------------------------
     train_rows, skipped = load_pairs(cfg, "train")
     eval_rows, eval_skipped = load_pairs(cfg, "val")
+    on_policy_report, on_policy_eval = None, []
+    if cfg.on_policy_prompts > 0 and not cfg.data:
+        on_policy_train, on_policy_eval, on_policy_report = sample_on_policy_pairs(trunk, chat.tokenizer, cfg)
+        train_rows = train_rows + on_policy_train
     train_encoded, dropped = encode_rows(chat, train_rows, model_args.max_seq_len)
     eval_encoded, eval_dropped = encode_rows(chat, eval_rows, model_args.max_seq_len)
     n_pairs = sum(len(ranking_pairs(len(e["responses"]))) for e in train_encoded)
@@ -534,6 +586,9 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     result = pretrain.train(cfg, dist, reward_model, optimizer, next_batch, rm_loss_fn, eval_fn=eval_fn,
                             ckpt_dir=ckpt_dir, model_args=model_args, start_state=start_state,
                             logger=logger, export=False)
+    if result.get("stopped"):  # --stop-at-step: the checkpoint is written; run again to resume
+        parallel.teardown_distributed()
+        return {"status": "stopped", "steps": result["step"], "total_steps": result["total_steps"]}
     final_dir = os.path.join(cfg.out_dir, "final")
     save_reward_model(reward_model, model_args, final_dir, tokenizer_path=tokenizer_path)
     print0(f"saved {final_dir} (model.pt = trunk, {HEAD_FILE} = value head)")
@@ -544,8 +599,12 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     for task in sorted({e["task"] for e in eval_encoded}):
         per_task[task] = make_eval_fn([e for e in eval_encoded if e["task"] == task], cfg.batch_size, pad_id,
                                       dist)(reward_model)
+    if on_policy_eval:  # held-out pairs of the policy's own samples: what rejection sampling needs
+        encoded, _ = encode_rows(chat, on_policy_eval, model_args.max_seq_len)
+        per_task["on_policy"] = make_eval_fn(encoded, cfg.batch_size, pad_id, dist)(reward_model)
     report = {
         "init": init, "steps": result["step"], "total_steps": result["total_steps"],
+        "on_policy_sampling": on_policy_report,
         "train_rows": len(train_encoded), "train_pairs": n_pairs, "eval_rows": len(eval_encoded),
         "skipped_lines": skipped[:50] + eval_skipped[:50], "after": result["last_eval"],
         "heldout_accuracy": result["last_eval"].get("val_accuracy"),
@@ -635,7 +694,10 @@ def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: i
             stats_total[key] += stats[key]
         t_score = time.time()
         texts_of = [[chat.tokenizer.decode(ids) for ids in samples[i * k:(i + 1) * k]] for i in range(len(batch))]
-        scores_of = score_prompts(reward_model, chat, batch, texts_of)  # one packed row per prompt
+        if reward_model is None:  # no judge yet: every sample scores 0, the "pick" is sample 0 (random)
+            scores_of = [[0.0] * k for _ in batch]
+        else:
+            scores_of = score_prompts(reward_model, chat, batch, texts_of)  # one packed row per prompt
         for i, prompt in enumerate(batch):
             example = examples[start + i]
             texts, scores = texts_of[i], scores_of[i]  # the K samples and their rewards
@@ -654,7 +716,12 @@ def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: i
                 # The RM's own pairwise accuracy on the policy's samples (what picking needs).
                 sample_pairs += [scores[c] > scores[r] for c in right for r in wrong]
                 if right and wrong:  # on-policy pair for DPO (§4.1.4 uses the latest policy's samples)
-                    c, r = max(right, key=lambda j: scores[j]), max(wrong, key=lambda j: scores[j])
+                    # chosen: the RM's favourite correct sample; rejected: the policy's most
+                    # frequent wrong answer -- the mistake greedy decoding tends to make, which
+                    # is the one DPO should push down (ties go to the RM's score).
+                    seen = collections.Counter(" ".join(texts[j].split()) for j in wrong)
+                    c = max(right, key=lambda j: scores[j])
+                    r = max(wrong, key=lambda j: (seen[" ".join(texts[j].split())], scores[j]))
                     if " ".join(texts[c].split()) != " ".join(texts[r].split()):
                         pairs.append({"task": example.get("task"), "prompt": list(prompt), "chosen": texts[c],
                                       "rejected": texts[r], "meta": example.get("meta", {})})

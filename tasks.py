@@ -182,7 +182,13 @@ def _gen_larger(rng, d: Difficulty = DEFAULT_DIFFICULTY):
 
 
 def _corrupt_larger(rng, prompt, answer, meta):
-    return str(min(meta["x"], meta["y"]))  # the classic mistake: the smaller one
+    # Half the time the classic mistake (the smaller one); half the time a number that is
+    # in neither place -- what a small SFT model actually answers when it has not learned
+    # to copy ("Which is larger: 31 or 99?" -> "76"), so a reward model sees that failure.
+    if rng.random() < 0.5:
+        return str(min(meta["x"], meta["y"]))
+    top = max(10, 10 ** len(answer))
+    return str(rng.choice([v for v in range(top) if v not in (meta["x"], meta["y"])]))
 
 
 # ---- sort: 3-5 distinct digits in ascending order (by default)
@@ -273,7 +279,12 @@ def _corrupt_digit(rng, prompt, answer, meta):
 
 
 def _corrupt_pick(rng, prompt, answer, meta):
-    return str(rng.choice([x for x in meta["items"] if str(x) != answer]))  # another item of the list
+    # Another item of the list, or (half the time) a digit that is not in it: the two
+    # ways the SFT policy's own answers go wrong (measured on its rejection samples).
+    absent = [d for d in range(10) if d not in meta["items"]]
+    if absent and rng.random() < 0.5:
+        return str(rng.choice(absent))
+    return str(rng.choice([x for x in meta["items"] if str(x) != answer]))
 
 
 # ---- count: how often a letter occurs (1-3 times) in 4-6 letters (by default) from a-f
@@ -417,7 +428,8 @@ CHATTY_TEMPLATES = [
 
 
 def make_preference_pairs(n: int, seed: int = 0, split: str = "train", tasks=None,
-                          edited_fraction: float = 1.0, difficulty: Optional[Difficulty] = None) -> list[dict]:
+                          edited_fraction: float = 1.0, difficulty: Optional[Difficulty] = None,
+                          terse_fraction: float = 0.0) -> list[dict]:
     """n ranked response sets for the reward model and DPO (§4.1.2: "edited >
     chosen > rejected"; the paper's editors improve the chosen response).
 
@@ -426,11 +438,17 @@ def make_preference_pairs(n: int, seed: int = 0, split: str = "train", tasks=Non
       chosen   = the same correct answer in a chatty template ("The answer is 9.").
       rejected = the SAME template around a wrong answer ("The answer is 6."), from
                  the task's corrupt(): a wrong order of the right items, the smaller
-                 number, a sum off by 2-5, a count off by 1-2.
+                 number, another item of the list, a number that is not in the prompt
+                 at all (the SFT policy's commonest mistake), a sum off by 2-5, a
+                 count off by 1-2.
     So chosen vs rejected differ only in correctness (a reward model cannot win by
     liking or disliking chatter: it must check the answer), and edited vs chosen only
     in form. A fraction `edited_fraction` of the rows carry "edited" (deterministic);
     the rest are plain pairs.
+      terse_fraction: this fraction of the rows are instead the bare right answer vs
+                 the bare wrong one ("9" vs "6"), no edited: the form the SFT policy
+                 itself answers in, so a reward model trained on them has seen the
+                 kind of responses rejection sampling asks it to judge.
     Row: {"prompt": [{"role": "user", "content": ...}], "chosen": str, "rejected": str,
           "edited"?: str, "task": name, "meta": {...}}."""
     split = _split_name(split)
@@ -445,7 +463,9 @@ def make_preference_pairs(n: int, seed: int = 0, split: str = "train", tasks=Non
         template = rng.choice(CHATTY_TEMPLATES)
         row = {"prompt": prompt_messages, "chosen": template.format(answer),
                "rejected": template.format(wrong)}
-        if rng.random() < edited_fraction:
+        if terse_fraction > 0 and rng.random() < terse_fraction:  # no draw at 0: same rows as before
+            row = {"prompt": prompt_messages, "chosen": answer, "rejected": wrong}
+        elif rng.random() < edited_fraction:
             row["edited"] = answer
         row.update(task=example["task"], meta=meta)
         rows.append(row)

@@ -152,11 +152,11 @@ def test_tiny_dpo_run_with_bad_lines(tmp_path, tiny_ckpt):
     (tmp_path / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:6]) + "\n")
     cfg = D.DPOConfig(init=tiny_ckpt, out_dir=str(tmp_path / "dpo"), data=str(tmp_path / "train.jsonl"),
                       eval_data=str(tmp_path / "val.jsonl"), n_eval_tasks=4, max_new_tokens=3, batch_size=4,
-                      max_steps=3, lr=1e-3, warmup_steps=1, time_budget_min=0, eval_every=0, ckpt_every=100,
+                      max_steps=0, lr=1e-3, warmup_steps=1, time_budget_min=0, eval_every=0, ckpt_every=100,
                       dtype="fp32", threads=torch.get_num_threads(), log_every=1)
     report = D.run_dpo(cfg)
     assert [s["line"] for s in report["skipped_lines"]] == [3, 6, 8]
-    assert report["train_pairs"] == 24 and report["steps"] == 3
+    assert report["train_pairs"] == 24 and report["steps"] == 6  # max_steps 0 = one epoch: 24 pairs / 4
     assert report["eval_before"]["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-5)
     assert report["eval_before"]["eval_loss"] == pytest.approx(
         math.log(2) + 0.2 * report["eval_before"]["eval_nll"], abs=1e-5)
@@ -166,3 +166,16 @@ def test_tiny_dpo_run_with_bad_lines(tmp_path, tiny_ckpt):
     assert "rewards/accuracies" in log[0] and "eval_rewards/accuracies" in log[-1]
     assert (tmp_path / "dpo" / "final" / "model.pt").exists() and (tmp_path / "dpo" / "dpo.png").exists()
     M.load_model(str(tmp_path / "dpo" / "final"))  # the export loads like any checkpoint
+
+
+def test_held_out_pairs_come_from_data_when_given(tmp_path, tiny_ckpt):
+    """--data without --eval-data: every 20th row is held out (pairs of the same kind,
+    e.g. on-policy ones), not tasks.py's generated pairs."""
+    rows = [{"prompt": [{"role": "user", "content": f"Add {i} and 1."}], "chosen": str(i + 1), "rejected": str(i)}
+            for i in range(40)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = D.DPOConfig(init=tiny_ckpt, out_dir=str(tmp_path / "dpo"), data=str(tmp_path / "train.jsonl"),
+                      n_eval_tasks=0, batch_size=8, max_steps=1, lr=1e-4, warmup_steps=1, time_budget_min=0,
+                      eval_every=0, ckpt_every=100, dtype="fp32", threads=torch.get_num_threads(), log_every=1)
+    report = D.run_dpo(cfg)
+    assert report["eval_pairs"] == 2 and report["train_pairs"] == 38

@@ -219,3 +219,62 @@ def test_tiny_reward_model_learns_and_round_trips(tmp_path, tiny_ckpt, chat):
     for row, ex in zip(sft_rows, examples):
         assert row["messages"][:-1] == ex["messages"][:-1] and row["messages"][-1]["role"] == "assistant"
     assert 0 <= rs["random_correct"] <= rs["oracle_correct"] <= 1 and rs["pick_correct"] <= rs["oracle_correct"]
+
+
+def test_on_policy_pairs_from_the_policys_own_samples(monkeypatch, tiny_ckpt, chat):
+    """§4.2.1: pairs from the init model's samples, labelled by the task checker. The
+    sampler is scripted (a random tiny model is almost never right): per prompt the K=4
+    samples are [right, wrong, empty, wrong]; prompts of one task get only wrong ones."""
+    import sample
+    import tasks
+
+    def scripted_generate(policy, tokenizer, prompts, num_samples=1, stats=None, **kw):
+        stats.update(prefill_s=0.0, decode_s=0.0, new_tokens=0)
+        out = []
+        for p in prompts:
+            text = tokenizer.decode(p)
+            example = next(e for e in pool if e["messages"][0]["content"] in text)
+            right = example["meta"]["answer"]
+            wrong = tasks.TASKS[example["task"]].corrupt(__import__("random").Random(0),
+                                                        example["messages"][0]["content"], right, example["meta"])
+            batch = [wrong, wrong, "", wrong] if example["task"] == "count" else [right, wrong, "", wrong]
+            out += [tokenizer.encode(t, bos=False) for t in batch]
+        return out
+
+    pool = (tasks.make_examples(40, 101, split="train") + tasks.make_examples(10, 202, split="val"))
+    monkeypatch.setattr(sample, "generate", scripted_generate)
+    policy, _ = M.load_model(tiny_ckpt)
+    cfg = R.RewardConfig(on_policy_prompts=40, on_policy_k=4, seed=0)
+    train, val, info = R.sample_on_policy_pairs(policy, chat.tokenizer, cfg)
+    expect = [e for e in pool[:40] if e["task"] != "count"]
+    assert len(train) == len(expect) and info["train"]["pairs"] == len(expect) and info["val"]["prompts"] == 10
+    for pair, e in zip(train, expect):
+        assert pair["prompt"] == e["messages"][:1] and pair["chosen"] == e["meta"]["answer"]
+        assert tasks.check_response(e, pair["chosen"]) and not tasks.check_response(e, pair["rejected"])
+    assert info["train"]["sample_correct"] == pytest.approx(0.25 * len(expect) / 40)
+    assert all(not p["task"] == "count" for p in val)
+
+
+def test_stopped_reward_run_resumes_exactly(tmp_path, tiny_ckpt):
+    """A reward run stopped at step 3 (with its checkpoint) and started again ends where an
+    uninterrupted run ends: the same value head, bit for bit. (It once failed to resume:
+    the unused next-token head had no optimizer state in the checkpoint.)"""
+    rows = [{"prompt": [{"role": "user", "content": f"Question {i}?"}], "chosen": "yes", "rejected": "no"}
+            for i in range(24)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    def run(out, **kw):
+        cfg = R.RewardConfig(init=tiny_ckpt, out_dir=str(tmp_path / out), data=str(tmp_path / "train.jsonl"),
+                             eval_data=str(tmp_path / "train.jsonl"), batch_size=4, max_steps=6, lr=3e-3,
+                             warmup_steps=1, time_budget_min=0, eval_every=0, ckpt_every=100, dtype="fp32",
+                             threads=1, log_every=100, **kw)
+        return R.train_reward_model(cfg)
+
+    whole = run("whole")
+    assert run("parts", stop_at_step=3)["status"] == "stopped"  # a checkpoint at step 3, no final/
+    assert not (tmp_path / "parts" / "final").exists()
+    parts = run("parts")
+    assert parts["steps"] == whole["steps"] == 6
+    head = lambda d: torch.load(tmp_path / d / "final" / R.HEAD_FILE)["value_head"]  # noqa: E731
+    for k, v in head("whole").items():
+        assert torch.equal(v, head("parts")[k]), k

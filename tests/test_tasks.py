@@ -174,3 +174,34 @@ def test_generated_files_round_trip_through_the_readers(tmp_path):
     assert rows == T.make_examples(40, 1) and skipped == []
     pairs, skipped = T.read_preference_jsonl(tmp_path / "pref_val.jsonl")
     assert skipped == [] and [p["chosen"] for p in pairs] == [p["chosen"] for p in T.make_preference_pairs(10, 1, "val")]
+
+
+def test_terse_pairs_are_bare_answers_in_the_policys_form():
+    plain = T.make_preference_pairs(200, 0)
+    mixed = T.make_preference_pairs(200, 0, terse_fraction=0.5)
+    assert T.make_preference_pairs(200, 0, terse_fraction=0.0) == plain  # default rows unchanged
+    terse = [r for r in mixed if "edited" not in r]
+    assert 60 <= len(terse) <= 140
+    for r in terse:
+        assert r["chosen"] == r["meta"]["answer"] and T.check_response(r, r["chosen"])
+        assert not T.check_response(r, r["rejected"]) and r["rejected"] != r["chosen"]
+        assert not any(t.split("{")[0] and r["rejected"].startswith(t.split("{")[0]) for t in T.CHATTY_TEMPLATES)
+
+
+@pytest.mark.parametrize("name", ["max", "last", "first", "larger"])
+def test_wrong_answers_include_numbers_not_in_the_prompt(name):
+    """The policy's commonest mistake is a number that is nowhere in the prompt; the
+    corrupter makes both kinds (in the prompt and not), about half each."""
+    import random
+    rng = random.Random(0)
+    inside = outside = 0
+    for e in T.make_examples(200, 0, tasks=[name]):
+        meta = e["meta"]
+        wrong = T.TASKS[name].corrupt(rng, e["messages"][0]["content"], meta["answer"], meta)
+        assert not T.check_response(e, wrong)
+        values = meta.get("items") or [meta["x"], meta["y"]]
+        if int(wrong) in values:
+            inside += 1
+        else:
+            outside += 1
+    assert 60 <= inside <= 140 and 60 <= outside <= 140
