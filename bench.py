@@ -278,9 +278,10 @@ def decode(impl: str, model_name: str, batch: int, new_tokens: int, repeats: int
     args = M.ModelArgs.from_name(model_name)
     torch.manual_seed(0)
     net = M.Transformer(args).to(device=device, dtype=torch.float32 if dtype == "fp32" else torch.bfloat16).eval()
-    if dtype == "int8":
-        sample.quantize_int8(net)
     if impl == "ours":
+        sample.fuse_for_decoding(net)  # sample.py's CLI does the same (transformers gets net unfused)
+        if dtype == "int8":
+            sample.quantize_int8(net)
         r = sample.benchmark_decoding(net, args.vocab_size, batch, new_tokens, repeats=repeats, compile=compile)
     else:
         r = sample.benchmark_hf_decoding(net, batch, new_tokens, repeats=repeats)
@@ -486,7 +487,7 @@ def main(argv=None):
         # compiled) against transformers in bf16, its fastest setting on this CPU.
         for bs in (1, 8):
             refs = {}
-            for dtype, compile in (("fp32", False), ("bf16", False), ("bf16", True), ("int8", True)):
+            for dtype, compile in (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True), ("int8", True)):
                 ref_dtype = "bf16" if dtype == "int8" else dtype
                 print(f"decoding, {cli.model}, batch {bs}, {dtype}{' +compile' if compile else ''} ...", flush=True)
                 kw = dict(model_name=cli.model, batch=bs, new_tokens=128, repeats=cli.repeats, device=cli.device,

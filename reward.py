@@ -777,6 +777,7 @@ def rejection_sample_main(argv=None) -> dict:
     set_threads(args.threads)
     policy_path = args.policy or default_init()
     policy, tokenizer = sample.load_for_inference(policy_path, device="cpu" if not torch.cuda.is_available() else None)
+    sample.fuse_for_decoding(policy)  # inference only from here on: fewer matmuls per step
     reward_model, _ = load_reward_model(args.reward, device=next(policy.parameters()).device)
     if args.prompts:
         examples, _ = tasks.read_sft_jsonl(args.prompts)

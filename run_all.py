@@ -18,7 +18,7 @@ stages wrote under --out. At the end it writes OUT/REPORT.md: for each stage its
 numbers, read from the JSON records the stages wrote, and their PNG plots.
 
 Reads: nothing but the built-in data. Writes: out/ (or --out), OUT/REPORT.md.
-Run:   python run_all.py                     # everything, ~20-30 minutes on 2 CPU cores
+Run:   python run_all.py                     # everything, ~11-20 minutes on 2 CPU cores
        python run_all.py --from sft          # resume at a stage
        python run_all.py --only report       # just rewrite REPORT.md
 Next:  REPORT.md in the output folder; README.md for each stage's own options.

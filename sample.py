@@ -22,17 +22,19 @@ What is notable here
   decoding step must read every weight and the KV cache once: bytes/step x steps/s).
   `benchmark_decoding` / `benchmark_hf_decoding` measure it against Hugging Face
   transformers' generate on the same weights (bench.py calls them).
-- What limits speed on a CPU (measured on a 2-core AMD EPYC, small-15m): the bytes.
-  A step must stream every matrix -- 50 MB in fp32, more than the 32 MB L3 -- so fp32
-  decoding is only ~1.05x transformers (142 vs 132 tokens/s at batch 1). Three things
-  help, each measured side by side by `python bench.py --only decode`:
-  bf16 weights (half the bytes; transformers gets the same benefit), `--compile`
-  (the step becomes a few fused C++ kernels around the matmuls: 1.6x transformers in
-  bf16 at batch 1, 1.9x at batch 8), and attention of the ONE new token done as two
-  small matmuls (model.one_query_attention; SDPA's CPU kernel cost 25% of a step at
-  batch 8). Int8 weight-only quantization (`--quantize int8`, §6.2's row-wise idea)
-  makes a step 12.5 MB, which fits in L3: 682 tokens/s at batch 1 (3.7x transformers'
-  bf16), 2,578 at batch 8 (2.3x), with logits within a few % of the unquantized ones.
+- What limits speed on a CPU (small-15m, 2 cores): per-call costs and the bytes of the
+  weights, which every step streams once (50 MB in fp32, 25 MB in bf16). Eager decoding
+  is ~1.1-1.25x transformers' generate: both spend a step in the same matmuls plus
+  Python. Three things make it 2x and more, each measured side by side by `python
+  bench.py --only decode`: `--compile` (the step becomes a few fused C++ loops around
+  the matmuls, with the one-token attention fused in: model.one_query_attention);
+  fuse_for_decoding (one wqkv and one w13 matmul per layer, fp32 matrices stored
+  input-major for MKL, bf16 ones prepacked for oneDNN's AMX kernel; section 3b); and
+  for the bytes, int8 weight-only quantization (`--quantize int8`, §6.2's row-wise
+  idea). On a 2-core Xeon with AMX, compiled: fp32 653 tokens/s at batch 1 (2.0x
+  transformers' fp32), 3,303 at batch 8 (2.1x); bf16 572 (2.4x) and 3,764 (2.2x);
+  int8 1,072 (4.4x transformers' bf16) and 3,404 (2.0x), logits within a few % of
+  the unquantized ones.
 - On a GPU, eager decoding is bound by kernel launches, not bytes (llama3.2-1b on an
   H100: 46-75 tokens/s at batch 1); `--compile` records the step as a CUDA graph
   (torch.compile mode "reduce-overhead"): 437 tokens/s at batch 1 (8.3x transformers'
@@ -51,7 +53,8 @@ How to run
     python sample.py --ckpt out/sft/final --chat --system "You are terse."
     python sample.py --ckpt out/pretrain/final --prompts prompts.txt --batch-size 8
     python sample.py --ckpt CKPT --bench                  # tokens/s vs transformers
-    python sample.py --ckpt CKPT --prompt "..." --dtype bf16 --compile --quantize int8   # fastest on CPU
+    python sample.py --ckpt CKPT --prompt "..." --dtype bf16 --compile   # 2x transformers on CPU
+    python sample.py --ckpt CKPT --prompt "..." --compile --quantize int8  # fewest bytes per step
     torchrun --nproc_per_node=2 sample.py --ckpt BIG --prompt "..."   # tensor parallel
 
 Read next: reward.py (rejection sampling: generate(..., num_samples=K) + reward model),
@@ -185,6 +188,8 @@ def setup_caches(model: M.Transformer, batch_size: int, cache_len: int):
     model.setup_caches(batch_size, cache_len)
     for layer in model.layers.values():
         attention = layer.attention
+        if attention.wk is None:  # fused for decoding (never sharded): model's sizes are right
+            continue
         wk = attention.wk.weight
         local = wk.to_local() if hasattr(wk, "to_local") else wk
         local_kv_heads = local.shape[0] // attention.head_dim
@@ -240,15 +245,127 @@ def _step_fn(compile: bool, device_type: str = "cpu") -> Callable:
 
 
 # -----------------------------------------------------------------------------
-# 3b. Int8 weight-only quantization: fewer bytes per step (§6.2)
+# 3b. Decoding-ready matrices: fused, and stored the way the kernel is fastest
+#
+# A decoding step multiplies a few rows (the batch) by every matrix of the model, so
+# on a CPU each matmul is a fixed library-call cost plus streaming the matrix from the
+# cache hierarchy. Three changes that leave the arithmetic as it is (measured on 2
+# cores of a Xeon with AMX, small-15m; `python bench.py --only decode`):
+# - fuse: wq|wk|wv -> one wqkv, w1|w3 -> one w13 (gpt-fast, vLLM and llama.cpp do the
+#   same): 7 matmuls per layer become 4.
+# - fp32: MKL's sgemm with a few rows is up to 2x faster reading the matrix as
+#   (in, out) than as nn.Linear's (out, in) (8 x 384 @ 384 x 8192: 0.31 vs 0.69 ms).
+# - bf16: oneDNN's AMX kernel wants the matrix in its own blocked layout and, given an
+#   nn.Linear weight, re-lays it out inside every call. Done once here instead
+#   ("prepacking", what inductor's freezing and IPEX do): 384 -> 2048 at 8 rows
+#   0.056 -> 0.025 ms, the 8,192-token output layer 0.24 -> 0.16 ms.
+# With model.one_query_attention's fused form, a compiled decoding step went from
+# 1.66 to 1.5 ms (fp32, batch 1) and from 2.98 to 2.1-2.2 ms (bf16, batch 8). What is
+# left is mostly the matmuls streaming the weights from L3, ~20 calls of ~15 us fixed
+# cost each, and ~0.1 ms of torch.compile's guard checks per step.
+
+PLAIN, INPUT_MAJOR, ONEDNN = "out_in", "in_out", "onednn"  # DecodeLinear layouts
+
+
+def decoding_layout(weight: torch.Tensor) -> str:
+    """The fastest layout measured for this weight's device and dtype (see above)."""
+    if weight.device.type != "cpu":
+        return PLAIN  # cuBLAS reads either layout at full speed
+    if weight.dtype == torch.float32:
+        return INPUT_MAJOR
+    if weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+        return ONEDNN
+    return PLAIN
+
+
+@torch.library.custom_op("llama3::onednn_linear", mutates_args=())
+def onednn_linear(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
+    """x (..., in) @ a oneDNN-prepacked (out, in) matrix -> (..., out). A custom op so
+    that torch.compile calls it as one opaque kernel (inductor cannot lower the packed
+    tensor itself); out_features tells the compiler the output shape."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+@onednn_linear.register_fake
+def _(x, packed, out_features):
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+class DecodeLinear(torch.nn.Module):
+    """y = x · Wᵀ for W (out, in) -- nn.Linear's weight -- kept in `layout`:
+    "out_in" as given (F.linear), "in_out" its contiguous transpose (x @ Wᵀ), or
+    "onednn" prepacked for oneDNN (then W is held only in that opaque form: not a
+    buffer, no state dict entry, no .to(); fuse after choosing device and dtype).
+    `weight` is always the (out, in) matrix, so Int8Linear and code that reads
+    .weight.shape see an nn.Linear."""
+
+    def __init__(self, weight: torch.Tensor, layout: str):
+        super().__init__()
+        w = weight.detach()
+        self.layout, self.in_features, self.out_features = layout, w.shape[1], w.shape[0]
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous()) if layout == ONEDNN else None
+        stored = None if layout == ONEDNN else (w.t() if layout == INPUT_MAJOR else w).contiguous()
+        self.register_buffer("stored", stored)
+
+    @property
+    def weight(self) -> torch.Tensor:  # (out, in)
+        if self.layout == ONEDNN:
+            return self.packed.to_dense()
+        return self.stored.t() if self.layout == INPUT_MAJOR else self.stored
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        if self.layout == ONEDNN:
+            return onednn_linear(x, self.packed, self.out_features)
+        if self.layout == INPUT_MAJOR:
+            return x @ self.stored
+        return torch.nn.functional.linear(x, self.stored)
+
+
+@torch.no_grad()
+def fuse_for_decoding(model: M.Transformer) -> M.Transformer:
+    """Inference only, in place: every layer's wq, wk, wv become one `wqkv` and w1, w3
+    one `w13` (model.Attention / model.FeedForward use them when present), and every
+    matrix is stored in decoding_layout (above). The separate matrices are dropped, so
+    memory stays the same; the state dict changes (save the unfused model), and the
+    device and dtype are fixed from here on (move or cast the model before).
+    The logits are those of the unfused model up to float rounding (tested). Call it
+    before quantize_int8, which then quantizes the fused matrices. Returns the model."""
+    if any(hasattr(p, "to_local") for p in model.parameters()):
+        raise ValueError("fuse_for_decoding: the model is sharded (tensor parallel); the fused "
+                         "matrices would mix shards -- decode it unfused")
+    if any(layer.attention.wqkv is not None for layer in model.layers.values()):
+        return model  # already fused
+    if any(isinstance(m, Int8Linear) for m in model.modules()):
+        raise ValueError("fuse_for_decoding: the model is already quantized; fuse first, then quantize_int8")
+    layout = decoding_layout(model.tok_embeddings.weight)
+
+    def decode_linear(*linears):  # rows of each matrix, stacked: (sum of outs, in)
+        return DecodeLinear(torch.cat([lin.weight for lin in linears]), layout)
+
+    for layer in model.layers.values():
+        attention, ffn = layer.attention, layer.feed_forward
+        attention.wqkv = decode_linear(attention.wq, attention.wk, attention.wv)
+        attention.wo = decode_linear(attention.wo)
+        ffn.w13 = decode_linear(ffn.w1, ffn.w3)  # (2·hidden, dim): gate rows, then up rows
+        ffn.w2 = decode_linear(ffn.w2)
+        attention.wq = attention.wk = attention.wv = ffn.w1 = ffn.w3 = None
+    if model.output.weight is not model.tok_embeddings.weight:  # a tied output stays shared
+        model.output = decode_linear(model.output)
+    return model
+
+
+# -----------------------------------------------------------------------------
+# 3c. Int8 weight-only quantization: fewer bytes per step (§6.2)
 #
 # §6.2 serves the 405B model with FP8 row-wise quantization of the feed-forward
 # weights, because decoding is bound by the bytes each step must read. This CPU has no
 # FP8 matmuls, so we do the same thing with int8: every row of a weight matrix gets one
 # scale (its absolute max / 127) and 8-bit integers. A step of small-15m then reads
-# 12.5 MB instead of 50 MB (fp32), which fits in this machine's 32 MB L3. Activations
-# stay in bf16 (PyTorch's CPU int8 kernel is fast for bf16 inputs, ~10x slower for
-# fp32 ones, measured). The embedding table is not quantized: a step reads one row.
+# 12.5 MB instead of 50 MB (fp32). Activations stay in bf16 (PyTorch's CPU int8 kernel
+# is fast for bf16 inputs, ~10x slower for fp32 ones, measured). The embedding table is
+# not quantized: a step reads one row. Where the weights outgrow the CPU's last-level
+# cache (a 32 MB L3 AMD EPYC) int8 was the fastest setting by far; on a Xeon with a
+# 480 MB L3 it is the fastest at batch 1 and no faster than bf16 at batch 8.
 
 
 class Int8Linear(torch.nn.Module):
@@ -259,7 +376,7 @@ class Int8Linear(torch.nn.Module):
 
     def __init__(self, linear: torch.nn.Linear, act_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
-        w = linear.weight.detach().float()  # (out, in)
+        w = linear.weight.detach().float().contiguous()  # (out, in) (a view of an input-major DecodeLinear)
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,): row-wise, as §6.2
         self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale.to(act_dtype))
@@ -291,9 +408,12 @@ def quantize_int8(model: M.Transformer, ffn_only: bool = False,
     for i, layer in enumerate(model.layers.values()):
         if ffn_only and i in (0, n - 1):
             continue  # §6.2: first and last Transformer layers are not quantized
-        targets += [(layer.feed_forward, name) for name in ("w1", "w2", "w3")]
+        # the separate matrices, or the fused ones of fuse_for_decoding
+        targets += [(layer.feed_forward, name) for name in ("w1", "w3", "w13", "w2")
+                    if getattr(layer.feed_forward, name) is not None]
         if not ffn_only:
-            targets += [(layer.attention, name) for name in ("wq", "wk", "wv", "wo")]
+            targets += [(layer.attention, name) for name in ("wq", "wk", "wv", "wqkv", "wo")
+                        if getattr(layer.attention, name) is not None]
     if not ffn_only and model.output.weight is not model.tok_embeddings.weight:
         targets.append((model, "output"))  # a tied output shares the embedding: keep it
     for parent, name in targets:
@@ -451,7 +571,9 @@ def model_bytes(model: M.Transformer) -> int:
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
-    return total
+    # matrices prepacked for oneDNN live outside the state dict (DecodeLinear)
+    return total + sum(m.packed.numel() * m.packed.element_size() for m in model.modules()
+                       if isinstance(m, DecodeLinear) and m.packed is not None)
 
 
 def decode_bandwidth(model: M.Transformer, stats: dict) -> float:
@@ -847,15 +969,17 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    reference = None  # unquantized weights, for --bench's transformers side
-    if cli.quantize:
-        if distributed:
-            print("error: --quantize works on one process (not with tensor parallel)", file=sys.stderr)
-            return 2
+    reference = None  # the unfused, unquantized weights, for --bench's transformers side
+    if cli.quantize and distributed:
+        print("error: --quantize works on one process (not with tensor parallel)", file=sys.stderr)
+        return 2
+    if not distributed:
         if cli.bench:
             import copy
             reference = copy.deepcopy(model)
-        quantize_int8(model, ffn_only=cli.quantize == "int8-ffn")
+        fuse_for_decoding(model)  # fewer, faster matmuls per step (section 3b)
+        if cli.quantize:
+            quantize_int8(model, ffn_only=cli.quantize == "int8-ffn")
     is_main = True
     if distributed:
         model, dist = shard_for_inference(model)

@@ -373,3 +373,65 @@ def test_compiled_decoding_equals_eager():
     eager = S.generate(model, None, PROMPTS, max_new_tokens=8, temperature=0)
     torch._dynamo.reset()  # a new graph for the quantized model (its modules changed)
     assert S.generate(model, None, PROMPTS, max_new_tokens=8, temperature=0, compile=True) == eager
+
+
+def test_fuse_for_decoding_keeps_the_model():
+    """fuse_for_decoding (wqkv, w13; fp32 matrices stored input-major on CPU) changes no
+    logit beyond float rounding and no greedy token, eager or compiled, and no byte."""
+    reference, model = tiny_model(seed=11), tiny_model(seed=11)
+    n_bytes = S.model_bytes(model)
+    S.fuse_for_decoding(model)
+    layer = model.layers["0"]
+    assert layer.attention.wq is None and layer.feed_forward.w1 is None
+    wqkv = layer.attention.wqkv
+    assert wqkv.layout == S.INPUT_MAJOR and wqkv.stored.shape == (64, 64 + 2 * 32)  # (in, out)
+    assert torch.equal(wqkv.weight[:64], reference.layers["0"].attention.wq.weight)  # rows of wq first
+    assert S.model_bytes(model) == n_bytes  # the separate matrices are gone, not kept beside
+    tokens = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        assert (model(tokens) - reference(tokens)).abs().max() < 1e-4
+    eager = S.generate(reference, None, PROMPTS, max_new_tokens=10, temperature=0)
+    assert S.generate(model, None, PROMPTS, max_new_tokens=10, temperature=0) == eager
+    torch._dynamo.reset()
+    assert S.generate(model, None, PROMPTS, max_new_tokens=10, temperature=0, compile=True) == eager
+    assert S.fuse_for_decoding(model) is model  # a second call changes nothing
+    with pytest.raises(ValueError, match="fuse first"):
+        S.fuse_for_decoding(S.quantize_int8(tiny_model()))
+
+
+def test_fuse_for_decoding_bf16_prepacked():
+    """bf16 on CPU: matrices prepacked for oneDNN (opaque; .weight unpacks them exactly),
+    called through a custom op that torch.compile keeps whole."""
+    reference = tiny_model(seed=13).bfloat16()
+    model = S.fuse_for_decoding(tiny_model(seed=13).bfloat16())
+    w13 = model.layers["1"].feed_forward.w13
+    if not torch.backends.mkldnn.is_available():
+        assert w13.layout == S.PLAIN
+    else:
+        assert w13.layout == S.ONEDNN and w13.stored is None and w13.packed.is_mkldnn
+        ffn = reference.layers["1"].feed_forward
+        assert torch.equal(w13.weight, torch.cat([ffn.w1.weight, ffn.w3.weight]))
+        assert S.model_bytes(model) == S.model_bytes(reference)
+    tokens = torch.tensor([PROMPTS[3]])
+    with torch.no_grad():
+        ref, out = reference(tokens), model(tokens)
+    assert (out - ref).abs().max() < 0.02 * ref.abs().max()  # bf16 rounding, nothing more
+    eager = S.generate(reference, None, PROMPTS, max_new_tokens=8, temperature=0)
+    assert S.generate(model, None, PROMPTS, max_new_tokens=8, temperature=0) == eager
+    torch._dynamo.reset()
+    assert S.generate(model, None, PROMPTS, max_new_tokens=8, temperature=0, compile=True) == eager
+
+
+def test_fused_then_int8_equals_int8():
+    """Row-wise scales make quantizing the fused matrices the same as quantizing the
+    separate ones: stacking rows stacks their scales."""
+    fused = S.quantize_int8(S.fuse_for_decoding(tiny_model(seed=12)))
+    plain = S.quantize_int8(tiny_model(seed=12))
+    assert isinstance(fused.layers["1"].attention.wqkv, S.Int8Linear)
+    assert torch.equal(fused.layers["1"].feed_forward.w13.weight[:fused.layers["1"].feed_forward.w2.in_features],
+                       plain.layers["1"].feed_forward.w1.weight)
+    tokens = torch.tensor([PROMPTS[3]])
+    with torch.no_grad():
+        assert (fused(tokens).float() - plain(tokens).float()).abs().max() < 0.05
+    assert S.generate(fused, None, PROMPTS, max_new_tokens=8, temperature=0) == \
+        S.generate(plain, None, PROMPTS, max_new_tokens=8, temperature=0)
