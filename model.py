@@ -310,7 +310,7 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         # With tensor parallelism (parallel.py) the projections hold a slice of the
         # heads, so read the local head counts from the actual output width.
-        if self.wqkv is not None:  # fused (decoding): (B, T, (n_heads + 2·n_kv_heads)·hd)
+        if self.wqkv is not None:  # fused (decoding, never sharded): (B, T, (n_heads + 2·n_kv_heads)·hd)
             q, k, v = self.wqkv(x).split([self.n_heads * self.head_dim] + [self.n_kv_heads * self.head_dim] * 2, -1)
         else:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)

@@ -31,10 +31,11 @@ What is notable here
   fuse_for_decoding (one wqkv and one w13 matmul per layer, fp32 matrices stored
   input-major for MKL, bf16 ones prepacked for oneDNN's AMX kernel; section 3b); and
   for the bytes, int8 weight-only quantization (`--quantize int8`, §6.2's row-wise
-  idea). On a 2-core Xeon with AMX, compiled: fp32 653 tokens/s at batch 1 (2.0x
-  transformers' fp32), 3,303 at batch 8 (2.1x); bf16 572 (2.4x) and 3,764 (2.2x);
-  int8 1,072 (4.4x transformers' bf16) and 3,404 (2.0x), logits within a few % of
-  the unquantized ones.
+  idea). On a 2-core Xeon with AMX, compiled, two runs of bench.py: bf16 548-572
+  tokens/s at batch 1 (2.34-2.37x transformers' bf16) and 3,587-3,764 at batch 8
+  (2.20-2.21x); int8 1,072-1,099 (4.4-4.7x its bf16) and 3,350-3,404 (2.0-2.1x), logits
+  within a few % of the unquantized ones; fp32 598-653 (1.88-2.00x transformers' fp32)
+  and 2,840-3,303 (1.77-2.14x): the 50 MB of fp32 weights per step are the limit.
 - On a GPU, eager decoding is bound by kernel launches, not bytes (llama3.2-1b on an
   H100: 46-75 tokens/s at batch 1); `--compile` records the step as a CUDA graph
   (torch.compile mode "reduce-overhead"): 437 tokens/s at batch 1 (8.3x transformers'
@@ -321,6 +322,12 @@ class DecodeLinear(torch.nn.Module):
         return torch.nn.functional.linear(x, self.stored)
 
 
+def _refuse_sharded(model: M.Transformer, what: str, advice: str) -> None:
+    """The inference-only rewrites below work on whole matrices, not DTensor shards."""
+    if any(hasattr(p, "to_local") for p in model.parameters()):
+        raise ValueError(f"{what}: the model is sharded (tensor parallel); {advice}")
+
+
 @torch.no_grad()
 def fuse_for_decoding(model: M.Transformer) -> M.Transformer:
     """Inference only, in place: every layer's wq, wk, wv become one `wqkv` and w1, w3
@@ -330,9 +337,7 @@ def fuse_for_decoding(model: M.Transformer) -> M.Transformer:
     device and dtype are fixed from here on (move or cast the model before).
     The logits are those of the unfused model up to float rounding (tested). Call it
     before quantize_int8, which then quantizes the fused matrices. Returns the model."""
-    if any(hasattr(p, "to_local") for p in model.parameters()):
-        raise ValueError("fuse_for_decoding: the model is sharded (tensor parallel); the fused "
-                         "matrices would mix shards -- decode it unfused")
+    _refuse_sharded(model, "fuse_for_decoding", "the fused matrices would mix shards -- decode it unfused")
     if any(layer.attention.wqkv is not None for layer in model.layers.values()):
         return model  # already fused
     if any(isinstance(m, Int8Linear) for m in model.modules()):
@@ -399,9 +404,7 @@ def quantize_int8(model: M.Transformer, ffn_only: bool = False,
     of all but the first and last layers; attention and the output layer stay. The
     default quantizes every matrix but the embedding (the fastest here). The rest of
     the model is cast to act_dtype first. Returns the model."""
-    if any(hasattr(p, "to_local") for p in model.parameters()):
-        raise ValueError("quantize_int8: the model is sharded (tensor parallel); quantize before sharding "
-                         "or decode without --quantize")
+    _refuse_sharded(model, "quantize_int8", "quantize before sharding or decode without --quantize")
     model.to(act_dtype)
     n = model.args.n_layers
     targets = []  # (parent module, attribute name)
