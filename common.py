@@ -1,0 +1,456 @@
+"""Helpers every stage uses, defined once: printing on rank 0, atomic files and
+checksums, CPU thread counts, dtype and peak-FLOP/s detection, the dataclass command
+line, the run logger, a robust JSONL reader, user-facing errors (exit code 2), an
+output-folder lock, and clean interrupts.
+
+Nothing here knows about Llama 3; the stage files import what they need:
+
+    from common import print0, atomic_write_json, parse_config, read_jsonl, UsageError
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+import typing
+from dataclasses import asdict, field
+
+import torch
+
+
+# -----------------------------------------------------------------------------
+# 1. Printing
+
+
+def rank() -> int:
+    """This process's global rank (0 when not distributed)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def print0(*args, **kwargs):
+    """print on rank 0 only (keeps `if rank == 0` out of the logic), flushed."""
+    if rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+# -----------------------------------------------------------------------------
+# 2. Files: atomic writes and checksums
+#
+# A file is written to a temporary name in the same folder, flushed to disk, then
+# renamed over the target: a run killed at any moment leaves either the old file or
+# the new one, never half of one (§3.3.4 asks for reliable restarts).
+
+
+def fsync_dir(path: str):
+    """Make a rename inside `path` durable (no-op where directories cannot be synced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write_fn):
+    """Call write_fn(tmp_path), then rename tmp_path over `path` (same folder)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".tmp-")
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(folder)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def atomic_write_bytes(path: str, data: bytes):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return atomic_write(path, write)
+
+
+def atomic_write_text(path: str, text: str):
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str, obj, indent: int = 2):
+    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def atomic_torch_save(obj, path: str):
+    """torch.save, atomically. Save only tensors and plain containers: loaders read
+    with weights_only=True and refuse anything else."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                return h.hexdigest()
+            h.update(block)
+
+
+# -----------------------------------------------------------------------------
+# 3. CPU threads, dtypes and peak FLOP/s
+
+
+def cpu_threads(requested: int = 0) -> int:
+    """Threads per process on CPU: `requested` if > 0; else cores / local ranks,
+    unless the machine is already busy (1-minute load average >= cores - 0.5): then
+    1, because two threads that wait on each other whenever one is descheduled are
+    slower than one (docs/NOTES.md has the measurement)."""
+    if requested > 0:
+        return requested
+    cores = os.cpu_count() or 1
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 0.5
+    return 1 if busy else max(1, cores // local_ranks)
+
+
+def set_threads(requested: int = 0, device="cpu") -> int:
+    """torch.set_num_threads(cpu_threads(requested)) on CPU; returns the count."""
+    if torch.device(device).type != "cpu":
+        return torch.get_num_threads()
+    n = cpu_threads(requested)
+    torch.set_num_threads(n)
+    return n
+
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def parse_dtype(name) -> torch.dtype:
+    """'fp32' | 'bf16' | 'fp16' (or a torch.dtype) -> torch.dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r}; use one of fp32, bf16, fp16")
+    return DTYPES[name]
+
+
+def has_bf16(device) -> bool:
+    """Whether the device has bf16 matrix units: CUDA with bf16 support, or a CPU with
+    avx512_bf16 / AMX (there bf16 matmuls run ~2x faster than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def auto_dtype(name: str, device) -> torch.dtype:
+    """'auto' -> bf16 where the hardware has it, else fp32; other names as parse_dtype."""
+    if name == "auto":
+        return torch.bfloat16 if has_bf16(device) else torch.float32
+    return parse_dtype(name)
+
+
+GPU_PEAK_BF16 = {"h100": 989e12, "h200": 989e12, "a100": 312e12}  # dense bf16 FLOP/s (SXM)
+
+
+def peak_flops(device, dtype: torch.dtype) -> tuple[float, str]:
+    """Peak FLOP/s of one device, for MFU. CUDA: the datasheet bf16 peak (989 TFLOP/s
+    for an H100; §3.3 reports 38-43% BF16 MFU against it). CPU: no datasheet figure is
+    worth trusting, so we time a 1024x1024 matmul in `dtype` with this process's
+    threads (~0.2 s) -- an achievable peak, which makes CPU MFU look better than GPU
+    MFU against a datasheet."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_BF16.items():
+            if key in name.lower():
+                return value, f"{name} datasheet bf16 peak"
+        return float("nan"), f"{name}: unknown peak"
+    n = 1024
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b  # warm-up
+    reps, t0 = 8, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    rate = 2 * n ** 3 * reps / (time.perf_counter() - t0)
+    return rate, f"measured {n}x{n} {str(dtype).replace('torch.', '')} matmul, {torch.get_num_threads()} thread(s)"
+
+
+# -----------------------------------------------------------------------------
+# 4. The command line: a dataclass, overridable with --key value
+
+
+def arg(default, help: str):
+    """A dataclass field that carries its command-line help text."""
+    return field(default=default, metadata={"help": help})
+
+
+def config_parser(config_class, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """argparse for a dataclass: every field becomes `--field-name value` (kebab-case),
+    bools `--flag / --no-flag`, help from the field's metadata."""
+    hints = typing.get_type_hints(config_class)
+    parser = parser or argparse.ArgumentParser(description=(config_class.__doc__ or "").strip())
+    for f in dataclasses.fields(config_class):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        help_text = (f.metadata.get("help", "") + f" (default: {f.default!r})").replace("%", "%%")
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=f.default, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text)
+    return parser
+
+
+def parse_config(config_class, argv=None, show: bool = True):
+    """Parse argv into a config_class instance; calls its validate() if it has one
+    (a bad value exits with code 2 and a message naming the flag); prints the
+    config on rank 0."""
+    parser = config_parser(config_class)
+    cfg = config_class(**vars(parser.parse_args(argv)))
+    if hasattr(cfg, "validate"):
+        try:
+            cfg.validate()
+        except UsageError as e:
+            parser.error(str(e))
+    if show and rank() == 0:
+        print(f"{config_class.__name__}:")
+        for k, v in asdict(cfg).items():
+            print(f"  {k:26s} {v!r}")
+    return cfg
+
+
+def flag(name: str) -> str:
+    """A config field's command-line spelling: max_steps -> --max-steps."""
+    return "--" + name.replace("_", "-")
+
+
+# -----------------------------------------------------------------------------
+# 5. User-facing errors: one line and exit code 2, no traceback
+
+
+class UsageError(ValueError):
+    """Bad input from the user (a flag, a file, a checkpoint): the message names the
+    problem (file, line, field) and the command exits with code 2."""
+
+
+def cli(main_fn):
+    """Wrap a command's main(argv) -> int: a UsageError prints 'error: ...' on stderr
+    and returns 2 instead of a traceback."""
+    def wrapped(argv=None):
+        try:
+            return main_fn(argv)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 2
+    wrapped.__name__, wrapped.__doc__ = main_fn.__name__, main_fn.__doc__
+    return wrapped
+
+
+# -----------------------------------------------------------------------------
+# 6. JSONL that never stops a run: every bad line is located and counted
+
+MAX_JSON_DEPTH = 64            # no record of ours nests deeper; 100k brackets would recurse
+MAX_LINE_BYTES = 64 << 20      # one record of 64 MB is a broken file, not a document
+
+
+def _json_depth_ok(line: str, limit: int) -> bool:
+    """Cheap check that brackets nest at most `limit` deep (counting inside strings
+    too, which can only over-count: such a line is then parsed iteratively below)."""
+    if line.count("[") + line.count("{") <= limit:
+        return True
+    depth = 0
+    for ch in line:  # only reached for lines with many brackets
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
+
+
+def parse_json_line(line: bytes | str, max_depth: int = MAX_JSON_DEPTH):
+    """One JSON value from one line, or raise ValueError with a short reason (invalid
+    UTF-8, invalid JSON, nesting deeper than max_depth, an integer too long to
+    convert). Never RecursionError."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"invalid UTF-8 at byte {e.start}") from None
+    if not _json_depth_ok(line, max_depth):
+        raise ValueError(f"nested deeper than {max_depth} levels")
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {max_depth} levels") from None
+    except ValueError as e:  # JSONDecodeError, and int() of > 4,300 digits
+        msg = str(e).split("\n")[0]
+        raise ValueError(f"invalid JSON ({msg[:120]})") from None
+
+
+def read_jsonl(path: str, max_line_bytes: int = MAX_LINE_BYTES, max_depth: int = MAX_JSON_DEPTH,
+               opener=open):
+    """Yield (line_no, value, error) for every non-blank line of a JSONL file: value is
+    the parsed JSON and error None, or value None and error a short reason ("invalid
+    UTF-8 at byte 3", "invalid JSON (...)", "line of 70000000 bytes"). The caller
+    counts and reports "path:line_no: error" and keeps going. Lines are 1-based."""
+    with opener(path, "rb") as f:
+        for line_no, raw in enumerate(_lines(f, max_line_bytes), 1):
+            if raw is None:
+                yield line_no, None, f"line longer than {max_line_bytes} bytes"
+                continue
+            if not raw.strip():
+                continue
+            try:
+                yield line_no, parse_json_line(raw, max_depth), None
+            except ValueError as e:
+                yield line_no, None, str(e)
+
+
+def _lines(f, max_bytes):
+    """Lines of a binary file; a line over max_bytes is skipped (yields None) without
+    ever holding more than max_bytes of it in memory."""
+    while True:
+        line = f.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            while True:  # drain the rest of the oversized line
+                more = f.readline(1 << 20)
+                if not more or more.endswith(b"\n"):
+                    break
+            yield None
+            continue
+        yield line
+
+
+# -----------------------------------------------------------------------------
+# 7. One run per output folder, and processes that die with their launcher
+
+
+class OutputLock:
+    """An exclusive lock on OUT/.lock (fcntl.flock: the kernel releases it when the
+    process dies, so a killed run never leaves a stale lock). A second run on the same
+    folder raises UsageError naming the holder's pid. Use as a context manager or call
+    acquire()/release(); under torchrun only rank 0 needs to take it."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+        self.path = os.path.join(out_dir, ".lock")
+        self.fd = None
+
+    def acquire(self):
+        import fcntl
+        os.makedirs(self.out_dir, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UsageError(f"{self.out_dir} is in use by another run (pid {holder}); "
+                             f"wait for it to finish or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            import fcntl
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def die_with_parent(sig: int = signal.SIGTERM):
+    """Linux: ask the kernel to send `sig` to this process when its parent dies (a
+    killed torchrun must not leave its ranks training and writing checkpoints).
+    No-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before prctl: we are an orphan already
+            os.kill(os.getpid(), sig)
+    except (OSError, AttributeError):
+        pass
+
+
+class Interrupts(contextlib.AbstractContextManager):
+    """SIGINT / SIGTERM as a flag instead of an exception in the middle of a step.
+
+        with Interrupts() as stop:
+            while ...:
+                train_step()
+                if stop.signal:      # save a checkpoint, then exit(stop.exit_code)
+                    ...
+
+    The first signal sets `signal` (signal.SIGINT or SIGTERM); a second one of the
+    same kind restores the default behaviour and re-raises it (a user who presses
+    Ctrl-C twice means it). exit_code is 128 + the signal number: 130 for SIGINT, 143
+    for SIGTERM, as a shell reports them."""
+
+    def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)):
+        self.signals, self.signal, self._old = signals, None, {}
+
+    def _handler(self, signum, frame):
+        if self.signal == signum:  # second time: give up waiting
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            os.kill(os.getpid(), signum)
+            return
+        self.signal = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signal) if self.signal else 0
+
+    def __enter__(self):
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
+        return False
