@@ -326,7 +326,7 @@ def task_accuracy(model, tokenizer, examples: list[dict], max_new_tokens: int = 
 class DPOConfig(TrainConfig):
     """DPO (§4.1.4): every field is a --kebab-case flag."""
     init: str = arg("", "policy = reference at start (default: out/sft/final if it exists, else out/pretrain/final)")
-    out_dir: str = arg("out/dpo", "checkpoints, logs, report and final/ go here")
+    out: str = arg("out/dpo", "checkpoints, logs, report and final/ go here")
     data: str = arg("", "preference JSONL (tasks.read_preference_jsonl format); default: the on-policy pairs "
                         f"of rejection sampling ({ON_POLICY_PAIRS}) if they exist, else generated pairs")
     eval_data: str = arg("", "held-out preference JSONL; default: every 20th row of --data if given, else "
@@ -361,8 +361,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
     from reward import set_threads
     set_threads(cfg.threads, dist)
     t_start = time.time()
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    logger = pretrain.RunLogger(cfg.out_dir, dist)
+    os.makedirs(cfg.out, exist_ok=True)
+    logger = pretrain.RunLogger(cfg.out, dist)
     logger.write_json("config.json", asdict(cfg))
     init = cfg.init or ("out/sft/final" if os.path.exists("out/sft/final/model.pt") else "out/pretrain/final")
     if not cfg.data and os.path.exists(ON_POLICY_PAIRS):
@@ -413,7 +413,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
         parallel.parallelize(model, dist)
     model.train()
     optimizer = pretrain.build_optimizer(model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
-    ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
+    ckpt_dir = os.path.join(cfg.out, "checkpoints")
     start_state = None
     latest = parallel.latest_checkpoint(ckpt_dir) if cfg.resume else None
     if latest:
@@ -459,7 +459,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
     }
     logger.write_json("report.json", report)
     if dist.is_main:
-        plot_dpo(records, os.path.join(cfg.out_dir, "dpo.png"), accuracy_before, accuracy_after)
+        plot_dpo(records, os.path.join(cfg.out, "dpo.png"), accuracy_before, accuracy_after)
         a0 = accuracy_before["accuracy"] if accuracy_before else float("nan")
         a1 = accuracy_after["accuracy"] if accuracy_after else float("nan")
         print0(f"summary: task accuracy {a0:.1%} -> {a1:.1%}; held-out eval_rewards/accuracies "

@@ -70,7 +70,7 @@ def arg(default, help: str):
 class TrainConfig:
     """The knobs of the training loop `train()`. Every training script (pretrain, sft,
     reward, dpo) has a config that extends this one with its own model/data fields."""
-    out_dir: str = arg("out/pretrain", "where checkpoints, logs and the final model go")
+    out: str = arg("out/pretrain", "where checkpoints, logs and the final model go")
     max_steps: int = arg(300, "optimizer steps (the cosine schedule is laid over these)")
     time_budget_min: float = arg(0.0, "if > 0: after a few timed steps, shorten the run "
                                       "(max_steps) so that it ends within this many minutes")
@@ -121,7 +121,7 @@ class PretrainConfig(TrainConfig):
     ckpt_every: int = arg(40, "checkpoint every N steps (and always at the end)")
     # The model: a name from model.CONFIGS; the vocabulary comes from the data.
     model: str = arg("small-15m", "model.ModelArgs.from_name name (small-15m, llama3-8b, ...)")
-    data_dir: str = arg("out/data", "data.py output folder (built there if missing)")
+    data: str = arg("out/data", "data.py output folder (built there if missing)")
     # The batch. §3.4.1: 4M tokens per step in sequences of 4,096 at first. Ours: 4K
     # tokens per step in sequences of 256, i.e. 16 rows, split over the ranks and into
     # gradient-accumulation micro-batches of batch_size rows (2 ranks: 8 rows each, no
@@ -646,13 +646,13 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
     At the end, if export: with cfg.anneal_steps, the checkpoints saved during
     annealing are averaged (Polyak, §3.4.3) into the model; then the model is exported
     to OUT/final (model.pt + tokenizer.model) via parallel.export_model."""
-    logger = logger or RunLogger(cfg.out_dir, dist)
+    logger = logger or RunLogger(cfg.out, dist)
     start_state = start_state or {}
     step = int(start_state.get("step", 0))  # optimizer steps already done
     total_steps = int(start_state.get("total_steps", cfg.max_steps))
     if start_state.get("total_steps") and total_steps != cfg.max_steps:
         print0(f"resuming a schedule of {total_steps} steps (from the checkpoint; --max-steps "
-               f"{cfg.max_steps} is ignored -- use a new --out-dir for a new run)")
+               f"{cfg.max_steps} is ignored -- use a new --out for a new run)")
     if start_state.get("data") is not None and hasattr(next_batch, "load_state_dict"):
         next_batch.load_state_dict(start_state["data"])
     dtype = train_dtype(cfg, dist)
@@ -782,7 +782,7 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
                     model.train()
                     logger.log(step, **averaged)
                     last_eval = {**last_eval, **averaged}
-        final_dir = os.path.join(cfg.out_dir, "final")
+        final_dir = os.path.join(cfg.out, "final")
         parallel.export_model(model, model_args, final_dir, tokenizer_path=tokenizer_path)
         print0(f"exported {final_dir}")
     logger.plot()
@@ -816,25 +816,25 @@ def main(argv=None):
         # more threads than cores makes every rank slower.
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    logger = RunLogger(cfg.out_dir, dist)
+    os.makedirs(cfg.out, exist_ok=True)
+    logger = RunLogger(cfg.out, dist)
     logger.write_json("config.json", asdict(cfg))
     t_start = time.time()
 
     # ---- data: build if missing, then the train and held-out streams -------------
-    meta = ensure_data(cfg.data_dir, dist)
-    train_stream = TokenStream(cfg.data_dir, meta, "train")
-    val_stream = TokenStream(cfg.data_dir, meta, "val")
+    meta = ensure_data(cfg.data, dist)
+    train_stream = TokenStream(cfg.data, meta, "train")
+    val_stream = TokenStream(cfg.data, meta, "val")
     anneal_stream = None  # the high-quality split for §3.4.3, if data.py wrote one
     if cfg.anneal_steps > 0 and (split_record(meta, "anneal") or {}).get("files"):
-        anneal_stream = TokenStream(cfg.data_dir, meta, "anneal")
+        anneal_stream = TokenStream(cfg.data, meta, "anneal")
         if anneal_stream.n_tokens <= longest_seq_len(cfg) + 1:
             anneal_stream = None
         else:
             print0(f"annealing: last {cfg.anneal_steps} steps, {cfg.anneal_data_fraction:.0%} of rows "
                    f"from the anneal split ({anneal_stream.n_tokens:,} tokens of code/math)")
     print0(f"data: {train_stream.n_tokens:,} train tokens, {val_stream.n_tokens:,} held-out "
-           f"tokens, vocabulary {meta['vocab_size']:,} ({cfg.data_dir})")
+           f"tokens, vocabulary {meta['vocab_size']:,} ({cfg.data})")
 
     # ---- model: the vocabulary comes from the tokenizer the data was built with ---
     model_args = ModelArgs.from_name(cfg.model, vocab_size=meta["vocab_size"],
@@ -855,7 +855,7 @@ def main(argv=None):
            f"x {max(1, rows // dist.dp_size // max(1, cfg.batch_size))} accumulation steps")
 
     # ---- resume -----------------------------------------------------------------
-    ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
+    ckpt_dir = os.path.join(cfg.out, "checkpoints")
     start_state = None
     latest = parallel.latest_checkpoint(ckpt_dir) if cfg.resume else None
     if latest:

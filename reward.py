@@ -464,7 +464,7 @@ def default_init() -> str:
 class RewardConfig(TrainConfig):
     """Reward model training (§4.1.2): every field is a --kebab-case flag."""
     init: str = arg("", "checkpoint to start from (default: out/sft/final if it exists, else out/pretrain/final)")
-    out_dir: str = arg("out/reward", "checkpoints, logs, report and final/ go here")
+    out: str = arg("out/reward", "checkpoints, logs, report and final/ go here")
     data: str = arg("", "preference JSONL (tasks.read_preference_jsonl format); default: generated pairs")
     eval_data: str = arg("", "held-out preference JSONL; default: generated 'val' pairs")
     tasks: str = arg("", "comma-separated tasks of tasks.py for the generated pairs (default: all)")
@@ -536,8 +536,8 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     dist = parallel.setup_distributed(tp=cfg.tp)
     set_threads(cfg.threads, dist)
     t_start = time.time()
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    logger = pretrain.RunLogger(cfg.out_dir, dist)
+    os.makedirs(cfg.out, exist_ok=True)
+    logger = pretrain.RunLogger(cfg.out, dist)
     logger.write_json("config.json", asdict(cfg))
     init = cfg.init or default_init()
     trunk, model_args = M.load_model(init, device=dist.device)
@@ -573,7 +573,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
         fully_shard(reward_model, mesh=dist.mesh["dp"])
     reward_model.train()
     optimizer = pretrain.build_optimizer(reward_model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
-    ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
+    ckpt_dir = os.path.join(cfg.out, "checkpoints")
     start_state = None
     latest = parallel.latest_checkpoint(ckpt_dir) if cfg.resume else None
     if latest:
@@ -589,7 +589,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     if result.get("stopped"):  # --stop-at-step: the checkpoint is written; run again to resume
         parallel.teardown_distributed()
         return {"status": "stopped", "steps": result["step"], "total_steps": result["total_steps"]}
-    final_dir = os.path.join(cfg.out_dir, "final")
+    final_dir = os.path.join(cfg.out, "final")
     save_reward_model(reward_model, model_args, final_dir, tokenizer_path=tokenizer_path)
     print0(f"saved {final_dir} (model.pt = trunk, {HEAD_FILE} = value head)")
 
@@ -618,7 +618,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     }
     logger.write_json("report.json", report)
     if dist.is_main:
-        plot_accuracy(logger, os.path.join(cfg.out_dir, "accuracy.png"))
+        plot_accuracy(logger, os.path.join(cfg.out, "accuracy.png"))
         print0(f"held-out pairwise accuracy {result['last_eval']['val_accuracy']:.1%}"
                f" (chosen vs rejected {result['last_eval']['val_accuracy_chosen_rejected']:.1%}), "
                f"margin {result['last_eval']['val_margin']:.2f}")

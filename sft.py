@@ -74,7 +74,7 @@ from tokenizer import ChatFormat, Tokenizer
 @dataclass
 class SFTConfig(TrainConfig):
     """Supervised fine-tuning (§4.1.3): every field is a --kebab-case flag."""
-    out_dir: str = arg("out/sft", "where checkpoints, logs, the report and the final model go")
+    out: str = arg("out/sft", "where checkpoints, logs, the report and the final model go")
     init: str = arg("out/pretrain/final", "the pre-trained checkpoint to start from (any format)")
     tokenizer: str = arg("", "tokenizer.model (default: the one next to --init)")
     # Data: the built-in checked tasks, or your own conversations.
@@ -82,7 +82,7 @@ class SFTConfig(TrainConfig):
     val_jsonl: str = arg("", "held-out conversations for accuracy (default: tasks.py's held-out split)")
     tasks: str = arg("", "comma-separated subset of tasks.py's tasks (default: all)")
     n_train: int = arg(20000, "generated training conversations")
-    n_val: int = arg(250, "generated held-out conversations (accuracy is measured on these)")
+    n_eval: int = arg(250, "generated held-out conversations (accuracy is measured on these)")
     # The run. Measured on the 2-core CPU, one thread, ~1,400 tokens/s: 200 steps of
     # 2,048 tokens (~75 conversations each, 15K in all) take ~5 minutes. Held-out
     # accuracy stays at chance for ~50 steps, then the model learns to attend to the
@@ -436,7 +436,7 @@ def load_data(cfg: SFTConfig, tokenizer) -> tuple[list, list, dict]:
     elif cfg.train_jsonl:
         val = []  # your data, no held-out file: no accuracy
     else:
-        val = T.make_examples(cfg.n_val, cfg.seed, tasks=cfg.tasks or None, split="val")
+        val = T.make_examples(cfg.n_eval, cfg.seed, tasks=cfg.tasks or None, split="val")
     if not train:
         raise ValueError("no training conversations (every row was skipped?)")
     return train, val, {k: T.summarize_skipped(v) for k, v in skipped.items()}
@@ -450,8 +450,8 @@ def main(argv=None):
     dist = parallel.setup_distributed(tp=cfg.tp)
     if dist.device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg.threads))
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    logger = pretrain.RunLogger(cfg.out_dir, dist)
+    os.makedirs(cfg.out, exist_ok=True)
+    logger = pretrain.RunLogger(cfg.out, dist)
     logger.write_json("config.json", asdict(cfg))
     t_start = time.time()
 
@@ -501,7 +501,7 @@ def main(argv=None):
     optimizer = pretrain.build_optimizer(model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
 
     # ---- resume, then train with pretrain.train ---------------------------------
-    ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
+    ckpt_dir = os.path.join(cfg.out, "checkpoints")
     start_state = None
     latest = parallel.latest_checkpoint(ckpt_dir) if cfg.resume else None
     if latest:
@@ -542,14 +542,14 @@ def main(argv=None):
         "last_loss": losses[max(losses)] if losses else None,
         "tokens_seen_this_run": result.get("tokens_seen"), "train_seconds": result.get("seconds"),
         "wall_seconds": round(time.time() - t_start, 1), "final": result["final_dir"],
-        "log": logger.path, "loss_png": os.path.join(cfg.out_dir, "loss.png"),
+        "log": logger.path, "loss_png": os.path.join(cfg.out, "loss.png"),
     }
     if result.get("seconds"):
         report["tokens_per_s"] = round(result["tokens_seen"] / result["seconds"], 1)
     if before and after:
         report["accuracy_gain_points"] = round(100 * (after["accuracy"] - before["accuracy"]), 1)
         if dist.is_main:
-            report["report_png"] = plot_report(report, logger.records(), os.path.join(cfg.out_dir, "report.png"))
+            report["report_png"] = plot_report(report, logger.records(), os.path.join(cfg.out, "report.png"))
             responses = eval_fn.evaluate.last_responses
             report["examples_after"] = [{"prompt": e["messages"][-2]["content"], "response": r,
                                          "correct": T.check_response(e, r)}

@@ -150,7 +150,7 @@ def test_tiny_dpo_run_with_bad_lines(tmp_path, tiny_ckpt):
     lines.insert(7, json.dumps({"prompt": "Add 1 and 1.", "chosen": "", "rejected": "3"}))  # line 8: empty
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:6]) + "\n")
-    cfg = D.DPOConfig(init=tiny_ckpt, out_dir=str(tmp_path / "dpo"), data=str(tmp_path / "train.jsonl"),
+    cfg = D.DPOConfig(init=tiny_ckpt, out=str(tmp_path / "dpo"), data=str(tmp_path / "train.jsonl"),
                       eval_data=str(tmp_path / "val.jsonl"), n_eval_tasks=4, max_new_tokens=3, batch_size=4,
                       max_steps=0, lr=1e-3, warmup_steps=1, time_budget_min=0, eval_every=0, ckpt_every=100,
                       dtype="fp32", threads=torch.get_num_threads(), log_every=1)
@@ -174,7 +174,7 @@ def test_held_out_pairs_come_from_data_when_given(tmp_path, tiny_ckpt):
     rows = [{"prompt": [{"role": "user", "content": f"Add {i} and 1."}], "chosen": str(i + 1), "rejected": str(i)}
             for i in range(40)]
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    cfg = D.DPOConfig(init=tiny_ckpt, out_dir=str(tmp_path / "dpo"), data=str(tmp_path / "train.jsonl"),
+    cfg = D.DPOConfig(init=tiny_ckpt, out=str(tmp_path / "dpo"), data=str(tmp_path / "train.jsonl"),
                       n_eval_tasks=0, batch_size=8, max_steps=1, lr=1e-4, warmup_steps=1, time_budget_min=0,
                       eval_every=0, ckpt_every=100, dtype="fp32", threads=torch.get_num_threads(), log_every=1)
     report = D.run_dpo(cfg)

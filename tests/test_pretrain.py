@@ -80,7 +80,7 @@ def final_weights(out_dir):
 
 
 def run_inprocess(data_dir, out_dir, *extra):
-    pretrain.main(COMMON + ["--data-dir", data_dir, "--out-dir", out_dir, *extra])
+    pretrain.main(COMMON + ["--data", data_dir, "--out", out_dir, *extra])
 
 
 def free_port():
@@ -196,7 +196,7 @@ def test_two_rank_checkpoint_resumes_on_one_rank(data_dir, reference, tmp_path):
     out = str(tmp_path / "two_ranks")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={free_port()}", "pretrain.py",
-           *COMMON, "--data-dir", data_dir, "--out-dir", out, "--stop-at-step", "3"]
+           *COMMON, "--data", data_dir, "--out", out, "--stop-at-step", "3"]
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ckpt_dir = os.path.join(out, "checkpoints")
@@ -221,7 +221,7 @@ def test_sigkill_during_checkpoint_save(data_dir, reference, tmp_path):
     committed): step 2 stays the latest checkpoint, loads, and a resumed run
     continues from it to the same result as the uninterrupted run."""
     out = str(tmp_path / "killed")
-    cmd = [sys.executable, "pretrain.py", *COMMON, "--data-dir", data_dir, "--out-dir", out,
+    cmd = [sys.executable, "pretrain.py", *COMMON, "--data", data_dir, "--out", out,
            "--debug-pause-in-save", "60"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -194,7 +194,7 @@ def test_tiny_reward_model_learns_and_round_trips(tmp_path, tiny_ckpt, chat):
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "val.jsonl").write_text("\n".join(json.dumps({**r, "prompt": [{"role": "user", "content": f"Q{i}"}]})
                                                   for i, r in enumerate(rows[:8])) + "\n")
-    cfg = R.RewardConfig(init=tiny_ckpt, out_dir=str(tmp_path / "rm"), data=str(tmp_path / "train.jsonl"),
+    cfg = R.RewardConfig(init=tiny_ckpt, out=str(tmp_path / "rm"), data=str(tmp_path / "train.jsonl"),
                          eval_data=str(tmp_path / "val.jsonl"), batch_size=8, max_steps=12, lr=3e-3,
                          warmup_steps=2, time_budget_min=0, eval_every=0, ckpt_every=100, dtype="fp32",
                          threads=torch.get_num_threads(), log_every=100)
@@ -264,7 +264,7 @@ def test_stopped_reward_run_resumes_exactly(tmp_path, tiny_ckpt):
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
     def run(out, **kw):
-        cfg = R.RewardConfig(init=tiny_ckpt, out_dir=str(tmp_path / out), data=str(tmp_path / "train.jsonl"),
+        cfg = R.RewardConfig(init=tiny_ckpt, out=str(tmp_path / out), data=str(tmp_path / "train.jsonl"),
                              eval_data=str(tmp_path / "train.jsonl"), batch_size=4, max_steps=6, lr=3e-3,
                              warmup_steps=1, time_budget_min=0, eval_every=0, ckpt_every=100, dtype="fp32",
                              threads=1, log_every=100, **kw)

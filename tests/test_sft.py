@@ -148,7 +148,7 @@ def test_tiny_sft_run_end_to_end(tmp_path, tok_path):
     val_path = str(tmp_path / "val.jsonl")
     T.write_jsonl(T.make_examples(12, seed=0, tasks="larger", split="val"), val_path)
     out = str(tmp_path / "sft")
-    report = sft.main(["--init", init, "--out-dir", out, "--train-jsonl", train_path, "--val-jsonl", val_path,
+    report = sft.main(["--init", init, "--out", out, "--train-jsonl", train_path, "--val-jsonl", val_path,
                        "--max-steps", "24", "--time-budget-min", "0", "--seq-len", "128",
                        "--tokens-per-step", "512", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "3",
                        "--eval-every", "0", "--ckpt-every", "100", "--eval-max-new-tokens", "6",
