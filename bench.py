@@ -92,8 +92,8 @@ def _median_time(fn, repeats: int, warmup: bool = True) -> float:
 
 
 def _corpus(mb: float):
-    from tokenizer import builtin_corpus
-    return builtin_corpus(int(mb * 1_000_000))
+    from tokenizer import builtin_texts
+    return builtin_texts(int(mb * 1_000_000))
 
 
 def tok_ours(mb: float, vocab_size: int, repeats: int) -> dict:
@@ -149,8 +149,8 @@ def tok_hf(mb: float, vocab_size: int, repeats: int) -> dict:
 
 
 def _minhash_docs(n_docs: int):
-    import data
-    return data.synthetic_documents(n_docs, doc_bytes=4096, seed=0)
+    import corpus
+    return corpus.synthetic_documents(n_docs, doc_bytes=4096, seed=0)
 
 
 def minhash_ours(n_docs: int, repeats: int) -> dict:

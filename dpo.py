@@ -86,10 +86,11 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import model as M
 import parallel
 import pretrain
-from parallel import print0
+from common import print0
 from pretrain import TrainConfig, arg
 # Preference rows come from the same place as the reward model's (one reader and
 # validator, tasks.py): --data / --eval-data files, or generated pairs.
@@ -367,8 +368,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
     init = cfg.init or ("out/sft/final" if os.path.exists("out/sft/final/model.pt") else "out/pretrain/final")
     if not cfg.data and os.path.exists(ON_POLICY_PAIRS):
         cfg.data = ON_POLICY_PAIRS  # reward.py rejection-sample ran: the round's own pairs (§4.2.1)
-    model, model_args = M.load_model(init, device=dist.device)
-    tokenizer_path = M.find_tokenizer(init)
+    model, model_args = checkpoint.load_model(init, device=dist.device)
+    tokenizer_path = checkpoint.find_tokenizer(init)
     tokenizer = Tokenizer(tokenizer_path)
     chat = ChatFormat(tokenizer)
     print0(f"policy = reference = {init} ({M.count_params(model_args):,} parameters); β {cfg.beta}, "
@@ -415,9 +416,9 @@ def run_dpo(cfg: DPOConfig) -> dict:
     optimizer = pretrain.build_optimizer(model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
     ckpt_dir = os.path.join(cfg.out, "checkpoints")
     start_state = None
-    latest = parallel.latest_checkpoint(ckpt_dir) if cfg.resume else None
+    latest = checkpoint.latest_checkpoint(ckpt_dir) if cfg.resume else None
     if latest:
-        start_state = parallel.load_checkpoint(latest, model, optimizer)
+        start_state = checkpoint.load_checkpoint(latest, model, optimizer)
         print0(f"resuming from {latest} (step {start_state['step']})")
 
     loss_fn = lambda m, b: dpo_loss_fn(m, b, cfg.beta, cfg.nll_coef)  # noqa: E731
@@ -438,7 +439,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
     # ---- after: task accuracy of the exported model (unsharded, rank 0) ------------
     accuracy_after = None
     if dist.is_main and cfg.n_eval_tasks:
-        final_model, _ = M.load_model(result["final_dir"], device=dist.device)
+        final_model, _ = checkpoint.load_model(result["final_dir"], device=dist.device)
         accuracy_after = task_accuracy(final_model, tokenizer, eval_examples, cfg.max_new_tokens)
         del final_model
         print0(f"held-out task accuracy after DPO: {accuracy_after['accuracy']:.1%} "

@@ -16,12 +16,12 @@ What is in here, top to bottom:
   5. Transformer      -- the stack, with a re-callable init_weights() so a model can be
                          built on the meta device and materialized after sharding.
   6. Counting         -- exact parameter counts and FLOPs per token (for MFU).
-  7. Checkpoints      -- this project's single-file format, Meta's consolidated.*.pth,
-                         Hugging Face safetensors (with the q/k row permutation undone),
-                         and torch.distributed.checkpoint folders written by parallel.py.
 
-Reads: nothing by itself (load_model reads a checkpoint you point it at).
-Writes: nothing by itself (save_model writes DIR/model.pt).
+Checkpoints in every format (this project's, Meta's, Hugging Face's, DCP) are read
+and written by checkpoint.py (load_model, save_model).
+
+Reads: nothing.
+Writes: nothing.
 Run:    python model.py                    # prints the official configurations and
         python model.py --name small-15m   # a smoke forward/backward of one of them
 Next:   tokenizer.py (the 128K vocabulary), then pretrain.py (training this model).
@@ -30,14 +30,9 @@ Next:   tokenizer.py (the 128K vocabulary), then pretrain.py (training this mode
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import math
-import os
-import shutil
-import tempfile
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -74,16 +69,19 @@ class ModelArgs:
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        problems = []
+        problems = [f"{name} must be positive, got {getattr(self, name)}" for name in (
+            "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len", "multiple_of")
+            if getattr(self, name) <= 0]
+        if problems:  # before the divisions below, which would divide by zero
+            raise ValueError("invalid ModelArgs: " + "; ".join(problems))
         if self.dim % self.n_heads:
             problems.append(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         elif (self.dim // self.n_heads) % 2:
             problems.append(f"head_dim={self.dim // self.n_heads} must be even for RoPE")
         if self.n_heads % self.n_kv_heads:
             problems.append(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        for name in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.hidden_dim is not None and self.hidden_dim <= 0:
+            problems.append(f"hidden_dim must be positive, got {self.hidden_dim}")
         if problems:
             raise ValueError("invalid ModelArgs: " + "; ".join(problems))
 
@@ -111,62 +109,9 @@ class ModelArgs:
             raise ValueError(f"unknown model name {name!r}; known: {', '.join(CONFIGS)}")
         return cls(**{**CONFIGS[name], **overrides})
 
-    @classmethod
-    def from_params_json(cls, path: str) -> "ModelArgs":
-        """Meta's params.json. Unknown keys are an error that names them, missing
-        required ones too (a truncated file must not silently become an 8B default)."""
-        with open(path) as f:
-            params = json.load(f)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown field(s) {unknown}; known fields: {sorted(known)}")
-        missing = [k for k in ("dim", "n_layers", "n_heads", "vocab_size") if k not in params]
-        if missing:
-            raise ValueError(f"{path}: missing required field(s) {missing}")
-        if params.get("use_scaled_rope"):
-            params.setdefault("max_seq_len", 131072)  # 3.1+ models are 128K-context
-        return cls(**params)
-
-    @classmethod
-    def from_hf_config(cls, cfg: dict) -> "ModelArgs":
-        """A Hugging Face LlamaConfig (config.json as a dict) -> ModelArgs."""
-        missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                               "vocab_size", "intermediate_size") if k not in cfg]
-        if missing:
-            raise ValueError(f"Hugging Face config is missing field(s) {missing}")
-        # transformers >= 5 keeps RoPE settings in "rope_parameters"; older versions
-        # in "rope_theta" + "rope_scaling". Accept both.
-        rope = dict(cfg.get("rope_parameters") or {})
-        scaling = cfg.get("rope_scaling") or {}
-        rope = {**scaling, **rope}
-        theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "llama3"):
-            raise ValueError(f"unsupported rope_type {rope_type!r} (only default and llama3)")
-        head_dim = cfg.get("head_dim")
-        if head_dim is not None and head_dim * cfg["num_attention_heads"] != cfg["hidden_size"]:
-            raise ValueError(f"head_dim={head_dim} x heads != hidden_size: not a Llama 3 layout")
-        args = dict(
-            dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
-            n_heads=cfg["num_attention_heads"],
-            n_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-            vocab_size=cfg["vocab_size"], norm_eps=cfg.get("rms_norm_eps", 1e-5),
-            rope_theta=float(theta), use_scaled_rope=(rope_type == "llama3"),
-            max_seq_len=cfg.get("max_position_embeddings", 8192),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            hidden_dim=cfg["intermediate_size"],
-        )
-        if rope_type == "llama3":
-            args.update(rope_scale_factor=float(rope["factor"]),
-                        rope_low_freq_factor=float(rope["low_freq_factor"]),
-                        rope_high_freq_factor=float(rope["high_freq_factor"]),
-                        rope_original_max_seq_len=int(rope["original_max_position_embeddings"]))
-        return cls(**args)
-
 
 # The official configurations. Parameter counts (count_params) must equal Meta's
-# exactly: 8,030,261,248 for 8B and so on (SPEC.md); tests/test_model.py checks.
+# exactly: 8,030,261,248 for 8B and so on; tests/test_model.py checks.
 _LLAMA3_8B = dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=128256,
                   multiple_of=1024, ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0)
 _LLAMA3_70B = dict(_LLAMA3_8B, dim=8192, n_layers=80, n_heads=64, multiple_of=4096)
@@ -327,7 +272,7 @@ class Attention(nn.Module):
     def _attend(self, q, k, v, mask, doc_ids):
         if self.attn_impl == "flex" and doc_ids is not None and self.cache is None:
             # mask is then the BlockMask that Transformer.forward built once for all layers
-            block_mask = mask if _is_block_mask(mask) else None
+            block_mask = mask if mask is not None and not isinstance(mask, torch.Tensor) else None
             return flex_document_attention(q, k, v, doc_ids, block_mask=block_mask)
         if q.shape[2] == 1 and mask is not None and q.device.type == "cpu":
             return one_query_attention(q, k, v, mask)
@@ -336,16 +281,15 @@ class Attention(nn.Module):
         if mask is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         # With a mask, flash and memory-efficient SDPA refuse GQA; on CUDA the cuDNN
-        # kernel takes it (H100, torch 2.11: as fast as repeating the KV heads, and
-        # faster for one decoding query), so no math-kernel fallback. README "On a GPU".
+        # kernel takes it, so no KV-head repetition is needed.
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
 
 def one_query_attention(q, k, v, mask):
     """Attention of ONE new token per row over the KV cache (decoding), as two small
     matmuls. On CPU, SDPA's flash kernel pays a per-call setup that dominates a 1 x S
-    problem (it was 25% of a decoding step at batch 8 for small-15m); here the query
-    heads that share a KV head are grouped so that GQA needs no repeated keys.
+    problem; here the query heads that share a KV head are grouped so that GQA needs
+    no repeated keys.
     q: (B, H, 1, hd); k, v: (B, KV, S, hd); mask: (B, 1, 1, S) bool -> (B, H, 1, hd)."""
     B, H, _, hd = q.shape
     KV = k.shape[1]
@@ -354,8 +298,8 @@ def one_query_attention(q, k, v, mask):
         # Under torch.compile (sample.py --compile) the same products written as
         # broadcast multiply + sum: inductor fuses them with the cache write, the mask
         # and the softmax into one C++ loop, where bmm would be two library calls per
-        # layer (small-15m on 2 cores, bf16 batch 8: 2.98 -> 2.82 ms per step). Eager
-        # mode keeps bmm: there the broadcast would materialize (B, KV, G, S, hd).
+        # layer. Eager mode keeps bmm: there the broadcast would materialize
+        # (B, KV, G, S, hd).
         scores = (qg[:, :, :, None, :].float() * k[:, :, None].float()).sum(-1) * hd**-0.5  # (B, KV, G, S)
         probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
         out = (probs[..., None] * v[:, :, None].float()).sum(-2)  # (B, KV, G, hd)
@@ -367,14 +311,6 @@ def one_query_attention(q, k, v, mask):
 
 
 _compiled_flex = None
-
-
-def _is_block_mask(mask) -> bool:
-    try:
-        from torch.nn.attention.flex_attention import BlockMask
-    except ImportError:  # pragma: no cover - torch without FlexAttention
-        return False
-    return isinstance(mask, BlockMask)
 
 
 def document_block_mask(doc_ids: torch.Tensor):
@@ -474,11 +410,7 @@ class Transformer(nn.Module):
     def reset_rope(self):
         """Recompute the RoPE table in fp32 on the model's device. Needed after
         to_empty() (the buffer then holds garbage) and after a dtype cast."""
-        device = self.tok_embeddings.weight.device
-        if device.type == "meta":
-            self.freqs_cis = precompute_freqs_cis(self.args).to("meta")
-        else:
-            self.freqs_cis = precompute_freqs_cis(self.args).to(device)
+        self.freqs_cis = precompute_freqs_cis(self.args).to(self.tok_embeddings.weight.device)
 
     def _apply(self, fn, recurse=True):
         # Module.to(bfloat16) casts every floating buffer, and to_empty() leaves
@@ -592,9 +524,8 @@ class Transformer(nn.Module):
         elif doc_ids is not None:
             if all(layer.attention.attn_impl == "flex" for layer in self.layers.values()):
                 # FlexAttention: one block mask for all layers, and no dense (B, T, T)
-                # mask at all (O(T²) memory is what the block mask is there to avoid).
-                # Built per layer it cost 16 x 9.6 ms per forward at 8K tokens on an
-                # H100, about 2/3 of the whole 1B fwd+bwd step (222 ms).
+                # mask at all (O(T²) memory is what the block mask is there to avoid),
+                # and building it once, not once per layer, matters on a GPU.
                 mask = document_block_mask(doc_ids)
             else:
                 mask = document_causal_mask(doc_ids)[:, None]  # (B, 1, T, T)
@@ -665,7 +596,7 @@ def _copy_full_into(param: torch.Tensor, full: torch.Tensor):
 
 def count_params(args: ModelArgs) -> int:
     """Exact parameter count, without building the model.
-    llama3-8b: 8,030,261,248 (SPEC.md)."""
+    llama3-8b: 8,030,261,248 (Meta's released checkpoint)."""
     d, hd, h = args.dim, args.head_dim, args.ffn_hidden_dim
     attention = d * args.n_heads * hd * 2 + d * args.n_kv_heads * hd * 2  # wq, wo, wk, wv
     block = attention + 3 * d * h + 2 * d  # + w1 w2 w3 + two norms
@@ -683,228 +614,6 @@ def flops_per_token(args: ModelArgs, seq_len: int) -> float:
 
 
 # -----------------------------------------------------------------------------
-# 7. Checkpoints: this project's, Meta's, Hugging Face's, distributed (DCP)
-
-
-def _permute_meta_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Meta rotates interleaved pairs (0,1),(2,3),...; Hugging Face rotates halves
-    (0, hd/2),(1, hd/2+1),... Its converter therefore reorders the rows of wq and wk
-    within each head: [x0 x1 x2 x3 ...] -> [x0 x2 ... | x1 x3 ...]. (rows, dim)."""
-    rows, cols = w.shape
-    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
-def _permute_hf_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Inverse of _permute_meta_to_hf."""
-    rows, cols = w.shape
-    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
-_HF_NAMES = {  # ours -> Hugging Face's, per layer
-    "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
-    "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
-    "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-    "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
-
-
-def to_hf_state_dict(sd: dict, args: ModelArgs) -> dict:
-    """This model's state dict -> Hugging Face LlamaForCausalLM's."""
-    out = {"model.embed_tokens.weight": sd["tok_embeddings.weight"],
-           "model.norm.weight": sd["norm.weight"]}
-    if not args.tie_embeddings:
-        out["lm_head.weight"] = sd["output.weight"]
-    for i in range(args.n_layers):
-        for ours, theirs in _HF_NAMES.items():
-            w = sd[f"layers.{i}.{ours}.weight"]
-            if ours == "attention.wq":
-                w = _permute_meta_to_hf(w, args.n_heads)
-            elif ours == "attention.wk":
-                w = _permute_meta_to_hf(w, args.n_kv_heads)
-            out[f"model.layers.{i}.{theirs}.weight"] = w.clone()
-    return out
-
-
-def convert_hf_state_dict(sd: dict, args: ModelArgs) -> dict:
-    """Hugging Face LlamaForCausalLM's state dict -> this model's (the inverse)."""
-    sd = {k.removeprefix("model.") if k.startswith("model.") else k: v for k, v in sd.items()}
-    out = {"tok_embeddings.weight": sd["embed_tokens.weight"], "norm.weight": sd["norm.weight"]}
-    out["output.weight"] = sd.get("lm_head.weight", sd["embed_tokens.weight"]) if not args.tie_embeddings \
-        else sd["embed_tokens.weight"]
-    for i in range(args.n_layers):
-        for ours, theirs in _HF_NAMES.items():
-            key = f"layers.{i}.{theirs}.weight"
-            if key not in sd:
-                raise KeyError(f"Hugging Face checkpoint has no {key!r}")
-            w = sd[key]
-            if ours == "attention.wq":
-                w = _permute_hf_to_meta(w, args.n_heads)
-            elif ours == "attention.wk":
-                w = _permute_hf_to_meta(w, args.n_kv_heads)
-            out[f"layers.{i}.{ours}.weight"] = w.clone()
-    return out
-
-
-def to_hf_config(args: ModelArgs) -> dict:
-    """ModelArgs -> a Hugging Face LlamaConfig dict (config.json)."""
-    rope = {"rope_theta": args.rope_theta, "rope_type": "default"}
-    if args.use_scaled_rope:
-        rope.update(rope_type="llama3", factor=args.rope_scale_factor,
-                    low_freq_factor=args.rope_low_freq_factor,
-                    high_freq_factor=args.rope_high_freq_factor,
-                    original_max_position_embeddings=args.rope_original_max_seq_len)
-    return dict(
-        architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=args.dim,
-        intermediate_size=args.ffn_hidden_dim, num_hidden_layers=args.n_layers,
-        num_attention_heads=args.n_heads, num_key_value_heads=args.n_kv_heads,
-        head_dim=args.head_dim, vocab_size=args.vocab_size, rms_norm_eps=args.norm_eps,
-        max_position_embeddings=args.max_seq_len, tie_word_embeddings=args.tie_embeddings,
-        hidden_act="silu", attention_bias=False, mlp_bias=False,
-        rope_parameters=rope, rope_theta=args.rope_theta,
-        rope_scaling=None if not args.use_scaled_rope else {k: v for k, v in rope.items() if k != "rope_theta"},
-        bos_token_id=args.vocab_size - 256 if args.vocab_size > 256 else None,
-        eos_token_id=args.vocab_size - 256 + 1 if args.vocab_size > 256 else None,
-    )
-
-
-def save_model(model: Transformer, args: ModelArgs, out_dir: str, tokenizer_path: Optional[str] = None,
-               state_dict: Optional[dict] = None):
-    """This project's single-file checkpoint: DIR/model.pt = {"model_args", "model"}
-    and a copy of the tokenizer at DIR/tokenizer.model. Written to a temporary name
-    and renamed, so a killed process never leaves a half-written model.pt."""
-    os.makedirs(out_dir, exist_ok=True)
-    sd = state_dict if state_dict is not None else model.state_dict()
-    sd = {k: v.detach().cpu() for k, v in sd.items()}
-    _atomic_torch_save({"model_args": asdict(args), "model": sd}, os.path.join(out_dir, "model.pt"))
-    if tokenizer_path:
-        dst = os.path.join(out_dir, "tokenizer.model")
-        if os.path.abspath(tokenizer_path) != os.path.abspath(dst):
-            shutil.copyfile(tokenizer_path, dst + ".tmp")
-            os.replace(dst + ".tmp", dst)
-
-
-def _atomic_torch_save(obj, path):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def detect_format(path: str) -> str:
-    """'project' | 'meta' | 'hf' | 'dcp' for a checkpoint file or directory."""
-    if os.path.isfile(path):
-        if path.endswith((".pt", ".pth")):
-            return "project"
-        raise ValueError(f"{path}: not a checkpoint (expected a .pt file or a directory)")
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if os.path.exists(os.path.join(path, "model.pt")):
-        return "project"
-    if os.path.exists(os.path.join(path, "params.json")) and glob.glob(os.path.join(path, "consolidated.*.pth")):
-        return "meta"
-    if os.path.exists(os.path.join(path, "config.json")) and glob.glob(os.path.join(path, "*.safetensors")):
-        return "hf"
-    if os.path.exists(os.path.join(path, ".metadata")) and os.path.exists(os.path.join(path, "model_args.json")):
-        return "dcp"
-    raise ValueError(
-        f"{path}: unknown checkpoint format. Expected one of: model.pt (this project); "
-        "params.json + consolidated.*.pth (Meta); config.json + *.safetensors (Hugging Face); "
-        ".metadata + model_args.json (a distributed checkpoint of parallel.py)")
-
-
-def load_state_dict_checked(model: Transformer, sd: dict, source: str):
-    """load_state_dict(strict=True) with an error message a person can act on."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    bad = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
-           for k in expected if k in sd and sd[k].shape != expected[k].shape]
-    if missing or unexpected or bad:
-        msg = [f"{source}: checkpoint does not match the model"]
-        if missing:
-            msg.append(f"missing keys ({len(missing)}): {missing[:5]}")
-        if unexpected:
-            msg.append(f"unexpected keys ({len(unexpected)}): {unexpected[:5]}")
-        if bad:
-            msg.append(f"shape mismatches ({len(bad)}): {bad[:5]}")
-        raise ValueError("; ".join(msg))
-    model.load_state_dict(sd, strict=True)
-
-
-def load_model(path: str, device="cpu", dtype: Optional[torch.dtype] = None):
-    """Load a checkpoint in any of the four formats -> (Transformer, ModelArgs)."""
-    fmt = detect_format(path)
-    if fmt == "project":
-        file = path if os.path.isfile(path) else os.path.join(path, "model.pt")
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-        args, sd = ModelArgs(**ckpt["model_args"]), ckpt["model"]
-    elif fmt == "meta":
-        args = ModelArgs.from_params_json(os.path.join(path, "params.json"))
-        shards = sorted(glob.glob(os.path.join(path, "consolidated.*.pth")))
-        if len(shards) != 1:
-            raise ValueError(f"{path}: {len(shards)} consolidated shards; only single-shard "
-                             "(model-parallel 1) Meta checkpoints are supported -- merge them first")
-        sd = torch.load(shards[0], map_location="cpu", weights_only=True, mmap=True)
-        if args.tie_embeddings and "output.weight" not in sd:
-            sd = dict(sd, **{"output.weight": sd["tok_embeddings.weight"]})
-    elif fmt == "hf":
-        from safetensors.torch import load_file  # installed with transformers
-        with open(os.path.join(path, "config.json")) as f:
-            args = ModelArgs.from_hf_config(json.load(f))
-        sd = {}
-        for file in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
-            sd.update(load_file(file))
-        sd = convert_hf_state_dict(sd, args)
-    else:  # dcp
-        import torch.distributed.checkpoint as dcp
-        with open(os.path.join(path, "model_args.json")) as f:
-            args = ModelArgs(**json.load(f))
-        with torch.device("meta"):
-            shell = Transformer(args)
-        sd = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in shell.state_dict().items()}
-        # A single process may read a checkpoint written by any number of ranks:
-        # DCP reshards on load (no process group needed).
-        wrapped = {"model": sd}
-        dcp.load(wrapped, checkpoint_id=path, no_dist=True) if _dcp_has_no_dist() else \
-            dcp.load(wrapped, checkpoint_id=path)
-        sd = wrapped["model"]
-    with torch.device("meta"):
-        model = Transformer(args)
-    model.to_empty(device=device)
-    if dtype is not None:
-        model.to(dtype)
-    load_state_dict_checked(model, sd, path)
-    model.reset_rope()
-    return model, args
-
-
-def _dcp_has_no_dist() -> bool:
-    import inspect
-    import torch.distributed.checkpoint as dcp
-    return "no_dist" in inspect.signature(dcp.load).parameters
-
-
-def find_tokenizer(path: str) -> Optional[str]:
-    """The tokenizer.model that belongs to a checkpoint, if any."""
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    for candidate in ("tokenizer.model", os.path.join("original", "tokenizer.model")):
-        if os.path.exists(os.path.join(folder, candidate)):
-            return os.path.join(folder, candidate)
-    pointer = os.path.join(folder, "tokenizer_path.txt")
-    if os.path.exists(pointer):
-        with open(pointer) as f:
-            recorded = f.read().strip()
-        if os.path.exists(recorded):
-            return recorded
-    return None
-
-
-# -----------------------------------------------------------------------------
 # Smoke run: python model.py [--name small-15m]
 
 if __name__ == "__main__":
@@ -913,19 +622,13 @@ if __name__ == "__main__":
     parser.add_argument("--seq-len", type=int, default=256)
     cli = parser.parse_args()
     print(f"{'name':<14} {'params':>17} {'dim':>6} {'layers':>6} {'heads':>5} {'kv':>3} {'ffn':>6} {'GFLOP/token@8K':>15}")
-    for name in CONFIGS:
-        a = ModelArgs.from_name(name)
+    for name, a in ((n, ModelArgs.from_name(n)) for n in CONFIGS):
         print(f"{name:<14} {count_params(a):>17,} {a.dim:>6} {a.n_layers:>6} {a.n_heads:>5} {a.n_kv_heads:>3} "
               f"{a.ffn_hidden_dim:>6} {flops_per_token(a, 8192) / 1e9:>15.2f}")
     if cli.name:
-        import time
         args = ModelArgs.from_name(cli.name)
-        model = Transformer(args)
         tokens = torch.randint(0, args.vocab_size, (2, cli.seq_len))
-        t0 = time.time()
-        logits = model(tokens[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        loss = F.cross_entropy(Transformer(args)(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
         loss.backward()
-        print(f"{cli.name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-              f"loss {loss.item():.3f} (ln vocab = {math.log(args.vocab_size):.3f}), "
-              f"forward+backward {time.time() - t0:.2f}s")
+        print(f"{cli.name}: {count_params(args):,} parameters, loss {loss.item():.3f} "
+              f"(ln vocab = {math.log(args.vocab_size):.3f}), forward+backward ran")

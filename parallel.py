@@ -1,12 +1,10 @@
 """
-parallel.py -- everything distributed, in one place (§3.3 of "The Llama 3 Herd of Models").
+parallel.py -- FSDP and tensor parallelism on one node (§3.3 of "The Llama 3 Herd of Models").
 
 Stage: pre-training infrastructure. Llama 3 405B was trained on up to 16K H100 GPUs with
 "4D parallelism" (§3.3.2): tensor parallel (TP), context parallel (CP), pipeline
 parallel (PP) and fully sharded data parallel (FSDP). This file implements the two
-that matter at the scale of one node -- FSDP and TP, on a 2-D device mesh ("dp", "tp")
--- plus everything a long run needs around them, and a planner that does the
-arithmetic for all four at the paper's scale:
+that matter at the scale of one node -- FSDP and TP, on a 2-D device mesh ("dp", "tp"):
 
   1. Dist / setup      -- process groups from torchrun's environment (gloo on CPU, NCCL
                           on CUDA) and the ("dp", "tp") device mesh.
@@ -16,48 +14,34 @@ arithmetic for all four at the paper's scale:
                           never exists whole on one rank.
   3. clip_grad_norm_   -- a global gradient norm that is correct for sharded (DTensor)
                           and plain gradients mixed.
-  4. Checkpoints       -- torch.distributed.checkpoint (DCP): model, optimizer, step,
-                          scheduler/data positions ("extra"), per-rank RNG states;
-                          atomic (temp dir + rename), resumable on a different number
-                          of ranks, the latest N kept; export to a single file.
-  5. Planner           -- per-GPU memory and step time for a configuration, checked
-                          against Table 4 (runs without GPUs).
 
-Reads:  torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT);
-        checkpoints written by save_checkpoint.
-Writes: CKPT_ROOT/step_XXXXXXXX/ (DCP: .metadata, *.distcp, model_args.json,
-        state.json, rng/rank_XXXXX.pt) and, via export_model, DIR/model.pt.
+Checkpoints of sharded models (save_checkpoint, load_checkpoint, export_model) are in
+checkpoint.py; the memory / step-time arithmetic for all four dimensions is plan.py.
+
+Reads:  torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
+Writes: nothing.
 Run:    imported by pretrain.py / sft.py / reward.py / dpo.py, launched e.g. as
         torchrun --standalone --nproc_per_node 2 pretrain.py --tp 2   (CPU: gloo)
-        and  python parallel.py plan --model llama3.1-405b --gpus 16384 --tp 8 --pp 16
-Not here: pipeline and context parallelism (the planner accounts for them; running
+Not here: pipeline and context parallelism (plan.py accounts for them; running
         them needs a multi-node cluster this project does not assume).
 Tests:  tests/test_parallel.py (2 CPU ranks: FSDP and TP loss parity with one
         process, meta init = direct init, 2-rank checkpoint resumed on 1 rank).
-Next:   pretrain.py (the training loop that uses these pieces).
+Next:   checkpoint.py (saving and resuming these models), pretrain.py (the loop).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
-import random
-import re
-import shutil
-import uuid
 import warnings
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import torch
 import torch.distributed as torch_dist
 import torch.nn as nn
 
-import model as model_lib
-from model import ModelArgs, Transformer, count_params, flops_per_token
+from common import parse_dtype
+from model import ModelArgs, Transformer
 
 # -----------------------------------------------------------------------------
 # 1. Process groups and the device mesh
@@ -128,36 +112,9 @@ def teardown_distributed():
         torch_dist.destroy_process_group()
 
 
-def print0(*args, **kwargs):
-    """print on rank 0 only (keeps `if rank == 0` out of the logic)."""
-    rank = torch_dist.get_rank() if _distributed() else int(os.environ.get("RANK", "0"))
-    if rank == 0:
-        print(*args, **kwargs)
-
-
 def barrier():
     if _distributed():
         torch_dist.barrier()
-
-
-def _dtype(name) -> torch.dtype:
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16}
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in table:
-        raise ValueError(f"unknown dtype {name!r}; use 'fp32' or 'bf16'")
-    return table[name]
-
-
-def amp_context(dist: Dist, param_dtype="fp32"):
-    """The autocast context a training step should run under. With FSDP, bf16 compute
-    comes from its MixedPrecisionPolicy (parameters all-gathered in bf16, gradients
-    reduced in fp32), so nothing is needed. Without FSDP (one process) bf16 compute
-    over fp32 master weights is exactly what torch.autocast does."""
-    if _dtype(param_dtype) == torch.bfloat16 and dist.mesh is None:
-        return torch.autocast(dist.device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 # -----------------------------------------------------------------------------
@@ -343,7 +300,7 @@ def apply_fsdp(model: Transformer, dp_mesh, *, param_dtype="fp32", reshard_after
     # fp32 logits is the logits themselves). Harmless unless a caller modifies the
     # logits in place, which no training loss here does.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-    mp = MixedPrecisionPolicy(param_dtype=_dtype(param_dtype), reduce_dtype=torch.float32)
+    mp = MixedPrecisionPolicy(param_dtype=parse_dtype(param_dtype), reduce_dtype=torch.float32)
     for block in model.layers.values():
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=False)
@@ -397,429 +354,3 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> torc
     for g in grads:  # in place on each rank's own elements
         (g.to_local() if isinstance(g, DTensor) else g).mul_(clip_coef)
     return total_norm
-
-
-# -----------------------------------------------------------------------------
-# 4. Distributed checkpoints (§3.3.4: fast, reliable restarts)
-
-_STEP_DIR = re.compile(r"^step_(\d{8})$")
-
-
-def _rng_state() -> dict:
-    import numpy as np
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict):
-    import numpy as np
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _state_dicts(model, optimizer):
-    """{"model": ..., "optim": ...} keyed by parameter names (FQNs), values DTensors
-    when sharded. DCP flattens these into "model.layers.0.attention.wq.weight", ...
-    which is the prefix model.load_model expects."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
-    if optimizer is None:
-        return {"model": get_model_state_dict(model)}
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    return {"model": model_sd, "optim": optim_sd}
-
-
-def save_checkpoint(ckpt_root: str, step: int, model: nn.Module, optimizer=None, *, model_args: ModelArgs,
-                    extra: Optional[dict] = None, keep: int = 3) -> str:
-    """Save to ckpt_root/step_{step:08d}; every rank calls this. Returns the path.
-
-    Each rank writes only its own shards (DCP), in parallel. Atomic: everything is
-    written into step_XXXXXXXX.tmp-<id>; after a barrier (all ranks done) rank 0
-    adds model_args.json and state.json and renames the folder. A process killed
-    mid-save therefore leaves only a *.tmp-* folder, which latest_checkpoint ignores
-    and the next save deletes. Keeps the latest `keep` checkpoints (keep <= 0: all).
-
-    Folder: .metadata + __*_*.distcp (DCP: keys "model.<param name>" and
-    "optim.state.<param name>.exp_avg", ...), model_args.json, state.json
-    ({"step", "extra"}), rng/rank_XXXXX.pt (python, numpy, torch, cuda RNG)."""
-    import torch.distributed.checkpoint as dcp
-    rank = torch_dist.get_rank() if _distributed() else 0
-    final = os.path.join(ckpt_root, f"step_{step:08d}")
-    # Serialize the small JSON files first, on every rank: a value that is not
-    # JSON-able fails here on all ranks alike, not on rank 0 alone (which would
-    # leave the others waiting at a barrier).
-    args_json = json.dumps(asdict(model_args), indent=1)
-    state_json = json.dumps({"step": step, "extra": extra or {}}, indent=1, default=_json_scalar)
-    # All ranks must write into the same temp folder: rank 0 names it.
-    name = [f"step_{step:08d}.tmp-{uuid.uuid4().hex[:8]}"]
-    if _distributed():
-        torch_dist.broadcast_object_list(name, src=0)
-    tmp = os.path.join(ckpt_root, name[0])
-    if rank == 0:
-        os.makedirs(tmp, exist_ok=True)
-    barrier()
-    state = _state_dicts(model, optimizer)
-    with warnings.catch_warnings():  # DCP warns that one process means no_dist
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save(state, checkpoint_id=tmp, no_dist=not _distributed())
-    # RNG states are per rank (each rank drew different numbers): one small file each.
-    os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
-    torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
-    barrier()  # every shard is on disk
-    if rank == 0:
-        _write_text(os.path.join(tmp, "model_args.json"), args_json)
-        _write_text(os.path.join(tmp, "state.json"), state_json)
-        if os.path.exists(final):  # saving a step again (e.g. after a resume): move the
-            shutil.rmtree(final + ".tmp-old", ignore_errors=True)  # old one aside,
-            os.rename(final, final + ".tmp-old")  # _prune deletes it
-        os.rename(tmp, final)  # the commit point: atomic on a POSIX filesystem
-        _fsync_dir(ckpt_root)  # make the rename itself durable
-        _prune(ckpt_root, keep)
-    barrier()
-    return final
-
-
-def _json_scalar(value):
-    """numpy / torch scalars (a data-loader position is often an np.int64) -> Python."""
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-        return value.item()
-    raise TypeError(f"extra must be JSON-able; got {type(value).__name__}: {value!r}")
-
-
-def _write_text(path: str, text: str):
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the rename commits the folder
-
-
-def _fsync_dir(path: str):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not supported on every platform / filesystem
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _prune(ckpt_root: str, keep: int):
-    """Delete all but the latest `keep` complete checkpoints and any leftover temp
-    folders of killed saves (only called by rank 0 after its own save completed)."""
-    complete = sorted(d for d in os.listdir(ckpt_root) if _STEP_DIR.match(d))
-    for d in complete[:-keep] if keep > 0 else []:
-        shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
-    for d in os.listdir(ckpt_root):
-        if ".tmp-" in d and d.startswith("step_"):
-            shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
-
-
-def latest_checkpoint(ckpt_root: str) -> Optional[str]:
-    """The newest complete checkpoint folder, or None. Temp folders never count."""
-    if not os.path.isdir(ckpt_root):
-        return None
-    steps = sorted(d for d in os.listdir(ckpt_root) if _STEP_DIR.match(d)
-                   and os.path.exists(os.path.join(ckpt_root, d, "state.json")))
-    return os.path.join(ckpt_root, steps[-1]) if steps else None
-
-
-def load_checkpoint(path: str, model: nn.Module, optimizer=None) -> dict:
-    """Load a checkpoint into an already-built (and already-sharded) model and
-    optimizer, in place; every rank calls this. Returns dict(extra, step=step).
-
-    The number of ranks and the layout may differ from the save: DCP stores every
-    tensor with its global shape and each rank reads just the pieces it now owns
-    (2-rank FSDP -> 1 process, FSDP -> TP, ...). The optimizer must be built (it
-    may be empty: get_state_dict initializes its state before loading)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
-    state = _state_dicts(model, optimizer)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=path, no_dist=not _distributed())
-    if optimizer is None:
-        set_model_state_dict(model, state["model"])
-    else:
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    if isinstance(model, Transformer):
-        model.reset_rope()  # not in the checkpoint; make sure it is valid
-    rank = torch_dist.get_rank() if _distributed() else 0
-    rng_dir = os.path.join(path, "rng")
-    saved = sorted(os.listdir(rng_dir)) if os.path.isdir(rng_dir) else []
-    if saved:
-        # Same rank if it existed; on a larger world, reuse rank (r mod saved ranks).
-        file = f"rank_{rank:05d}.pt" if f"rank_{rank:05d}.pt" in saved else saved[rank % len(saved)]
-        _set_rng_state(torch.load(os.path.join(rng_dir, file), weights_only=False))
-    with open(os.path.join(path, "state.json")) as f:
-        meta = json.load(f)
-    return dict(meta.get("extra", {}), step=meta["step"])
-
-
-def full_state_dict(model: nn.Module) -> dict:
-    """A snapshot of the whole, unsharded state dict on CPU, on rank 0 (other ranks
-    get {}). Every rank must call it (it all-gathers one tensor at a time)."""
-    if not _distributed():
-        sd = model.state_dict()
-    else:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    # On a CPU run a replicated (or unsharded) parameter comes back as the parameter
-    # itself, not a copy; copy it so that later training does not change the snapshot.
-    # (On GPU the move to CPU already copies; no second copy of a 405B state dict.)
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    return {k: v.detach().to("cpu", copy=on_cpu) for k, v in sd.items()}
-
-
-def export_model(model: nn.Module, model_args: ModelArgs, out_dir: str, tokenizer_path: Optional[str] = None) -> str:
-    """Gather the full weights and write this project's single-file format
-    (DIR/model.pt via model.save_model), which model.load_model, sample.py and --
-    through model.to_hf_state_dict -- Hugging Face read. Every rank calls this."""
-    sd = full_state_dict(model)
-    if not _distributed() or torch_dist.get_rank() == 0:
-        if model_args.tie_embeddings and "output.weight" not in sd:
-            sd["output.weight"] = sd["tok_embeddings.weight"]
-        model_lib.save_model(None, model_args, out_dir, tokenizer_path=tokenizer_path, state_dict=sd)
-    barrier()
-    return out_dir
-
-
-# -----------------------------------------------------------------------------
-# 5. The planner: memory and time per GPU for a 4D-parallel configuration
-
-GPU_PEAK_BF16 = {"h100": 989e12, "h200": 989e12, "a100": 312e12}  # dense bf16 FLOP/s (SXM)
-
-# Table 4 (§3.3.2) of the paper, for the check printed by `plan`.
-TABLE4 = [
-    dict(gpus=8192, tp=8, cp=1, pp=16, dp=64, seq_len=8192, tflops=430, mfu=0.43),
-    dict(gpus=16384, tp=8, cp=1, pp=16, dp=128, seq_len=8192, tflops=400, mfu=0.41),
-    dict(gpus=16384, tp=8, cp=16, pp=16, dp=8, seq_len=131072, tflops=380, mfu=0.38),
-]
-
-
-def _stage_layout(args: ModelArgs, pp: int) -> list:
-    """Layers per pipeline stage, as even as possible; the first stage also holds
-    tok_embeddings, the last norm and output. (The paper moves one layer off the first
-    and the last stage to balance that; we keep the plain split, the worst stage is
-    then the one we report.)"""
-    base, extra = divmod(args.n_layers, pp)
-    return [base + (1 if s < extra else 0) for s in range(pp)]
-
-
-def _layer_params(args: ModelArgs) -> tuple:
-    """(matrix parameters split by TP, norm parameters replicated) of one block."""
-    d, hd = args.dim, args.head_dim
-    attention = d * args.n_heads * hd * 2 + d * args.n_kv_heads * hd * 2  # wq wo, wk wv
-    return attention + 3 * d * args.ffn_hidden_dim, 2 * d
-
-
-def stage_params(args: ModelArgs, pp: int = 1, tp: int = 1) -> list:
-    """Exact parameter count held by one TP rank of each pipeline stage (before FSDP).
-    With tp=1 and untied embeddings sum(stage_params(args, pp)) == count_params(args).
-    Tied embeddings with pp > 1: the first and last stage each hold a copy."""
-    matrices, norms = _layer_params(args)
-    embedding = args.vocab_size * args.dim
-    out = []
-    layout = _stage_layout(args, pp)
-    for s, n_layers in enumerate(layout):
-        n = n_layers * (matrices // tp + norms)
-        if s == 0:
-            n += embedding // tp
-        if s == pp - 1:
-            n += args.dim + (embedding // tp if (not args.tie_embeddings or pp > 1) else 0)
-        out.append(n)
-    return out
-
-
-def activation_bytes_per_token_per_layer(args: ModelArgs, tp: int = 1, checkpointing: bool = False) -> float:
-    """Bytes of activations one layer keeps for backward, per token, in bf16 -- the
-    Korthikanti et al. (2022, "Reducing Activation Recomputation in Large Transformer
-    Models") accounting, adapted by us to this block (their GPT layer is
-    sbh·(34 + 5as/h) bytes; we have no dropout, GQA, SwiGLU and a fused
-    (Flash) attention kernel that stores no (T x T) score matrix):
-      attention half: norm input 2h, norm output 2h, q 2h, k 2·kv, v 2·kv, attention
-                      output 2h                              = 8h + 4·kv
-      FFN half:       norm input 2h, norm output 2h, w1 out 2f, silu 2f, w3 out 2f,
-                      product (w2 input) 2f                  = 4h + 8f
-    (h = dim, kv = n_kv_heads·head_dim, f = ffn_hidden_dim.) With tensor parallel and
-    sequence parallel norms every one of these is split t ways, as in Megatron, which
-    keeps the norm outputs sequence-split and all-gathers them again in backward
-    (PyTorch's DTensor TP used in this file keeps the gathered ones instead: +4h·(1 -
-    1/t) bytes). With full activation checkpointing only the block input (2h,
-    sequence-split) is kept."""
-    h, kv, f = args.dim, args.n_kv_heads * args.head_dim, args.ffn_hidden_dim
-    if checkpointing:
-        return 2 * h / tp
-    return (12 * h + 4 * kv + 8 * f) / tp
-
-
-def plan(model: str = "llama3.1-405b", gpus: int = 16384, tp: int = 8, pp: int = 16, cp: int = 1,
-         seq_len: int = 8192, global_batch_tokens: int = 16 * 2**20, micro_batch: int = 1,
-         mfu: Optional[float] = None, gpu: str = "h100", peak_flops: Optional[float] = None,
-         reshard_after_forward: bool = False, total_tokens: float = 15.6e12) -> dict:
-    """The arithmetic behind "what fits where": per-GPU memory and step time.
-
-    Assumptions (the paper's setup, §3.3.2, as we read it):
-    - BF16 mixed precision with FSDP: each rank keeps its 1/dp shard of fp32 master
-      weights (4 B/param), fp32 gradients (4 B) and Adam m and v (8 B); the bf16
-      working copy (2 B/param) of the rank's TP/PP slice is held whole during the
-      step (the paper does not reshard after forward; reshard_after_forward=True
-      would keep ~2 blocks instead).
-    - Pipeline 1F1B: the first stage holds activations of pp micro-batches in
-      flight, i.e. of pp·(layers per stage) ≈ all layers, for one micro-batch each
-      (the paper's interleaved schedule adds a little more; not counted).
-    - Context parallel splits each sequence's tokens cp ways.
-    - Step time = FLOPs per step / (gpus · MFU · peak); FLOPs per token from
-      model.flops_per_token (6N + attention, PaLM appendix B).
-    Everything in bytes; the dict is what tests and the table printer read."""
-    args = ModelArgs.from_name(model)
-    if gpus % (tp * pp * cp):
-        raise ValueError(f"{gpus} GPUs are not divisible by tp·pp·cp = {tp * pp * cp}")
-    dp = gpus // (tp * pp * cp)
-    peak = peak_flops or GPU_PEAK_BF16[gpu]
-    if mfu is None:  # Table 4's MFU for this layout when there is one, else 40%
-        match = [r for r in TABLE4 if (r["gpus"], r["tp"], r["cp"], r["pp"]) == (gpus, tp, cp, pp)]
-        mfu = match[0]["mfu"] if match else 0.40
-    n_total = count_params(args)
-    per_stage = stage_params(args, pp, tp)
-    p_gpu = max(per_stage)  # the fullest stage: the one that must fit
-    layers_max = max(_stage_layout(args, pp))
-    sharded = math.ceil(p_gpu / dp)  # this rank's FSDP shard of it
-
-    matrices, norms = _layer_params(args)
-    block_params = matrices // tp + norms
-    if reshard_after_forward:  # ZeRO-3: the block being computed + the one prefetched,
-        # plus the root group (embeddings/output/norm), which is never resharded
-        weights_bf16 = 2 * (2 * block_params + (p_gpu - layers_max * block_params))
-    else:  # the paper: the whole stage slice stays gathered during the step
-        weights_bf16 = 2 * p_gpu
-    master_fp32 = 4 * sharded
-    grads_fp32 = 4 * sharded
-    optimizer = 8 * sharded  # Adam m and v in fp32
-
-    tokens_micro = micro_batch * seq_len // cp  # tokens of one micro-batch on this rank
-    in_flight_layers = layers_max * pp  # 1F1B: pp micro-batches on the first stage
-    per_layer_full = activation_bytes_per_token_per_layer(args, tp, False) * tokens_micro
-    per_layer_ckpt = activation_bytes_per_token_per_layer(args, tp, True) * tokens_micro
-    act_full = per_layer_full * in_flight_layers
-    # With checkpointing: the inputs of every layer in flight, plus one layer being
-    # recomputed at full size.
-    act_ckpt = per_layer_ckpt * in_flight_layers + per_layer_full
-    logits = 4 * tokens_micro * args.vocab_size // tp  # fp32 logits on the last stage
-    static = weights_bf16 + master_fp32 + grads_fp32 + optimizer
-
-    seqs_per_step = global_batch_tokens // seq_len
-    tokens_per_step = seqs_per_step * seq_len
-    flops_token = flops_per_token(args, seq_len)
-    step_flops = flops_token * tokens_per_step
-    step_time = step_flops / (gpus * mfu * peak)
-    return dict(
-        model=model, gpus=gpus, tp=tp, pp=pp, cp=cp, dp=dp, seq_len=seq_len, micro_batch=micro_batch,
-        params_total=n_total, params_per_stage=per_stage, params_per_gpu=p_gpu,
-        params_per_gpu_sharded=sharded, layers_per_stage=layers_max,
-        weights_bf16_bytes=weights_bf16, master_fp32_bytes=master_fp32, grads_fp32_bytes=grads_fp32,
-        optimizer_bytes=optimizer, static_bytes=static,
-        optimizer_bytes_total=8 * n_total, master_bytes_total=4 * n_total,
-        activation_bytes_per_layer=per_layer_full, activation_bytes_per_layer_ckpt=per_layer_ckpt,
-        activation_bytes=act_full, activation_bytes_ckpt=act_ckpt, logits_bytes=logits,
-        total_bytes=static + act_full + logits, total_bytes_ckpt=static + act_ckpt + logits,
-        sequences_per_step=seqs_per_step, sequences_per_dp_rank=seqs_per_step / dp,
-        microbatches_per_dp_rank=seqs_per_step / dp / micro_batch,
-        tokens_per_step=tokens_per_step, flops_per_token=flops_token, step_flops=step_flops,
-        mfu=mfu, peak_flops=peak, tflops_per_gpu=mfu * peak / 1e12, step_time_s=step_time,
-        tokens_per_s=tokens_per_step / step_time,
-        train_days=total_tokens / (tokens_per_step / step_time) / 86400, total_tokens=total_tokens,
-        train_flops=flops_token * total_tokens,
-    )
-
-
-def format_plan(p: dict, gpu_memory_gib: float = 80.0) -> str:
-    """A readable table of plan()'s numbers."""
-    def row(label, n_bytes, note=""):
-        return f"  {label:<48}{n_bytes / 2**30:9.2f} GiB{note}"
-
-    kept = "resharded after forward" if p["weights_bf16_bytes"] < 2 * p["params_per_gpu"] else "kept after forward"
-    lines = [
-        f"{p['model']}: {p['params_total']:,} parameters on {p['gpus']:,} GPUs = "
-        f"TP {p['tp']} x CP {p['cp']} x PP {p['pp']} x DP {p['dp']}",
-        f"  fullest pipeline stage: {p['layers_per_stage']} layers, {p['params_per_gpu']:,} parameters "
-        f"per GPU after TP, {p['params_per_gpu_sharded']:,} after FSDP over DP {p['dp']}",
-        "",
-        "  per-GPU memory",
-        row(f"bf16 weights ({kept})", p["weights_bf16_bytes"]),
-        row("fp32 master weights (FSDP-sharded)", p["master_fp32_bytes"]),
-        row("fp32 gradients (FSDP-sharded)", p["grads_fp32_bytes"]),
-        row("Adam m + v, fp32 (FSDP-sharded)", p["optimizer_bytes"]),
-        row("activations, no checkpointing", p["activation_bytes"],
-            f"  ({p['activation_bytes_per_layer'] / 2**30:.2f} GiB/layer x "
-            f"{p['layers_per_stage'] * p['pp']} layer-micro-batches in flight)"),
-        row("activations, full checkpointing", p["activation_bytes_ckpt"]),
-        row("fp32 logits of one micro-batch (last stage)", p["logits_bytes"]),
-        row("total, no checkpointing", p["total_bytes"], f"  (an H100 has {gpu_memory_gib:.0f} GiB)"),
-        row("total, full checkpointing", p["total_bytes_ckpt"]),
-        "  (not counted: communication buffers, allocator fragmentation, the CUDA context -- a few GiB)",
-        "",
-        f"  step: {p['tokens_per_step']:,} tokens = {p['sequences_per_step']:,} sequences of {p['seq_len']:,} "
-        f"({p['sequences_per_dp_rank']:g} per DP rank, {p['microbatches_per_dp_rank']:g} micro-batches of {p['micro_batch']})",
-        f"  {p['flops_per_token'] / 1e12:.3f} TFLOP per token (6N + attention) -> {p['step_flops']:.3e} FLOP per step",
-        f"  at {p['mfu']:.0%} MFU of {p['peak_flops'] / 1e12:.0f} TFLOP/s = {p['tflops_per_gpu']:.0f} TFLOP/s per GPU: "
-        f"{p['step_time_s']:.2f} s per step, {p['tokens_per_s'] / 1e6:.2f}M tokens/s",
-        f"  {p['total_tokens'] / 1e12:.1f}T tokens -> {p['train_flops']:.2e} FLOP, {p['train_days']:.0f} days "
-        f"of uninterrupted training at this rate (the paper's 3.8e25 is 6·N·D, no attention term)",
-    ]
-    return "\n".join(lines)
-
-
-def table4_check(model: str = "llama3.1-405b", **kw) -> str:
-    """Table 4's rows: the step time and throughput they imply."""
-    rows = ["Table 4 (§3.3.2) check, 16M-token batches:",
-            "   GPUs  TP  CP  PP   DP     seq  TFLOP/s  MFU(989)  s/step  seq/DP  mem(ckpt) GiB"]
-    for r in TABLE4:
-        p = plan(model, gpus=r["gpus"], tp=r["tp"], pp=r["pp"], cp=r["cp"], seq_len=r["seq_len"],
-                 peak_flops=r["tflops"] * 1e12, mfu=1.0, **kw)
-        rows.append(f"  {r['gpus']:>5} {r['tp']:>3} {r['cp']:>3} {r['pp']:>3} {p['dp']:>4} {r['seq_len']:>7} "
-                    f"{r['tflops']:>8} {r['tflops'] * 1e12 / GPU_PEAK_BF16['h100']:>9.1%} "
-                    f"{p['step_time_s']:>7.2f} {p['sequences_per_dp_rank']:>7g} {p['total_bytes_ckpt'] / 2**30:>10.1f}")
-    rows.append("  (paper: 43%, 41%, 38% MFU; the percentages above use 989 TFLOP/s dense bf16 peak)")
-    return "\n".join(rows)
-
-
-# -----------------------------------------------------------------------------
-# Command line: python parallel.py plan --model llama3.1-405b --gpus 16384 --tp 8 --pp 16
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Distributed helpers for Llama 3; `plan` sizes a run.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("plan", help="per-GPU memory and step time of a 4D-parallel configuration")
-    p.add_argument("--model", default="llama3.1-405b", help="a name from model.CONFIGS")
-    p.add_argument("--gpus", type=int, default=16384)
-    p.add_argument("--tp", type=int, default=8, help="tensor parallel (within a node)")
-    p.add_argument("--pp", type=int, default=16, help="pipeline stages")
-    p.add_argument("--cp", type=int, default=1, help="context parallel")
-    p.add_argument("--seq-len", type=int, default=8192)
-    p.add_argument("--global-batch-tokens", type=int, default=16 * 2**20, help="tokens per step (16M, §3.4.1)")
-    p.add_argument("--micro-batch", type=int, default=1, help="sequences per pipeline micro-batch")
-    p.add_argument("--mfu", type=float, default=None, help="model FLOPs utilization (default: Table 4's, else 0.40)")
-    p.add_argument("--gpu", default="h100", choices=sorted(GPU_PEAK_BF16))
-    p.add_argument("--reshard-after-forward", action="store_true", help="ZeRO-3 instead of the paper's choice")
-    p.add_argument("--json", action="store_true", help="print the raw numbers as JSON too")
-    cli = parser.parse_args(argv)
-    if cli.command == "plan":
-        result = plan(cli.model, gpus=cli.gpus, tp=cli.tp, pp=cli.pp, cp=cli.cp, seq_len=cli.seq_len,
-                      global_batch_tokens=cli.global_batch_tokens, micro_batch=cli.micro_batch, mfu=cli.mfu,
-                      gpu=cli.gpu, reshard_after_forward=cli.reshard_after_forward)
-        print(format_plan(result))
-        print()
-        print(table4_check(cli.model, micro_batch=cli.micro_batch))
-        if cli.json:
-            print(json.dumps(result, indent=1))
-
-
-if __name__ == "__main__":
-    main()

@@ -53,9 +53,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import parallel
 from model import ModelArgs, count_params, flops_per_token
-from parallel import print0
+from common import GPU_PEAK_BF16, print0
 
 # -----------------------------------------------------------------------------
 # 1. Configuration: a dataclass, overridable with --key value
@@ -482,7 +483,7 @@ def peak_flops(dist, dtype: torch.dtype) -> tuple[float, str]:
     MFU optimistic-looking compared to GPU MFU against a datasheet."""
     if dist.device.type == "cuda":
         name = torch.cuda.get_device_name(dist.device)
-        for key, value in parallel.GPU_PEAK_BF16.items():  # dense bf16 datasheet FLOP/s
+        for key, value in GPU_PEAK_BF16.items():  # dense bf16 datasheet FLOP/s
             if key in name.lower():
                 return value, f"{name} datasheet bf16 peak"
         return float("nan"), f"{name}: unknown peak"
@@ -579,16 +580,16 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _step_dir(ckpt_dir: str, step: int) -> str:
-    return os.path.join(ckpt_dir, f"step_{step:08d}")  # parallel.save_checkpoint's naming
+    return os.path.join(ckpt_dir, f"step_{step:08d}")  # checkpoint.save_checkpoint's naming
 
 
 def _save(cfg, ckpt_dir, step, model, optimizer, model_args, extra, keep):
-    """parallel.save_checkpoint, optionally pausing inside it for the kill test: the
+    """checkpoint.save_checkpoint, optionally pausing inside it for the kill test: the
     pause happens just before the save commits (its rename of the finished temporary
     folder to step_XXXXXXXX), i.e. with every file written but the checkpoint not yet
     valid -- the worst moment to die. Only saves after the first one pause."""
     if cfg.debug_pause_in_save <= 0 or step <= cfg.ckpt_every:
-        return parallel.save_checkpoint(ckpt_dir, step, model, optimizer, model_args=model_args,
+        return checkpoint.save_checkpoint(ckpt_dir, step, model, optimizer, model_args=model_args,
                                         extra=extra, keep=keep)
     real_replace, real_rename = os.replace, os.rename
 
@@ -603,7 +604,7 @@ def _save(cfg, ckpt_dir, step, model, optimizer, model_args, extra, keep):
 
     os.replace, os.rename = pausing(real_replace), pausing(real_rename)
     try:
-        return parallel.save_checkpoint(ckpt_dir, step, model, optimizer, model_args=model_args,
+        return checkpoint.save_checkpoint(ckpt_dir, step, model, optimizer, model_args=model_args,
                                         extra=extra, keep=keep)
     finally:
         os.replace, os.rename = real_replace, real_rename
@@ -634,18 +635,18 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
                  ranks (FSDP averages over data-parallel ranks).
     eval_fn      optional (model) -> {name: float}, called on every rank (collectives
                  allowed) every cfg.eval_every steps and at the end, under no_grad.
-    ckpt_dir     checkpoints go to ckpt_dir/step_XXXXXXXX (parallel.save_checkpoint),
+    ckpt_dir     checkpoints go to ckpt_dir/step_XXXXXXXX (checkpoint.save_checkpoint),
                  every cfg.ckpt_every steps and at the end; `extra` holds the data
                  position, the total step count and the config.
     model_args   saved with checkpoints and the export.
-    start_state  the dict parallel.load_checkpoint returned (step + extra) to resume
+    start_state  the dict checkpoint.load_checkpoint returned (step + extra) to resume
                  from, or None for a fresh start (the caller loads the weights).
     Returns {"step", "losses" {step: loss}, "last_eval", "final_dir", "total_steps"}.
     A non-finite loss or gradient norm raises NonFiniteLossError before the optimizer
     step: nothing is updated and nothing is written, so the last checkpoint is good.
     At the end, if export: with cfg.anneal_steps, the checkpoints saved during
     annealing are averaged (Polyak, §3.4.3) into the model; then the model is exported
-    to OUT/final (model.pt + tokenizer.model) via parallel.export_model."""
+    to OUT/final (model.pt + tokenizer.model) via checkpoint.export_model."""
     logger = logger or RunLogger(cfg.out, dist)
     start_state = start_state or {}
     step = int(start_state.get("step", 0))  # optimizer steps already done
@@ -711,7 +712,7 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
             # §3.3.4: a bad step must not reach the weights nor a checkpoint. We stop
             # before optimizer.step(); the latest checkpoint on disk is the last good one.
             optimizer.zero_grad(set_to_none=True)
-            latest = parallel.latest_checkpoint(ckpt_dir)
+            latest = checkpoint.latest_checkpoint(ckpt_dir)
             raise NonFiniteLossError(
                 f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient norm'} at step "
                 f"{step + 1} (loss {loss_v}, grad norm {norm_v}); stopped without updating or "
@@ -773,7 +774,7 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
             paths = [_step_dir(ckpt_dir, s) for s in range(total_steps - cfg.anneal_steps + 1, total_steps + 1)
                      if is_anneal_ckpt(s) and os.path.isdir(_step_dir(ckpt_dir, s))]
             if len(paths) > 1:
-                average_checkpoints(model, paths)
+                checkpoint.average_checkpoints(paths, model=model)
                 print0(f"§3.4.3 Polyak average of {len(paths)} annealing checkpoints: "
                        + ", ".join(os.path.basename(p) for p in paths))
                 if eval_fn is not None:
@@ -783,25 +784,11 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
                     logger.log(step, **averaged)
                     last_eval = {**last_eval, **averaged}
         final_dir = os.path.join(cfg.out, "final")
-        parallel.export_model(model, model_args, final_dir, tokenizer_path=tokenizer_path)
+        checkpoint.export_model(model, model_args, final_dir, tokenizer_path=tokenizer_path)
         print0(f"exported {final_dir}")
     logger.plot()
     return {"step": step, "losses": losses, "last_eval": last_eval, "final_dir": final_dir,
             "total_steps": total_steps, "tokens_seen": tokens_seen, "seconds": time.time() - t_run}
-
-
-@torch.no_grad()
-def average_checkpoints(model, paths: list[str]):
-    """Load each checkpoint's weights and set the model to their mean (§3.4.3: "the
-    final model is the average of checkpoints during annealing"). Works on sharded
-    (DTensor) models too: each rank averages its own shards."""
-    total = None
-    for path in paths:
-        parallel.load_checkpoint(path, model)
-        sd = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
-        total = sd if total is None else {k: total[k] + sd[k] for k in total}
-    for k, v in model.state_dict().items():
-        v.copy_((total[k] / len(paths)).to(v.dtype))
 
 
 # -----------------------------------------------------------------------------
@@ -857,9 +844,9 @@ def main(argv=None):
     # ---- resume -----------------------------------------------------------------
     ckpt_dir = os.path.join(cfg.out, "checkpoints")
     start_state = None
-    latest = parallel.latest_checkpoint(ckpt_dir) if cfg.resume else None
+    latest = checkpoint.latest_checkpoint(ckpt_dir) if cfg.resume else None
     if latest:
-        start_state = parallel.load_checkpoint(latest, model, optimizer)
+        start_state = checkpoint.load_checkpoint(latest, model, optimizer)
         print0(f"resuming from {latest} (step {start_state['step']})")
 
     loader = PackedLoader(cfg, train_stream, meta["bos_id"], dist, anneal_stream)

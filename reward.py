@@ -97,10 +97,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoint
 import model as M
 import parallel
 import pretrain
-from parallel import print0
+from common import atomic_torch_save, print0
 from pretrain import TrainConfig, arg
 
 # -----------------------------------------------------------------------------
@@ -161,14 +162,14 @@ class RewardModel(nn.Module):
         return self.value_head(hidden).squeeze(-1).float()  # (B, R) or (B, T)
 
 
-HEAD_FILE = "reward_head.pt"  # beside model.pt: DIR stays loadable by model.load_model
+HEAD_FILE = "reward_head.pt"  # beside model.pt: DIR stays loadable by checkpoint.load_model
 
 
 def save_reward_model(reward_model: nn.Module, args: M.ModelArgs, out_dir: str, tokenizer_path=None):
-    """DIR/model.pt (the trunk, this project's single-file format via model.save_model)
+    """DIR/model.pt (the trunk, this project's single-file format via checkpoint.save_model)
     + DIR/reward_head.pt ({"value_head": state_dict}) + DIR/tokenizer.model.
     Every rank calls this (FSDP gathers the full weights); rank 0 writes."""
-    sd = parallel.full_state_dict(reward_model)  # "trunk.*" and "value_head.*" (rank 0)
+    sd = checkpoint.full_state_dict(reward_model)  # "trunk.*" and "value_head.*" (rank 0)
     if not sd:
         parallel.barrier()
         return out_dir
@@ -176,8 +177,9 @@ def save_reward_model(reward_model: nn.Module, args: M.ModelArgs, out_dir: str, 
     head = {k[len("value_head."):]: v for k, v in sd.items() if k.startswith("value_head.")}
     if args.tie_embeddings and "output.weight" not in trunk:
         trunk["output.weight"] = trunk["tok_embeddings.weight"]
-    M.save_model(None, args, out_dir, tokenizer_path=tokenizer_path, state_dict=trunk)
-    M._atomic_torch_save({"value_head": head}, os.path.join(out_dir, HEAD_FILE))
+    checkpoint.save_model(None, args, out_dir, tokenizer_path=tokenizer_path, state_dict=trunk)
+    atomic_torch_save({"value_head": head}, os.path.join(out_dir, HEAD_FILE))
+    checkpoint.record_file(out_dir, HEAD_FILE)  # verified with model.pt on load
     parallel.barrier()
     return out_dir
 
@@ -187,7 +189,7 @@ def load_reward_model(path: str, device="cpu", dtype=None) -> tuple[RewardModel,
     head_path = os.path.join(path, HEAD_FILE)
     if not os.path.exists(head_path):
         raise FileNotFoundError(f"{path}: no {HEAD_FILE}; not a reward model (train one: python reward.py)")
-    trunk, args = M.load_model(path, device=device, dtype=dtype)
+    trunk, args = checkpoint.load_model(path, device=device, dtype=dtype)
     reward_model = RewardModel(trunk).to(device=device, dtype=dtype or torch.float32)
     reward_model.value_head.load_state_dict(torch.load(head_path, map_location=device, weights_only=True)["value_head"])
     return reward_model.eval(), args
@@ -540,8 +542,8 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     logger = pretrain.RunLogger(cfg.out, dist)
     logger.write_json("config.json", asdict(cfg))
     init = cfg.init or default_init()
-    trunk, model_args = M.load_model(init, device=dist.device)
-    tokenizer_path = M.find_tokenizer(init)
+    trunk, model_args = checkpoint.load_model(init, device=dist.device)
+    tokenizer_path = checkpoint.find_tokenizer(init)
     from tokenizer import ChatFormat, Tokenizer
     chat = ChatFormat(Tokenizer(tokenizer_path))
     print0(f"reward model: trunk of {init} ({M.count_params(model_args):,} parameters) + value head")
@@ -575,9 +577,9 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     optimizer = pretrain.build_optimizer(reward_model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
     ckpt_dir = os.path.join(cfg.out, "checkpoints")
     start_state = None
-    latest = parallel.latest_checkpoint(ckpt_dir) if cfg.resume else None
+    latest = checkpoint.latest_checkpoint(ckpt_dir) if cfg.resume else None
     if latest:
-        start_state = parallel.load_checkpoint(latest, reward_model, optimizer)
+        start_state = checkpoint.load_checkpoint(latest, reward_model, optimizer)
         print0(f"resuming from {latest} (step {start_state['step']})")
 
     pad_id = chat.tokenizer.pad_id

@@ -49,7 +49,7 @@ def stages(out: str) -> list[tuple[str, list[str], str]]:
     return [
         ("data", [PY, "data.py", "--out", d("data")], "curation (§3.1) + tokenizer training + shards"),
         ("tokenizer", [PY, "tokenizer.py", "stats", "--tokenizer", d("data", "tokenizer.model"), "META",
-                       "--json", d("tokenizer", "stats.json")], "characters per token (§3.2)"),
+                       "--out", d("tokenizer", "stats.json")], "characters per token (§3.2)"),
         ("pretrain", torchrun + ["pretrain.py", "--data", d("data"), "--out", d("pretrain")],
          "FSDP2 pre-training on 2 ranks (§3.4)"),
         ("sft", [PY, "sft.py", "--init", d("pretrain", "final"), "--out", d("sft"),

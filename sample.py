@@ -43,7 +43,7 @@ What is notable here
 - `torchrun --nproc_per_node=N sample.py ...` splits every matrix over N ranks (tensor
   parallel without sequence parallel, so a single decoding token is never split).
 
-Reads:  a checkpoint in any format model.load_model knows (this project's model.pt, a
+Reads:  a checkpoint in any format checkpoint.load_model knows (this project's model.pt, a
         distributed checkpoint of parallel.py, Meta's consolidated.*.pth + params.json,
         a Hugging Face directory) and its tokenizer.model (or --tokenizer PATH).
 Writes: stdout; with --prompts, a JSONL file of completions (--out, default
@@ -74,7 +74,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+import checkpoint
 import model as M
+from common import UsageError, cli as _cli
 
 # Meta's reference defaults (llama3 example_text_completion.py / example_chat_completion.py).
 DEFAULT_TEMPERATURE = 0.6
@@ -638,12 +640,12 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def hf_model_from(model: M.Transformer):
-    """A transformers LlamaForCausalLM holding exactly our weights (model.to_hf_*)."""
+    """A transformers LlamaForCausalLM holding exactly our weights (checkpoint.to_hf_*)."""
     import transformers  # optional dependency, only for comparisons
 
-    cfg = {k: v for k, v in M.to_hf_config(model.args).items() if k not in ("architectures", "model_type")}
+    cfg = {k: v for k, v in checkpoint.to_hf_config(model.args).items() if k not in ("architectures", "model_type")}
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)).eval()
-    sd = M.to_hf_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, model.args)
+    sd = checkpoint.to_hf_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, model.args)
     hf.load_state_dict(sd, strict=False)  # the rotary buffer is not in our state dict
     return hf.to(device=model.tok_embeddings.weight.device, dtype=model.tok_embeddings.weight.dtype)
 
@@ -725,15 +727,17 @@ def load_tokenizer(path: str):
 
 def load_for_inference(ckpt: str, tokenizer_path: Optional[str] = None, device=None, dtype=None):
     """Any checkpoint format -> (model in eval mode, tokenizer). The tokenizer is
-    --tokenizer if given, else the one next to the checkpoint (model.find_tokenizer)."""
+    --tokenizer if given, else the one next to the checkpoint (checkpoint.find_tokenizer)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:  # bf16 on GPUs that have it; fp32 on CPU (exact; --dtype bf16 is ~1.4x faster here)
         dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    model, _ = M.load_model(ckpt, device=device, dtype=dtype)
+    model, _ = checkpoint.load_model(ckpt, device=device, dtype=dtype)
     model.eval()
-    tokenizer_path = tokenizer_path or M.find_tokenizer(ckpt)
+    tokenizer_path = tokenizer_path or checkpoint.find_tokenizer(ckpt)
     if tokenizer_path is None:
-        raise ValueError(f"{ckpt}: no tokenizer.model next to the checkpoint; pass --tokenizer PATH")
+        raise UsageError(f"{ckpt}: no tokenizer.model next to the checkpoint; pass --tokenizer PATH")
+    # Same vocabulary size is not the same tokenizer: ids would decode to other strings.
+    checkpoint.check_tokenizer(ckpt, tokenizer_path)
     tokenizer = load_tokenizer(tokenizer_path)
     check_vocab(model, tokenizer)
     return model, tokenizer
@@ -913,10 +917,13 @@ def _read_prompts(path: str) -> list[str]:
                 try:
                     line = json.loads(line)["prompt"]
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path}, line {line_no}: expected {{\"prompt\": ...}} ({e})") from None
+                    raise UsageError(f"{path}:{line_no}: expected {{\"prompt\": \"...\"}} ({e})") from None
+                if not isinstance(line, str):
+                    raise UsageError(f"{path}:{line_no}: \"prompt\" must be a string, got "
+                                     f"{type(line).__name__}")
             prompts.append(line.replace("\\n", "\n"))
     if not prompts:
-        raise ValueError(f"{path}: no prompts")
+        raise UsageError(f"{path}: no prompts")
     return prompts
 
 
@@ -961,17 +968,35 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _check_flags(cli) -> None:
+    """UsageError for flag values that would otherwise fail deep inside generate()."""
+    import math
+
+    if cli.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {cli.max_new_tokens}")
+    if not math.isfinite(cli.temperature) or cli.temperature < 0:
+        raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {cli.temperature}")
+    if not math.isfinite(cli.top_p) or not 0 < cli.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {cli.top_p}")
+    for flag, value in (("--top-k", cli.top_k), ("--num-samples", cli.num_samples - 1),
+                        ("--batch-size", cli.batch_size - 1)):
+        if value < 0:
+            raise UsageError(f"{flag} must be >= {0 if flag == '--top-k' else 1}, got "
+                             f"{value if flag == '--top-k' else value + 1}")
+
+
+@_cli
 def main(argv=None) -> int:
     cli = parse_args(argv)
+    _check_flags(cli)
     dtype = {None: None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cli.dtype]
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and dtype is None and torch.cuda.is_available():
         dtype = torch.bfloat16  # load on CPU (then shard): pick the GPU's dtype up front
     try:
         model, tokenizer = load_for_inference(cli.ckpt, cli.tokenizer, "cpu" if distributed else cli.device, dtype)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError, KeyError) as e:  # UsageError included
+        raise UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     reference = None  # the unfused, unquantized weights, for --bench's transformers side
     if cli.quantize and distributed:
         print("error: --quantize works on one process (not with tensor parallel)", file=sys.stderr)
@@ -1047,9 +1072,8 @@ def main(argv=None) -> int:
                          stats=stats, **kw)
                 stream.finish()
                 _report_speed(model, stats, print0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
     finally:
         if distributed:
             # Leave together: a rank that exits while the other still talks to it

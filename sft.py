@@ -20,16 +20,16 @@ import. What is new here is only the data and the loss:
   packed loss equals the loss of the conversations trained one by one (a test checks).
 - Held-out task accuracy, measured with sample.generate (greedy) and the task
   checkers, before fine-tuning and after: the skill SFT taught, as one number.
-- `python sft.py average A B ... --out DIR` averages the weights of several
-  checkpoints of one architecture (§4.1.5: Llama 3 averages models from runs with
-  different data or hyper-parameters at each of the RM, SFT and DPO stages).
+- Model averaging (§4.1.5: Llama 3 averages models from runs with different data or
+  hyper-parameters at each of the RM, SFT and DPO stages) is
+  `python checkpoint.py average A B ... --out DIR`.
 
 Paper numbers: the largest models fine-tune at learning rate 1e-5 for 8.5K-9K steps
 (§4.1.3). Our default model is 15M parameters trained for 4.5 minutes; it must learn
 a new format (its chat tokens were never seen in pre-training) in a few hundred steps,
 so we use a much higher learning rate (1e-3, as pre-training's scale suggests).
 
-Reads:  a pre-trained checkpoint (--init: this project's model.pt, a parallel.py
+Reads:  a pre-trained checkpoint (--init: this project's model.pt, a checkpoint.py
         distributed checkpoint, Meta's consolidated.*.pth or a Hugging Face folder)
         and its tokenizer.model; data from tasks.py or --train-jsonl/--val-jsonl.
 Writes: out/sft/{config.json, log.jsonl, loss.png, report.json, report.png,
@@ -40,14 +40,13 @@ How to run
     torchrun --standalone --nproc_per_node=2 sft.py       # 2 ranks, FSDP (gloo on CPU)
     python sft.py --train-jsonl my_chats.jsonl --val-jsonl my_val.jsonl --init DIR
     python sft.py --tasks sort,reverse --max-steps 200
-    python sft.py average out/sft_a/final out/sft_b/final --out out/sft_avg
+    python checkpoint.py average out/sft_a/final out/sft_b/final --out out/sft_avg
 
 Read next: reward.py (the reward model and rejection sampling), then dpo.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -58,11 +57,12 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import model as M
 import parallel
 import pretrain
 import tasks as T
-from parallel import print0
+from common import print0
 from pretrain import TrainConfig, arg
 from sample import generate
 from tokenizer import ChatFormat, Tokenizer
@@ -299,7 +299,7 @@ def make_eval_fn(cfg: SFTConfig, dist, tokenizer, val_examples: list[dict], mode
     def eval_fn(model) -> dict:
         if dist.world_size == 1:
             return evaluate(model)
-        sd = parallel.full_state_dict(model)  # collective: every rank calls it
+        sd = checkpoint.full_state_dict(model)  # collective: every rank calls it
         result = [None]
         if dist.is_main:
             with torch.device("meta"):
@@ -318,58 +318,7 @@ def make_eval_fn(cfg: SFTConfig, dist, tokenizer, val_examples: list[dict], mode
 
 
 # -----------------------------------------------------------------------------
-# 5. Model averaging (§4.1.5)
-
-
-def average_checkpoints_files(paths: list[str], out_dir: str, tokenizer_path: str | None = None) -> str:
-    """Average the weights of several checkpoints of ONE architecture and write this
-    project's single-file format (OUT/model.pt + tokenizer.model) with model.save_model.
-    §4.1.5: "we average models obtained from experiments using various versions of
-    data or hyperparameters at each RM, SFT, or DPO stage". Any format model.load_model
-    reads. The ModelArgs and every key and shape must match, else a ValueError names
-    the first mismatch. The mean is taken in fp32 and cast back to the stored dtype."""
-    if len(paths) < 2:
-        raise ValueError(f"averaging needs at least two checkpoints, got {len(paths)}")
-    total, first_args, first_sd_meta = None, None, None
-    for path in paths:
-        loaded, args = M.load_model(path, device="cpu")
-        sd = loaded.state_dict()
-        if first_args is None:
-            first_args, first_sd_meta = args, {k: (tuple(v.shape), v.dtype) for k, v in sd.items()}
-            total = {k: v.detach().float().clone() for k, v in sd.items()}
-            continue
-        a, b = asdict(first_args), asdict(args)
-        differ = [f"{k}: {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b.get(k)]
-        if differ:
-            raise ValueError(f"cannot average {paths[0]} and {path}: different ModelArgs ({'; '.join(differ)})")
-        missing, extra = sorted(set(first_sd_meta) - set(sd)), sorted(set(sd) - set(first_sd_meta))
-        if missing or extra:
-            raise ValueError(f"cannot average {paths[0]} and {path}: keys differ "
-                             f"(missing {missing[:5]}, unexpected {extra[:5]})")
-        for k, v in sd.items():
-            if tuple(v.shape) != first_sd_meta[k][0]:
-                raise ValueError(f"cannot average {paths[0]} and {path}: {k} has shape "
-                                 f"{first_sd_meta[k][0]} vs {tuple(v.shape)}")
-            total[k] += v.detach().float()
-        del loaded, sd
-    averaged = {k: (v / len(paths)).to(first_sd_meta[k][1]) for k, v in total.items()}
-    tokenizer_path = tokenizer_path or M.find_tokenizer(paths[0])
-    M.save_model(None, first_args, out_dir, tokenizer_path=tokenizer_path, state_dict=averaged)
-    return out_dir
-
-
-def average_main(argv: list[str]):
-    parser = argparse.ArgumentParser(prog="sft.py average", description=average_checkpoints_files.__doc__)
-    parser.add_argument("paths", nargs="+", help="checkpoints of one architecture (any format)")
-    parser.add_argument("--out", required=True, help="output folder (model.pt + tokenizer.model)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer.model (default: next to the first)")
-    args = parser.parse_args(argv)
-    out = average_checkpoints_files(args.paths, args.out, args.tokenizer)
-    print(f"§4.1.5 average of {len(args.paths)} checkpoints -> {out}/model.pt")
-
-
-# -----------------------------------------------------------------------------
-# 6. Report: JSON + PNG
+# 5. Report: JSON + PNG
 
 
 def plot_report(report: dict, log_records: list[dict], path: str):
@@ -405,7 +354,7 @@ def plot_report(report: dict, log_records: list[dict], path: str):
 
 
 # -----------------------------------------------------------------------------
-# 7. The SFT run
+# 6. The SFT run
 
 
 def cpu_threads(requested: int = 0) -> int:
@@ -444,8 +393,6 @@ def load_data(cfg: SFTConfig, tokenizer) -> tuple[list, list, dict]:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["average"]:
-        return average_main(argv[1:])
     cfg = pretrain.parse_config(SFTConfig, argv)
     dist = parallel.setup_distributed(tp=cfg.tp)
     if dist.device.type == "cpu":
@@ -456,8 +403,8 @@ def main(argv=None):
     t_start = time.time()
 
     # ---- the pre-trained model and its tokenizer --------------------------------
-    model, model_args = M.load_model(cfg.init, device=dist.device)  # fp32 master weights
-    tokenizer_path = cfg.tokenizer or M.find_tokenizer(cfg.init)
+    model, model_args = checkpoint.load_model(cfg.init, device=dist.device)  # fp32 master weights
+    tokenizer_path = cfg.tokenizer or checkpoint.find_tokenizer(cfg.init)
     if not tokenizer_path:
         raise SystemExit(f"{cfg.init}: no tokenizer.model next to the checkpoint; pass --tokenizer")
     tokenizer = Tokenizer(tokenizer_path)
@@ -503,9 +450,9 @@ def main(argv=None):
     # ---- resume, then train with pretrain.train ---------------------------------
     ckpt_dir = os.path.join(cfg.out, "checkpoints")
     start_state = None
-    latest = parallel.latest_checkpoint(ckpt_dir) if cfg.resume else None
+    latest = checkpoint.latest_checkpoint(ckpt_dir) if cfg.resume else None
     if latest:
-        start_state = parallel.load_checkpoint(latest, model, optimizer)
+        start_state = checkpoint.load_checkpoint(latest, model, optimizer)
         print0(f"resuming from {latest} (step {start_state['step']})")
     loader = ConversationLoader(cfg, train_rendered, tokenizer.pad_id, dist)
     try:

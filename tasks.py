@@ -47,7 +47,7 @@ Writes: with the CLI, OUT/{sft_train, sft_val, pref_train, pref_val}.jsonl and
 
 How to run
     python tasks.py                                            # out/tasks, 20,000 + 500
-    python tasks.py --out out/tasks --n-train 20000 --n-val 500 --seed 0 --tasks sort,reverse
+    python tasks.py --out out/tasks --n-train 20000 --n-eval 500 --seed 0 --tasks sort,reverse
     python tasks.py --digits 2 --max-len 8                   # harder problems (Difficulty)
     python sft.py --train-jsonl out/tasks/sft_train.jsonl --val-jsonl out/tasks/sft_val.jsonl
 
@@ -63,9 +63,10 @@ import json
 import os
 import random
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional, Sequence
+
+from common import UsageError, atomic_write_json, atomic_write_text, cli, read_jsonl
 
 # -----------------------------------------------------------------------------
 # 1. Checking an answer
@@ -280,7 +281,7 @@ def _corrupt_digit(rng, prompt, answer, meta):
 
 def _corrupt_pick(rng, prompt, answer, meta):
     # Another item of the list, or (half the time) a digit that is not in it: the two
-    # ways the SFT policy's own answers go wrong (measured on its rejection samples).
+    # ways the SFT policy's own answers go wrong (seen in its rejection samples).
     absent = [d for d in range(10) if d not in meta["items"]]
     if absent and rng.random() < 0.5:
         return str(rng.choice(absent))
@@ -315,13 +316,10 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("max", "the largest of 3-6 digits", _gen_max, check_answer, _corrupt_pick),
     Task("digit", "the one digit among 3-5 letters", _gen_digit, check_answer, _corrupt_digit),
 ]}
-# The default mixture: what the default model (small-15m after 4.5 minutes of
-# pre-training) learns in a few minutes of CPU SFT. Measured (sft.py, 100 steps of
-# 2,048 tokens): the copy/extract tasks (digit, max) jump from chance to 70-85%
-# between steps 50 and 100 -- the moment the model learns to attend to the right
-# prompt token; sort, reverse, repeat, add stayed at 0-12% after 300 steps (they need
-# position arithmetic or memorised facts the model does not have yet); larger and
-# last come later than digit and max. All tasks remain available with --tasks.
+# The default mixture: the tasks a small model learns in minutes of CPU SFT -- the
+# copy/extract tasks, which need attention to one prompt token; sort, reverse, repeat
+# and add need position arithmetic or memorised facts a small model lacks (numbers in
+# docs/NOTES.md). All tasks remain available with --tasks.
 DEFAULT_TASKS = ["digit", "max", "last", "count", "larger"]
 
 # Each task's prompt template, read backwards: the answer from the prompt text alone.
@@ -533,15 +531,13 @@ def _check_messages(messages, what: str = "messages") -> Optional[tuple[str, str
 
 
 def _read_jsonl_rows(path):
-    """(line number, parsed object or the JSON error) for every non-blank line."""
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue  # blank lines are not rows
-            try:
-                yield line_no, json.loads(line), None
-            except json.JSONDecodeError as e:
-                yield line_no, None, e
+    """(line number, parsed object, None) or (line number, None, reason) for every
+    non-blank line: a line that is not JSON, not UTF-8, nested too deep or holds a
+    5,000-digit integer is reported, never raised (common.read_jsonl)."""
+    try:
+        yield from read_jsonl(str(path))
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def _dialog_length(tokenizer, messages) -> int:
@@ -560,7 +556,7 @@ def read_sft_jsonl(path, max_tokens: Optional[int] = None, tokenizer=None,
     rows, skipped = [], []
     for line_no, obj, err in _read_jsonl_rows(path):
         if err is not None:
-            skipped.append(_skip(path, line_no, "json", f"malformed JSON ({err.msg} at column {err.colno})"))
+            skipped.append(_skip(path, line_no, "json", err))
             continue
         if not isinstance(obj, dict) or "messages" not in obj:
             skipped.append(_skip(path, line_no, "missing", "missing field 'messages'"))
@@ -611,7 +607,7 @@ def read_preference_jsonl(path, max_tokens: Optional[int] = None, tokenizer=None
     rows, skipped = [], []
     for line_no, obj, err in _read_jsonl_rows(path):
         if err is not None:
-            skipped.append(_skip(path, line_no, "json", f"malformed JSON ({err.msg} at column {err.colno})"))
+            skipped.append(_skip(path, line_no, "json", err))
             continue
         if not isinstance(obj, dict):
             skipped.append(_skip(path, line_no, "missing", "a row must be a JSON object"))
@@ -674,32 +670,22 @@ def print_skipped(path, rows, skipped, limit: int = 20):
 
 
 def write_jsonl(rows: Sequence[dict], path) -> str:
-    """One JSON object per line, written to a temporary file and renamed: a killed
-    process never leaves a half-written file behind."""
-    path = str(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """One JSON object per line, written atomically (common.atomic_write_text): a
+    killed process never leaves a half-written file behind."""
+    return atomic_write_text(str(path), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 # -----------------------------------------------------------------------------
 # 7. Command line: write the default data sets as JSONL
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write the built-in post-training tasks as JSONL "
                                                  "(SFT conversations and preference pairs).")
     parser.add_argument("--out", default="out/tasks", help="output folder (default: out/tasks)")
     parser.add_argument("--n-train", type=int, default=20000, help="training rows per file (default: 20000)")
-    parser.add_argument("--n-val", type=int, default=500, help="held-out rows per file (default: 500)")
+    parser.add_argument("--n-eval", type=int, default=500, help="held-out rows per file, sft_val/pref_val.jsonl (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     parser.add_argument("--tasks", default=None, help=f"comma-separated subset of {','.join(TASKS)} (default: all)")
     parser.add_argument("--digits", type=int, default=DEFAULT_DIFFICULTY.digits, help="Difficulty.digits (default: 1)")
@@ -710,9 +696,9 @@ def main(argv=None):
 
     files = {
         "sft_train.jsonl": make_examples(args.n_train, args.seed, args.tasks, "train", difficulty),
-        "sft_val.jsonl": make_examples(args.n_val, args.seed, args.tasks, "val", difficulty),
+        "sft_val.jsonl": make_examples(args.n_eval, args.seed, args.tasks, "val", difficulty),
         "pref_train.jsonl": make_preference_pairs(args.n_train, args.seed, "train", args.tasks, difficulty=difficulty),
-        "pref_val.jsonl": make_preference_pairs(args.n_val, args.seed, "val", args.tasks, difficulty=difficulty),
+        "pref_val.jsonl": make_preference_pairs(args.n_eval, args.seed, "val", args.tasks, difficulty=difficulty),
     }
     print("examples:")
     for name in _task_names(args.tasks):
@@ -734,10 +720,10 @@ def main(argv=None):
         unique = len({json.dumps(r.get("messages", r.get("prompt"))) for r in rows})
         report["files"][name] = {"rows": len(rows), "unique_prompts": unique, "per_task": counts}
         print(f"wrote {path}: {len(rows):,} rows ({unique:,} distinct prompts) {counts}")
-    with open(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    atomic_write_json(os.path.join(args.out, "report.json"), report)
     return report
 
 
 if __name__ == "__main__":
-    main()
+    rc = main()
+    raise SystemExit(rc if isinstance(rc, int) else 0)

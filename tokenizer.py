@@ -38,7 +38,6 @@ shards), then tasks.py / sft.py / dpo.py (use `ChatFormat.encode_dialog`).
 from __future__ import annotations
 
 import argparse
-import ast
 import base64
 import heapq
 import importlib.util
@@ -612,38 +611,13 @@ def reference_encode(text: str, ranks: dict[bytes, int], special_tokens: dict[st
 # Built-in corpus, compression statistics and the training benchmark
 
 
-def builtin_corpus(max_chars: int = 10_000_000, kind: str = "code") -> list[str]:
-    """Text found on any machine with Python: kind="code" -> the standard library's .py
-    sources (tests, site-packages and pydoc_data excluded), in a fixed order, until
-    max_chars; kind="docs" -> the English reference documentation in pydoc_data/topics.py
-    (one text per topic). Deterministic, so runs are comparable."""
-    stdlib = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
-    if not stdlib.is_dir():  # e.g. Windows layout
-        stdlib = Path(os.path.dirname(os.__file__))
-    if kind == "docs":
-        # topics.py is `topics = {"assert": "...", ...}`: read the literal, do not execute it.
-        module = ast.parse((stdlib / "pydoc_data" / "topics.py").read_text(encoding="utf-8"))
-        topics = next(ast.literal_eval(node.value) for node in module.body
-                      if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "topics")
-        texts, total = [], 0
-        for key in sorted(topics):
-            texts.append(topics[key])
-            total += len(texts[-1])
-            if total >= max_chars:
-                break
-        return texts
-    texts, total = [], 0
-    skip = {"site-packages", "test", "tests", "idle_test", "__pycache__", "pydoc_data"}
-    for directory, subdirs, files in os.walk(stdlib):
-        subdirs[:] = sorted(d for d in subdirs if d not in skip)
-        for name in sorted(files):
-            if name.endswith(".py"):
-                text = Path(directory, name).read_text(encoding="utf-8", errors="replace")
-                texts.append(text[: max_chars - total])
-                total += len(texts[-1])
-                if total >= max_chars:
-                    return texts
-    return texts
+def builtin_texts(max_chars: int = 10_000_000, kind: str = "code") -> list[str]:
+    """Texts of corpus.py's built-in documents, for training and measuring BPE:
+    kind="code" -> the standard library's .py sources in a fixed order, until max_chars;
+    kind="docs" -> the English Language Reference (pydoc topics, one text per topic)."""
+    import corpus
+    source = {"code": "python-source", "docs": "pydoc-topics"}[kind]
+    return [d["text"] for d in corpus.builtin_corpus([source], max_chars=max_chars)]
 
 
 def chars_per_token(tokenizer: Tokenizer, texts: Sequence[str]) -> dict:
@@ -659,7 +633,7 @@ def bench_train(texts: Sequence[str] | None = None, vocab_size: int = 8192, hf: 
     side (default: 10 MB of stdlib code). HF is set up for the same job: Meta's regex as
     the pre-tokenizer, byte-level alphabet, vocab_size - 256 BPE tokens. -> a dict of
     seconds and the ratio (the target is ours <= 30x HF's)."""
-    texts = list(texts) if texts is not None else builtin_corpus(10_000_000)
+    texts = list(texts) if texts is not None else builtin_texts(10_000_000)
     result: dict = {"chars": sum(len(t) for t in texts), "vocab_size": vocab_size}
     t0 = time.time()
     ranks = train_bpe(texts, vocab_size)
@@ -692,7 +666,7 @@ def bench_train(texts: Sequence[str] | None = None, vocab_size: int = 8192, hf: 
 
 def _read_inputs(paths: list[str] | None) -> list[str]:
     if not paths:
-        return builtin_corpus()
+        return builtin_texts()
     texts = []
     for p in paths:
         if not os.path.isfile(p):
@@ -722,7 +696,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("train", help="train a byte-level BPE and write it in tiktoken format")
     p.add_argument("--vocab-size", type=int, default=8192, help="total tokens incl. 256 special (>= 512)")
     p.add_argument("--input", nargs="*", help="UTF-8 text files (default: the built-in stdlib corpus)")
-    p.add_argument("--out", required=True, help="output tokenizer file (e.g. out/data/tokenizer.model)")
+    p.add_argument("--out", required=True, help="tokenizer file written, tiktoken format (e.g. "
+                   "out/data/tokenizer.model), plus OUT.json with its size and training time")
 
     p = sub.add_parser("encode", help="print the token ids of TEXT (or of stdin)")
     p.add_argument("text", nargs="?", help="text to encode (default: read stdin)")
@@ -739,12 +714,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--input", nargs="*", help="text files (default: built-in English docs, pydoc topics)")
     p.add_argument("--train-vocab-size", type=int, default=0,
                    help="also train a tokenizer of this size on the built-in code corpus and compare")
-    p.add_argument("--json", default="out/tokenizer/stats.json", help="where to write the record")
+    p.add_argument("--out", default="out/tokenizer/stats.json",
+                   help="JSON file written: chars/token of each tokenizer on the corpus")
 
     p = sub.add_parser("bench", help="training speed: train_bpe vs Hugging Face tokenizers, same text")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--chars", type=int, default=10_000_000, help="size of the built-in corpus used")
-    p.add_argument("--json", default="out/tokenizer/bench.json", help="where to write the record")
+    p.add_argument("--out", default="out/tokenizer/bench.json",
+                   help="JSON file written: seconds of train_bpe and of HF tokenizers, and their ratio")
 
     args = parser.parse_args(argv)
     print(f"args: {vars(args)}", file=sys.stderr)
@@ -771,13 +748,13 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"token ids out of range [0, {tok.n_words}): {bad[:10]}")
         print(tok.decode(ids))
     elif args.command == "stats":
-        texts = _read_inputs(args.input) if args.input else builtin_corpus(kind="docs")
+        texts = _read_inputs(args.input) if args.input else builtin_texts(kind="docs")
         paths = args.tokenizer or [_default_tokenizer(None)]
         if args.train_vocab_size:
             # Train on stdlib code (disjoint from the English docs evaluated by default).
             trained = f"out/tokenizer/trained_{args.train_vocab_size}.model"
             print(f"training a {args.train_vocab_size}-token BPE on the built-in code corpus -> {trained}")
-            train_tokenizer(builtin_corpus(), args.train_vocab_size, trained, verbose=True)
+            train_tokenizer(builtin_texts(), args.train_vocab_size, trained, verbose=True)
             paths.append(trained)
         rows = [chars_per_token(Tokenizer(p), texts) for p in paths]
         print(f"{'tokenizer':60s} {'n_words':>8s} {'chars':>10s} {'tokens':>10s} {'chars/token':>11s}")
@@ -785,15 +762,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{r['tokenizer'][-60:]:60s} {r['n_words']:8d} {r['chars']:10d} {r['tokens']:10d} "
                   f"{r['chars_per_token']:11.3f}")
         print("(paper §3.2, English: Llama 2 3.17 -> Llama 3 3.94 characters per token)")
-        _write_json({"corpus": args.input or "builtin pydoc topics", "results": rows}, args.json)
+        _write_json({"corpus": args.input or "builtin pydoc topics", "results": rows}, args.out)
     elif args.command == "bench":
-        texts = builtin_corpus(args.chars)
+        texts = builtin_texts(args.chars)
         print(f"benchmark: {sum(map(len, texts)):,} characters, vocab_size {args.vocab_size}")
         r = bench_train(texts, args.vocab_size)
         print(f"train_bpe (pure Python): {r['ours_s']:.1f}s | HF tokenizers (Rust): "
               f"{r['hf_s'] if r.get('hf_s') is None else round(r['hf_s'], 1)}s | ratio "
               f"{r.get('ratio', float('nan')):.1f}x (target <= 30x)")
-        _write_json(r, args.json)
+        _write_json(r, args.out)
 
 
 if __name__ == "__main__":

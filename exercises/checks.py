@@ -348,11 +348,11 @@ def check_lr_schedule(ns):
 
 
 # -----------------------------------------------------------------------------
-# 9. FSDP memory per GPU (§3.3.2) vs parallel.plan
+# 9. FSDP memory per GPU (§3.3.2) vs plan.plan
 
 
 def check_fsdp_memory(ns):
-    import parallel
+    import plan
     layouts = [dict(model="llama3.1-405b", gpus=16384, tp=8, pp=16),  # Table 4, row 2
                dict(model="llama3.1-405b", gpus=8192, tp=8, pp=16),   # Table 4, row 1
                dict(model="llama3-70b", gpus=64, tp=8, pp=1),
@@ -361,12 +361,12 @@ def check_fsdp_memory(ns):
     keys = {"weights_bf16": "weights_bf16_bytes", "master_fp32": "master_fp32_bytes",
             "grads_fp32": "grads_fp32_bytes", "optimizer": "optimizer_bytes", "total": "static_bytes"}
     for layout in layouts:
-        p = parallel.plan(**layout, reshard_after_forward=False)
+        p = plan.plan(**layout, reshard_after_forward=False)
         got = ns.fsdp_memory_per_gpu(p["params_per_gpu"], p["dp"])
         for mine, theirs in keys.items():
             assert mine in got, f"fsdp_memory_per_gpu must return a dict with the key {mine!r}"
             assert int(got[mine]) == p[theirs], (f"{layout}: {mine} = {int(got[mine]):,} bytes, "
-                                                 f"parallel.plan says {p[theirs]:,}")
+                                                 f"plan.plan says {p[theirs]:,}")
 
 
 # -----------------------------------------------------------------------------

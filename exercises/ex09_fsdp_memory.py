@@ -4,7 +4,7 @@ optimizer state and gradients, and the paper keeps the parameters gathered after
 forward pass instead of resharding them).
 
 Fill in `fsdp_memory_per_gpu`, then:   pytest exercises/ -k fsdp_memory
-The check compares it with parallel.plan (python parallel.py plan --help) for several
+The check compares it with plan.plan (python plan.py --help) for several
 layouts, among them Table 4's 405B runs. Statement and hint: exercises/README.md, exercise 9.
 """
 
@@ -24,6 +24,6 @@ def fsdp_memory_per_gpu(params_per_gpu: int, dp: int) -> dict:
         "total":        the sum of the four
     Worked example: params_per_gpu 1,000, dp 3 -> shard 334 -> weights 2,000,
         master 1,336, grads 1,336, optimizer 2,672, total 7,344.
-    Then ask parallel.plan: how much is that for 405B on 16,384 GPUs (TP 8, PP 16)?
+    Then ask plan.plan: how much is that for 405B on 16,384 GPUs (TP 8, PP 16)?
     """
     raise NotImplementedError("exercise 9: implement fsdp_memory_per_gpu in exercises/ex09_fsdp_memory.py")

@@ -205,7 +205,7 @@ def lr_schedule(step, max_lr, warmup_steps, total_steps, min_lr_ratio=0.01, anne
 
 
 # -----------------------------------------------------------------------------
-# 9. FSDP memory per GPU (§3.3.2) -- parallel.plan
+# 9. FSDP memory per GPU (§3.3.2) -- plan.plan
 
 
 def fsdp_memory_per_gpu(params_per_gpu, dp):

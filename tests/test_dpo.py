@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import dpo as D
+import checkpoint
 import model as M
 
 
@@ -137,7 +138,7 @@ def test_step_zero_loss_is_ln2(chat):
 def tiny_ckpt(tmp_path_factory, tok_path):
     d = tmp_path_factory.mktemp("ckpt")
     args = tiny_args()
-    M.save_model(tiny_model(), args, str(d), tokenizer_path=tok_path)
+    checkpoint.save_model(tiny_model(), args, str(d), tokenizer_path=tok_path)
     return str(d)
 
 
@@ -165,7 +166,7 @@ def test_tiny_dpo_run_with_bad_lines(tmp_path, tiny_ckpt):
     assert log[0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)  # step 1 sees policy == reference
     assert "rewards/accuracies" in log[0] and "eval_rewards/accuracies" in log[-1]
     assert (tmp_path / "dpo" / "final" / "model.pt").exists() and (tmp_path / "dpo" / "dpo.png").exists()
-    M.load_model(str(tmp_path / "dpo" / "final"))  # the export loads like any checkpoint
+    checkpoint.load_model(str(tmp_path / "dpo" / "final"))  # the export loads like any checkpoint
 
 
 def test_held_out_pairs_come_from_data_when_given(tmp_path, tiny_ckpt):

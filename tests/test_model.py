@@ -1,12 +1,11 @@
 """Tests for model.py: exact parameter counts, parity with Hugging Face's
-LlamaForCausalLM, document masking, KV-cache decoding, checkpoint formats, bad input."""
-import json
-import os
-
+LlamaForCausalLM, document masking, KV-cache decoding, bad input. (Checkpoint
+formats: tests/test_checkpoint.py.)"""
 import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import model as M
 from model import ModelArgs, Transformer
 
@@ -66,28 +65,16 @@ def test_small_configs_and_flops():
     assert M.flops_per_token(a, 8192) == expected
 
 
-def test_meta_params_json_loads(tmp_path):
-    # Llama 3.1 8B's params.json, verbatim
-    params = {"dim": 4096, "ffn_dim_multiplier": 1.3, "multiple_of": 1024, "n_heads": 32,
-              "n_kv_heads": 8, "n_layers": 32, "norm_eps": 1e-05, "rope_theta": 500000.0,
-              "use_scaled_rope": True, "vocab_size": 128256}
-    args = ModelArgs(**params)
-    assert M.count_params(args) == OFFICIAL["llama3.1-8b"]
-    p = tmp_path / "params.json"
-    p.write_text(json.dumps(params))
-    assert ModelArgs.from_params_json(str(p)).max_seq_len == 131072
-
-
 # ---------------------------------------------------------------------------
 # Parity with Hugging Face transformers
 
 
 def hf_model(args, our_model):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(**{k: v for k, v in M.to_hf_config(args).items()
+    cfg = transformers.LlamaConfig(**{k: v for k, v in checkpoint.to_hf_config(args).items()
                                       if k not in ("architectures", "model_type")})
     ref = transformers.LlamaForCausalLM(cfg).eval()
-    missing, unexpected = ref.load_state_dict(M.to_hf_state_dict(our_model.state_dict(), args), strict=False)
+    missing, unexpected = ref.load_state_dict(checkpoint.to_hf_state_dict(our_model.state_dict(), args), strict=False)
     assert not unexpected
     assert all("rotary" in k or (args.tie_embeddings and k == "lm_head.weight") for k in missing), missing
     return ref
@@ -114,26 +101,6 @@ def test_logits_match_transformers(variant):
         b = ref(tokens).logits
     assert a.shape == b.shape == (2, seq, args.vocab_size)
     assert (a - b).abs().max().item() < 1e-4
-
-
-def test_hf_round_trip_identical():
-    args = tiny_args(n_kv_heads=1)
-    m = build(args)
-    sd = m.state_dict()
-    back = M.convert_hf_state_dict(M.to_hf_state_dict(sd, args), args)
-    assert set(back) == set(sd)
-    for k in sd:
-        assert torch.equal(back[k], sd[k]), k
-    # and the permutation is a real change (q rows reordered), not the identity
-    hf = M.to_hf_state_dict(sd, args)
-    assert not torch.equal(hf["model.layers.0.self_attn.q_proj.weight"], sd["layers.0.attention.wq.weight"])
-    # config round trip
-    back_args = ModelArgs.from_hf_config(M.to_hf_config(args))
-    assert back_args.ffn_hidden_dim == args.ffn_hidden_dim
-    assert M.count_params(back_args) == M.count_params(args)
-    for field in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "norm_eps", "rope_theta",
-                  "use_scaled_rope", "max_seq_len", "tie_embeddings"):
-        assert getattr(back_args, field) == getattr(args, field), field
 
 
 def test_rope_scaling_matches_meta_reference_loop():
@@ -240,54 +207,6 @@ def test_backward_runs_and_loss_is_near_uniform_at_init():
 
 
 # ---------------------------------------------------------------------------
-# Checkpoint formats
-
-
-@pytest.mark.parametrize("tied", [False, True])
-def test_project_meta_and_hf_checkpoints_load(tmp_path, tied):
-    args = tiny_args(tie_embeddings=tied)
-    m = build(args)
-    tokens = torch.randint(0, 256, (1, 16))
-    with torch.no_grad():
-        want = m(tokens)
-    # this project's
-    M.save_model(m, args, str(tmp_path / "ours"))
-    # Meta's: params.json + consolidated.00.pth
-    meta = tmp_path / "meta"
-    meta.mkdir()
-    params = {k: v for k, v in M.asdict(args).items() if v is not None}
-    (meta / "params.json").write_text(json.dumps(params))
-    torch.save(m.state_dict(), meta / "consolidated.00.pth")
-    # Hugging Face's: config.json + model.safetensors
-    from safetensors.torch import save_file
-    hf = tmp_path / "hf"
-    hf.mkdir()
-    (hf / "config.json").write_text(json.dumps(M.to_hf_config(args)))
-    save_file({k: v.contiguous() for k, v in M.to_hf_state_dict(m.state_dict(), args).items()},
-              str(hf / "model.safetensors"))
-    for folder, fmt in (("ours", "project"), ("meta", "meta"), ("hf", "hf")):
-        assert M.detect_format(str(tmp_path / folder)) == fmt
-        loaded, largs = M.load_model(str(tmp_path / folder))
-        assert (loaded.output.weight is loaded.tok_embeddings.weight) == args.tie_embeddings
-        with torch.no_grad():
-            got = loaded(tokens)
-        assert (got - want).abs().max() < 1e-5, folder
-
-
-def test_dcp_checkpoint_loads_in_one_process(tmp_path):
-    import torch.distributed.checkpoint as dcp
-    args = tiny_args()
-    m = build(args)
-    out = tmp_path / "dcp"
-    dcp.save({"model": m.state_dict()}, checkpoint_id=str(out), no_dist=True) \
-        if M._dcp_has_no_dist() else dcp.save({"model": m.state_dict()}, checkpoint_id=str(out))
-    (out / "model_args.json").write_text(json.dumps(M.asdict(args)))
-    loaded, _ = M.load_model(str(out))
-    for k, v in m.state_dict().items():
-        assert torch.equal(loaded.state_dict()[k], v), k
-
-
-# ---------------------------------------------------------------------------
 # Bad input
 
 
@@ -303,34 +222,6 @@ def test_bad_tokens():
         m(torch.zeros(1, 129, dtype=torch.long))
     with pytest.raises(ValueError, match="batch, seq"):
         m(torch.zeros(4, dtype=torch.long))
-
-
-def test_bad_params_json(tmp_path):
-    p = tmp_path / "params.json"
-    p.write_text(json.dumps({"dim": 64, "n_heads": 4}))
-    with pytest.raises(ValueError, match="missing required field.*n_layers"):
-        ModelArgs.from_params_json(str(p))
-    p.write_text(json.dumps({"dim": 64, "n_heads": 4, "n_layers": 1, "vocab_size": 10, "colour": 1}))
-    with pytest.raises(ValueError, match="unknown field.*colour"):
-        ModelArgs.from_params_json(str(p))
-    with pytest.raises(ValueError, match="not divisible"):
-        ModelArgs(dim=65, n_heads=4)
-    with pytest.raises(ValueError, match="unknown model name"):
-        ModelArgs.from_name("llama9-1t")
-
-
-def test_checkpoint_shape_mismatch_is_named(tmp_path):
-    args = tiny_args()
-    m = build(args)
-    M.save_model(m, args, str(tmp_path / "ok"))
-    ckpt = torch.load(tmp_path / "ok" / "model.pt")
-    ckpt["model"]["layers.0.attention.wq.weight"] = torch.zeros(3, 3)
-    torch.save(ckpt, tmp_path / "ok" / "model.pt")
-    with pytest.raises(ValueError, match=r"layers\.0\.attention\.wq\.weight: checkpoint \(3, 3\)"):
-        M.load_model(str(tmp_path / "ok"))
-    (tmp_path / "junk").mkdir()
-    with pytest.raises(ValueError, match="unknown checkpoint format"):
-        M.load_model(str(tmp_path / "junk"))
 
 
 def test_one_query_attention_equals_sdpa():

@@ -1,4 +1,4 @@
-"""Tests of parallel.py on CPU with gloo, 2 ranks (§3.3).
+"""Tests of parallel.py (and checkpoint.py's distributed save/load) on CPU with gloo, 2 ranks (§3.3).
 
 One torch.multiprocessing spawn of 2 ranks (module-scoped fixture) runs every
 multi-process check -- torch start-up costs ~3 s per process, so it is paid once:
@@ -27,9 +27,9 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-import model as model_lib
+import checkpoint
 import parallel
-from model import ModelArgs, Transformer, count_params
+from model import ModelArgs, Transformer
 
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=32, max_seq_len=64)
 STEPS, SAVE_AT, LR, MAX_NORM = 10, 5, 3e-3, 0.5
@@ -97,7 +97,7 @@ def _worker(rank, world, port, out_dir):
     assert (d.dp_size, d.tp_size) == (2, 1)
     m = parallel.build_model(args, d, seed=0)
     assert all(isinstance(p, DTensor) for p in m.parameters())
-    res["fsdp_init"] = parallel.full_state_dict(m)  # rank 0 only; {} elsewhere
+    res["fsdp_init"] = checkpoint.full_state_dict(m)  # rank 0 only; {} elsewhere
     opt = _optimizer(m)  # right after sharding: it holds the DTensor shards
     rows = slice(d.dp_rank * 2, d.dp_rank * 2 + 2)
     res["fsdp_loss"], res["fsdp_norm"] = [], []
@@ -105,8 +105,8 @@ def _worker(rank, world, port, out_dir):
     for step in range(STEPS):
         if step == SAVE_AT:
             torch.manual_seed(1234 + rank)
-            parallel.save_checkpoint(ckpt_root, step, m, opt, model_args=args, extra={"data_position": 77})
-            res["fsdp_sd_at_save"] = parallel.full_state_dict(m)
+            checkpoint.save_checkpoint(ckpt_root, step, m, opt, model_args=args, extra={"data_position": 77})
+            res["fsdp_sd_at_save"] = checkpoint.full_state_dict(m)
             res["rng_after_save"] = torch.rand(3)
         loss, norm = _train_step(m, opt, step, rows)
         dist.all_reduce(loss, op=dist.ReduceOp.AVG)  # global mean of the two halves
@@ -130,7 +130,7 @@ def _worker(rank, world, port, out_dir):
     m = parallel.build_model(args, d, seed=0, activation_checkpointing=True)
     wq = m.layers["0"].attention.wq.weight
     res["tp_wq_local_shape"] = tuple(wq.to_local().shape)
-    res["tp_init"] = parallel.full_state_dict(m)
+    res["tp_init"] = checkpoint.full_state_dict(m)
     opt = _optimizer(m)
     res["tp_loss"], res["tp_norm"] = [], []
     for step in range(STEPS):
@@ -138,18 +138,18 @@ def _worker(rank, world, port, out_dir):
         res["tp_loss"].append(loss.item())
         res["tp_norm"].append(norm)
 
-    parallel.export_model(m, args, os.path.join(out_dir, "export_tp"))
-    res["tp_final"] = parallel.full_state_dict(m)
+    checkpoint.export_model(m, args, os.path.join(out_dir, "export_tp"))
+    res["tp_final"] = checkpoint.full_state_dict(m)
 
     # --- post-training's path: load a single-file checkpoint, then parallelize (FSDP
     # slices the loaded values); the sharded model computes the same loss
-    loaded, _ = model_lib.load_model(os.path.join(out_dir, "export_tp"))
+    loaded, _ = checkpoint.load_model(os.path.join(out_dir, "export_tp"))
     x, y, doc_ids = _batch(0)
     with torch.no_grad():
         res["loaded_loss"] = F.cross_entropy(loaded(x, doc_ids=doc_ids).flatten(0, 1), y.flatten()).item()
     d_fsdp = parallel.setup_distributed(tp=1)
     parallel.parallelize(loaded, d_fsdp)
-    res["loaded_sharded_sd"] = parallel.full_state_dict(loaded)
+    res["loaded_sharded_sd"] = checkpoint.full_state_dict(loaded)
     rows = slice(d_fsdp.dp_rank * 2, d_fsdp.dp_rank * 2 + 2)
     with torch.no_grad():
         loss = F.cross_entropy(loaded(x[rows], doc_ids=doc_ids[rows]).flatten(0, 1), y[rows].flatten())
@@ -160,7 +160,7 @@ def _worker(rank, world, port, out_dir):
     # step's loss is the FSDP run's
     m = parallel.build_model(args, d, seed=5)
     opt = _optimizer(m)
-    res["tp_resumed_state"] = parallel.load_checkpoint(os.path.join(ckpt_root, f"step_{SAVE_AT:08d}"), m, opt)
+    res["tp_resumed_state"] = checkpoint.load_checkpoint(os.path.join(ckpt_root, f"step_{SAVE_AT:08d}"), m, opt)
     res["tp_resumed_loss"] = _train_step(m, opt, SAVE_AT)[0].item()
 
     # --- bf16 mixed precision under FSDP: bf16 compute, fp32 master weights and
@@ -186,7 +186,7 @@ def _worker(rank, world, port, out_dir):
         d = parallel.setup_distributed(tp=tp)
         m = parallel.build_model(tied, d, seed=0, activation_checkpointing=(tp == 1))
         assert m.output.weight is m.tok_embeddings.weight
-        res[f"tied_init_tp{tp}"] = parallel.full_state_dict(m)
+        res[f"tied_init_tp{tp}"] = checkpoint.full_state_dict(m)
         opt = _optimizer(m)
         rows = slice(d.dp_rank * 2, d.dp_rank * 2 + 2) if tp == 1 else slice(None)
         losses = []
@@ -263,7 +263,7 @@ def test_clip_grad_norm_mixed_dtensor_and_plain(two_ranks):
 def test_resume_two_rank_checkpoint_on_one_rank(two_ranks):
     out, results = two_ranks
     root = os.path.join(out, "ckpt")
-    path = parallel.latest_checkpoint(root)
+    path = checkpoint.latest_checkpoint(root)
     assert path is not None and path.endswith(f"step_{SAVE_AT:08d}")
     assert not [d for d in os.listdir(root) if ".tmp-" in d], "temp folder left behind"
     args = ModelArgs(**TINY)
@@ -272,7 +272,7 @@ def test_resume_two_rank_checkpoint_on_one_rank(two_ranks):
     one = parallel.Dist(0, 0, 1, torch.device("cpu"), None, 1, 1, None)
     m = parallel.build_model(args, one, seed=123)  # different init: must be overwritten
     opt = _optimizer(m)
-    state = parallel.load_checkpoint(path, m, opt)
+    state = checkpoint.load_checkpoint(path, m, opt)
     assert state == {"data_position": 77, "step": SAVE_AT}
     # weights: exactly the 2-rank run's at that step (and close to the 1-process run's)
     for k, v in results[0]["fsdp_sd_at_save"].items():
@@ -283,82 +283,11 @@ def test_resume_two_rank_checkpoint_on_one_rank(two_ranks):
     # continuing on one process reproduces the 2-rank run's remaining losses
     losses = [_train_step(m, opt, step)[0].item() for step in range(SAVE_AT, STEPS)]
     _assert_close_rel(losses, results[0]["fsdp_loss"][SAVE_AT:])
-    # the DCP folder is also readable by model.load_model (key prefix "model.")
-    loaded, loaded_args = model_lib.load_model(path)
+    # the DCP folder is also readable by checkpoint.load_model (key prefix "model.")
+    loaded, loaded_args = checkpoint.load_model(path)
     assert loaded_args == args
     for k, v in results[0]["fsdp_sd_at_save"].items():
         assert torch.equal(loaded.state_dict()[k], v), k
-
-
-def test_checkpoint_atomic_keep_and_export(tmp_path):
-    """Single process: temp folders are ignored, only the latest `keep` survive, and
-    export writes a model.pt that model.load_model reads back exactly."""
-    args = ModelArgs(**TINY)
-    one = parallel.setup_distributed()
-    m = parallel.build_model(args, one, seed=1)
-    opt = _optimizer(m)
-    root = str(tmp_path / "ckpt")
-    os.makedirs(os.path.join(root, "step_00000099.tmp-dead"))  # a killed save
-    assert parallel.latest_checkpoint(root) is None
-    for step in (1, 2, 3, 4):
-        parallel.save_checkpoint(root, step, m, opt, model_args=args, extra={"s": step}, keep=2)
-    assert sorted(os.listdir(root)) == ["step_00000003", "step_00000004"]
-    assert parallel.latest_checkpoint(root).endswith("step_00000004")
-    parallel.export_model(m, args, str(tmp_path / "export"))
-    loaded, loaded_args = model_lib.load_model(str(tmp_path / "export"))
-    assert loaded_args == args
-    for k, v in m.state_dict().items():
-        assert torch.equal(loaded.state_dict()[k], v), k
-
-
-OFFICIAL = ["llama3-8b", "llama3-70b", "llama3.1-405b", "llama3.2-1b", "llama3.2-3b"]
-
-
-@pytest.mark.parametrize("name", OFFICIAL)
-def test_planner_counts_match_model(name):
-    args = ModelArgs.from_name(name)
-    n = count_params(args)
-    p = parallel.plan(name, gpus=8, tp=1, pp=1)  # plain FSDP over 8 GPUs
-    assert p["params_total"] == n
-    assert p["params_per_gpu"] == n
-    assert p["params_per_gpu_sharded"] == math.ceil(n / 8)
-    assert p["optimizer_bytes"] == 8 * math.ceil(n / 8)  # Adam m and v, fp32
-    assert p["master_fp32_bytes"] == 4 * math.ceil(n / 8)
-    assert p["optimizer_bytes_total"] == 8 * n
-    if not args.tie_embeddings:  # pipeline stages partition the model exactly
-        assert sum(parallel.stage_params(args, pp=4)) == n
-    # a TP rank holds 1/tp of every matrix plus the (replicated) norms
-    t = 8
-    d, L = args.dim, args.n_layers
-    norms = (2 * L + 1) * d
-    embed = args.vocab_size * d * (1 if args.tie_embeddings else 2)
-    assert sum(parallel.stage_params(args, pp=1, tp=t)) == (n - norms - embed) // t + norms + embed // t
-    # step time: FLOPs per step / (GPUs x MFU x peak)
-    q = parallel.plan(name, gpus=16, tp=8, pp=1, mfu=0.5, seq_len=8192, global_batch_tokens=2**20)
-    expected = model_lib.flops_per_token(args, 8192) * 2**20 / (16 * 0.5 * 989e12)
-    assert q["step_time_s"] == pytest.approx(expected, rel=1e-9)
-
-
-def test_planner_table4_405b():
-    """The paper's 405B layout: 8 layers per stage at PP 16, 16 sequences per DP rank
-    at 16,384 GPUs; it fits in 80 GB only with activation checkpointing (our
-    accounting), and Table 4's 430 TFLOP/s on 8,192 GPUs means ~12.5 s per step."""
-    p = parallel.plan("llama3.1-405b", gpus=16384, tp=8, pp=16)
-    assert (p["dp"], p["layers_per_stage"], p["sequences_per_dp_rank"]) == (128, 8, 16)
-    assert p["total_bytes_ckpt"] < 80e9 < p["total_bytes"]
-    q = parallel.plan("llama3.1-405b", gpus=8192, tp=8, pp=16, peak_flops=430e12, mfu=1.0)
-    assert q["sequences_per_dp_rank"] == 32
-    assert 12.0 < q["step_time_s"] < 13.0
-    text = parallel.format_plan(p) + parallel.table4_check()
-    assert "405,853,388,800" in text
-
-
-def test_planner_command_line(capsys):
-    parallel.main(["plan", "--model", "llama3.1-405b", "--gpus", "16384", "--tp", "8", "--pp", "16"])
-    out = capsys.readouterr().out
-    assert "TP 8 x CP 1 x PP 16 x DP 128" in out and "Table 4" in out
-    with pytest.raises(ValueError, match="not divisible"):
-        parallel.plan("llama3-8b", gpus=12, tp=8, pp=1)
 
 
 def test_fsdp_checkpoint_loads_into_tensor_parallel_layout(two_ranks):
@@ -370,7 +299,7 @@ def test_fsdp_checkpoint_loads_into_tensor_parallel_layout(two_ranks):
 
 def test_export_from_tensor_parallel(two_ranks):
     out, results = two_ranks
-    loaded, args = model_lib.load_model(os.path.join(out, "export_tp"))
+    loaded, args = checkpoint.load_model(os.path.join(out, "export_tp"))
     assert args == ModelArgs(**TINY)
     for k, v in results[0]["tp_final"].items():
         assert torch.equal(loaded.state_dict()[k], v), k

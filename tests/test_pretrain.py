@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import pretrain
 from tests.conftest import ROOT
 
@@ -200,7 +201,7 @@ def test_two_rank_checkpoint_resumes_on_one_rank(data_dir, reference, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ckpt_dir = os.path.join(out, "checkpoints")
-    assert os.path.basename(pretrain.parallel.latest_checkpoint(ckpt_dir)) == "step_00000003"
+    assert os.path.basename(checkpoint.latest_checkpoint(ckpt_dir)) == "step_00000003"
     ref = losses_of(reference)
     two = losses_of(out)
     # 2 ranks see the same rows per step as 1 rank: same losses up to float order
@@ -244,20 +245,20 @@ def test_sigkill_during_checkpoint_save(data_dir, reference, tmp_path):
     # the kill hit a save with every file written, only the commit (rename) missing
     temps = [d for d in os.listdir(ckpt_dir) if d.startswith("step_00000004.tmp")]
     assert temps and os.path.exists(os.path.join(ckpt_dir, temps[0], "state.json")), os.listdir(ckpt_dir)
-    latest = pretrain.parallel.latest_checkpoint(ckpt_dir)
+    latest = checkpoint.latest_checkpoint(ckpt_dir)
     assert latest is not None and os.path.basename(latest) == "step_00000002", os.listdir(ckpt_dir)
     # the previous checkpoint loads (into a fresh model + optimizer)
     from model import ModelArgs, Transformer
     args = ModelArgs.from_name("tiny-1m", vocab_size=VOCAB)
     model = Transformer(args)
-    state = pretrain.parallel.load_checkpoint(latest, model, pretrain.build_optimizer(model, 1e-3))
+    state = checkpoint.load_checkpoint(latest, model, pretrain.build_optimizer(model, 1e-3))
     assert state["step"] == 2 and state["data"]["rows_done"] == 16
 
     run_inprocess(data_dir, out)  # resume, without the debug pause
     got, ref = losses_of(out), losses_of(reference)
     assert sorted(got) == list(range(1, 7))
     assert got == ref  # steps 3-4 were recomputed from step 2, identically
-    assert os.path.basename(pretrain.parallel.latest_checkpoint(ckpt_dir)) == "step_00000006"
+    assert os.path.basename(checkpoint.latest_checkpoint(ckpt_dir)) == "step_00000006"
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, capsys):
@@ -267,7 +268,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, capsy
     assert e.value.code == 3
     assert "non-finite loss at step 5" in capsys.readouterr().out
     ckpt_dir = os.path.join(out, "checkpoints")
-    assert os.path.basename(pretrain.parallel.latest_checkpoint(ckpt_dir)) == "step_00000004"
+    assert os.path.basename(checkpoint.latest_checkpoint(ckpt_dir)) == "step_00000004"
     assert not any("00000005" in d for d in os.listdir(ckpt_dir))
     assert sorted(losses_of(out)) == [1, 2, 3, 4]  # the NaN step is not logged either
     with open(os.path.join(out, "report.json")) as f:
@@ -286,7 +287,7 @@ def test_anneal_averages_checkpoints(data_dir, tmp_path):
     with open(os.path.join(out, "checkpoints", "step_00000006", "state.json")) as f:
         data_state = json.load(f)["extra"]["data"]
     assert data_state["anneal_rows_done"] == 8  # 2 of the 8 rows in each of 4 steps
-    from model import load_model
+    from checkpoint import load_model
     a, _ = load_model(os.path.join(out, "checkpoints", "step_00000004"))
     b, _ = load_model(os.path.join(out, "checkpoints", "step_00000006"))
     final = final_weights(out)

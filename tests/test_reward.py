@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import model as M
 import reward as R
 
@@ -180,7 +181,7 @@ def tiny_ckpt(tmp_path_factory, tok_path):
     args = tiny_args()
     m = M.Transformer(args)
     m.init_weights(seed=0)
-    M.save_model(m, args, str(d), tokenizer_path=tok_path)
+    checkpoint.save_model(m, args, str(d), tokenizer_path=tok_path)
     return str(d)
 
 
@@ -211,7 +212,7 @@ def test_tiny_reward_model_learns_and_round_trips(tmp_path, tiny_ckpt, chat):
 
     # Rejection sampling with this RM and a tiny policy: K samples per prompt, one pick each.
     import tasks
-    policy, _ = M.load_model(tiny_ckpt)
+    policy, _ = checkpoint.load_model(tiny_ckpt)
     examples = tasks.make_examples(3, seed=0, tasks=["larger"])
     sft_rows, pairs, rs = R.rejection_sample(policy.eval(), rm, chat.tokenizer, examples, k=4, max_new_tokens=6,
                                              batch_prompts=2, log_every=0)
@@ -243,7 +244,7 @@ def test_on_policy_pairs_from_the_policys_own_samples(monkeypatch, tiny_ckpt, ch
 
     pool = (tasks.make_examples(40, 101, split="train") + tasks.make_examples(10, 202, split="val"))
     monkeypatch.setattr(sample, "generate", scripted_generate)
-    policy, _ = M.load_model(tiny_ckpt)
+    policy, _ = checkpoint.load_model(tiny_ckpt)
     cfg = R.RewardConfig(on_policy_prompts=40, on_policy_k=4, seed=0)
     train, val, info = R.sample_on_policy_pairs(policy, chat.tokenizer, cfg)
     expect = [e for e in pool[:40] if e["task"] != "count"]

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+import checkpoint
 import model as M
 import sample as S
 
@@ -183,7 +184,7 @@ def test_cli_unknown_format_exit_2(tmp_path, capsys):
 
 def test_cli_vocab_mismatch(tmp_path, tok_path, capsys):
     args = tiny_args(vocab_size=300)
-    M.save_model(M.Transformer(args), args, str(tmp_path), tokenizer_path=tok_path)
+    checkpoint.save_model(M.Transformer(args), args, str(tmp_path), tokenizer_path=tok_path)
     assert S.main(["--ckpt", str(tmp_path), "--prompt", "x"]) == 2
     assert "512 tokens but the model's vocab_size is 300" in capsys.readouterr().err
 
@@ -248,12 +249,12 @@ def test_cli_prompt_and_prompts(tmp_path, tok_path, tok, capsys, fmt):
     model = tiny_model()
     ckpt = tmp_path / "ckpt"
     if fmt == "project":
-        M.save_model(model, args, str(ckpt), tokenizer_path=tok_path)
+        checkpoint.save_model(model, args, str(ckpt), tokenizer_path=tok_path)
     else:
         from safetensors.torch import save_file
         ckpt.mkdir()
-        (ckpt / "config.json").write_text(json.dumps(M.to_hf_config(args)))
-        save_file({k: v.contiguous() for k, v in M.to_hf_state_dict(model.state_dict(), args).items()},
+        (ckpt / "config.json").write_text(json.dumps(checkpoint.to_hf_config(args)))
+        save_file({k: v.contiguous() for k, v in checkpoint.to_hf_state_dict(model.state_dict(), args).items()},
                   str(ckpt / "model.safetensors"))
     common = ["--ckpt", str(ckpt), "--tokenizer", tok_path, "--temperature", "0", "--max-new-tokens", "6"]
     assert S.main(common + ["--prompt", "abc"]) == 0
@@ -282,7 +283,7 @@ def test_torchrun_tensor_parallel_equals_one_process(tmp_path, tok_path):
     import subprocess
     import sys
     args = tiny_args()
-    M.save_model(tiny_model(), args, str(tmp_path / "ckpt"), tokenizer_path=tok_path)
+    checkpoint.save_model(tiny_model(), args, str(tmp_path / "ckpt"), tokenizer_path=tok_path)
     (tmp_path / "p.txt").write_text("hello\nab\nxyz w\n")
     common = ["--ckpt", str(tmp_path / "ckpt"), "--prompts", str(tmp_path / "p.txt"), "--temperature", "0",
               "--max-new-tokens", "8", "--batch-size", "3"]
@@ -354,7 +355,7 @@ def test_quantize_int8_ffn_only_is_the_papers_choice():
 def test_cli_quantize(tmp_path, tok_path, tok, capsys):
     args = tiny_args()
     model = tiny_model()
-    M.save_model(model, args, str(tmp_path / "ckpt"), tokenizer_path=tok_path)
+    checkpoint.save_model(model, args, str(tmp_path / "ckpt"), tokenizer_path=tok_path)
     common = ["--ckpt", str(tmp_path / "ckpt"), "--temperature", "0", "--max-new-tokens", "6"]
     assert S.main(common + ["--prompt", "abc", "--quantize", "int8"]) == 0
     text = capsys.readouterr().out

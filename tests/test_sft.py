@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import model as M
 import sft
 import tasks as T
@@ -136,7 +137,7 @@ def test_loader_is_deterministic_and_resumable(tok):
 
 def test_tiny_sft_run_end_to_end(tmp_path, tok_path):
     init = str(tmp_path / "init")
-    M.save_model(tiny_model(seed=1), tiny_args(), init, tokenizer_path=tok_path)
+    checkpoint.save_model(tiny_model(seed=1), tiny_args(), init, tokenizer_path=tok_path)
     # own data: generated "larger" conversations plus three bad rows
     rows = T.make_examples(300, seed=0, tasks="larger")
     train_path = str(tmp_path / "train.jsonl")
@@ -167,33 +168,6 @@ def test_tiny_sft_run_end_to_end(tmp_path, tok_path):
     records = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
     assert records[0]["step"] == 0 and "accuracy" in records[0]  # before training
     # the exported model loads and differs from the initial one
-    tuned, _ = M.load_model(os.path.join(out, "final"))
-    start, _ = M.load_model(init)
+    tuned, _ = checkpoint.load_model(os.path.join(out, "final"))
+    start, _ = checkpoint.load_model(init)
     assert not torch.equal(tuned.output.weight, start.output.weight)
-
-
-# -----------------------------------------------------------------------------
-# Model averaging (§4.1.5)
-
-
-def test_average_of_two_checkpoints_is_the_elementwise_mean(tmp_path, tok_path):
-    a, b = tiny_model(seed=1), tiny_model(seed=2)
-    M.save_model(a, tiny_args(), str(tmp_path / "a"), tokenizer_path=tok_path)
-    M.save_model(b, tiny_args(), str(tmp_path / "b"), tokenizer_path=tok_path)
-    out = str(tmp_path / "avg")
-    sft.main(["average", str(tmp_path / "a"), str(tmp_path / "b"), "--out", out])
-    avg, args = M.load_model(out)
-    assert args == tiny_args() and os.path.exists(os.path.join(out, "tokenizer.model"))
-    sa, sb = a.state_dict(), b.state_dict()
-    for k, v in avg.state_dict().items():
-        torch.testing.assert_close(v, (sa[k] + sb[k]) / 2)
-
-
-def test_average_refuses_mismatched_checkpoints(tmp_path):
-    M.save_model(tiny_model(), tiny_args(), str(tmp_path / "a"))
-    M.save_model(tiny_model(n_layers=3), tiny_args(n_layers=3), str(tmp_path / "b"))
-    with pytest.raises(ValueError, match="n_layers: 2 vs 3"):
-        sft.average_checkpoints_files([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "avg"))
-    with pytest.raises(ValueError, match="at least two"):
-        sft.average_checkpoints_files([str(tmp_path / "a")], str(tmp_path / "avg"))
-    assert not os.path.exists(tmp_path / "avg")

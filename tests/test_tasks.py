@@ -166,7 +166,7 @@ def test_read_preference_jsonl_formats_and_bad_rows(tmp_path, capsys):
 
 
 def test_generated_files_round_trip_through_the_readers(tmp_path):
-    report = T.main(["--out", str(tmp_path), "--n-train", "40", "--n-val", "10", "--seed", "1"])
+    report = T.main(["--out", str(tmp_path), "--n-train", "40", "--n-eval", "10", "--seed", "1"])
     assert report["files"]["sft_val.jsonl"]["rows"] == 10
     assert sorted(os.listdir(tmp_path)) == ["pref_train.jsonl", "pref_val.jsonl", "report.json",
                                            "sft_train.jsonl", "sft_val.jsonl"]  # no temporary files left
@@ -205,3 +205,26 @@ def test_wrong_answers_include_numbers_not_in_the_prompt(name):
         else:
             outside += 1
     assert 60 <= inside <= 140 and 60 <= outside <= 140
+
+
+def test_readers_survive_lines_that_break_json_loads(tmp_path):
+    """Invalid UTF-8, a 5,000-digit integer and 100k nested brackets each become a
+    located 'json' skip (file:line: reason); the good rows around them are kept."""
+    good = {"messages": [msg("user", "hi"), msg("assistant", "hello")]}
+    pair = {"prompt": "2+2?", "chosen": "4", "rejected": "5"}
+    bad = [b'{"messages": "\xff\xfe"}', b'{"n": ' + b"9" * 5000 + b"}", b"[" * 100_000 + b"]" * 100_000]
+    for name, row, reader in (("sft.jsonl", good, T.read_sft_jsonl), ("pref.jsonl", pair, T.read_preference_jsonl)):
+        path = tmp_path / name
+        path.write_bytes(b"\n".join([json.dumps(row).encode()] + bad + [json.dumps(row).encode()]) + b"\n")
+        rows, skipped = reader(str(path))
+        assert rows == [reader(str(_write_lines(tmp_path / ("one_" + name), [json.dumps(row)])))[0][0]] * 2
+        assert [(s["line"], s["kind"]) for s in skipped] == [(2, "json"), (3, "json"), (4, "json")]
+        assert skipped[0]["reason"].startswith(f"{path}:2: invalid UTF-8")
+        assert skipped[1]["reason"].startswith(f"{path}:3: invalid JSON")
+        assert skipped[2]["reason"] == f"{path}:4: nested deeper than 64 levels"
+
+
+def test_main_exits_2_on_a_bad_flag_value(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        T.main(["--n-eval", "many"])
+    assert e.value.code == 2

@@ -70,7 +70,7 @@ def meta():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 1,024-token BPE trained on ~300K characters of stdlib code plus varied text."""
-    texts = T.builtin_corpus(300_000) + TEST_STRINGS[1:8] * 3
+    texts = T.builtin_texts(300_000) + TEST_STRINGS[1:8] * 3
     path = tmp_path_factory.mktemp("tok") / "trained.model"
     return T.train_tokenizer(texts, 1024, path)
 
@@ -244,7 +244,7 @@ def test_duplicate_bytes_reuse_token():
 
 
 def test_training_deterministic(tmp_path):
-    texts = T.builtin_corpus(150_000) + TEST_STRINGS
+    texts = T.builtin_texts(150_000) + TEST_STRINGS
     a = T.train_bpe(texts, 900)
     b = T.train_bpe(list(texts), 900)
     assert a == b and len(a) == 900 - 256
@@ -337,5 +337,5 @@ def test_cli(tmp_path, capsys):
     ids = capsys.readouterr().out.split()
     T.main(["decode", "--tokenizer", str(out), *ids])
     assert capsys.readouterr().out == "the lazy dog\n"
-    T.main(["stats", "--tokenizer", str(out), "--input", str(corpus), "--json", str(tmp_path / "s.json")])
+    T.main(["stats", "--tokenizer", str(out), "--input", str(corpus), "--out", str(tmp_path / "s.json")])
     assert "chars/token" in capsys.readouterr().out
