@@ -1,7 +1,7 @@
 """Helpers every stage uses, defined once: printing on rank 0, atomic files and
-checksums, CPU thread counts, dtype and peak-FLOP/s detection, the dataclass command
-line, the run logger, a robust JSONL reader, user-facing errors (exit code 2), an
-output-folder lock, and clean interrupts.
+checksums, CPU thread counts and an ordered process-pool map, dtype and peak-FLOP/s
+detection, the dataclass command line, the run logger, a robust JSONL reader,
+user-facing errors (exit code 2), an output-folder lock, and clean interrupts.
 
 Nothing here knows about Llama 3; the stage files import what they need:
 
@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import signal
 import sys
@@ -116,7 +117,7 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 
 
 # -----------------------------------------------------------------------------
-# 3. CPU threads, dtypes and peak FLOP/s
+# 3. CPU threads and worker processes, dtypes and peak FLOP/s
 
 
 def cpu_threads(requested: int = 0) -> int:
@@ -139,6 +140,34 @@ def set_threads(requested: int = 0, device="cpu") -> int:
     n = cpu_threads(requested)
     torch.set_num_threads(n)
     return n
+
+
+def pmap(fn, items, workers, initializer=None, initargs=()):
+    """map(fn, items) over `workers` processes (fork), order preserved -> deterministic.
+    Falls back to a plain loop for one worker or one item (process start-up costs ~50 ms)."""
+    if initializer is not None:
+        initializer(*initargs)                # the serial path needs the globals too
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    with ctx.Pool(workers, initializer=initializer, initargs=initargs) as pool:
+        return pool.map(fn, items, chunksize=1)
+
+
+def split_even(items, parts, size_of=len):
+    """[a..z] -> `parts` contiguous chunks of about equal total size (for pmap)."""
+    if parts <= 1 or len(items) <= 1:
+        return [items]
+    total = sum(size_of(x) for x in items) or 1
+    chunks, cur, size = [], [], 0
+    for x in items:
+        cur.append(x)
+        size += size_of(x)
+        if size >= total * (len(chunks) + 1) / parts and len(chunks) < parts - 1:
+            chunks.append(cur)
+            cur = []
+    chunks.append(cur)
+    return [c for c in chunks if c]
 
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,

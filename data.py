@@ -2,8 +2,9 @@
 data.py — the Llama 3 pre-training data pipeline (§3.1), from raw text to token shards.
 
 Stage of the paper: §3.1.1 web data curation, §3.1.2 the data mix, §3.1.3 annealing data.
-Every step of §3.1.1 is one small function below, in the paper's order, each callable on
-a list of documents (plain dicts with a "text" field) so a class can run them one by one:
+Every step of §3.1.1 is one small function, in the paper's order, each callable on a
+list of documents (plain dicts with a "text" field) so a class can run them one by one;
+the three de-duplication stages are their own chapter, dedup.py:
 
     1. extract_text       HTML -> text (custom parser: drops script/style/nav boilerplate,
                           keeps code blocks and math, keeps image alt text, strips markdown
@@ -29,15 +30,14 @@ Writes: out/data/{train,val,anneal}_NNN.bin (raw uint32 ids) + .idx (uint64 docu
         documents left), timings.json (seconds, MB/s, MinHash docs/s).
 
 In Python (each stage returns (kept, dropped); dropped = [(id, reason, detail)]):
-        import corpus, data
+        import corpus, data, dedup
         docs = [corpus.make_doc("a", "<nav>Home</nav><p>Some text.</p>", "demo", kind="html")]
         docs, dropped = data.extract_text(docs)        # -> text 'Some text.', lang, is_code
-        docs, dropped = data.dedup_documents(docs)     # ... and so on, stage by stage
+        docs, dropped = dedup.dedup_documents(docs)    # ... and so on, stage by stage
 
 Run:    python data.py                                   # built-in corpus -> out/data
         python data.py --input crawl.warc.gz my_jsonl/ --out out/mydata
-        python bench.py --only minhash                   # MinHash docs/s on 4 KB docs
-        python -m pytest -q tests/test_data.py
+        python -m pytest -q tests/test_data.py tests/test_dedup.py
 
 Thresholds: the paper names its filters but rarely their numbers, so this file takes
 published ones and says where each comes from: Gopher (Rae et al. 2021, App. A), C4
@@ -55,22 +55,20 @@ Read next: pretrain.py (reads the shards via load_shards / read_meta).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import multiprocessing as mp
 import os
 import re
 import time
-import zlib
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
 from html.parser import HTMLParser
 
 import numpy as np
 
-from common import UsageError, OutputLock, atomic_write_bytes, atomic_write_json, cli, print0
+from common import UsageError, OutputLock, atomic_write_bytes, atomic_write_json, cli, pmap, print0, split_even
 from corpus import ReadLog, builtin_corpus, quality_training_data, read_inputs, stable_hash
+from dedup import (LINE_BUCKET_DOCS, LINE_MAX_REPEATS, WORD_RE, dedup_documents, dedup_lines, dedup_urls,
+                   hash_words, minhash_config, ngram_hashes)
 
 DEFAULT_OUT = os.path.join("out", "data")
 # §3.1.2: "roughly 50% of tokens corresponding to general knowledge, 25% of mathematical
@@ -79,7 +77,7 @@ PAPER_MIX = {"general": 0.50, "code": 0.17, "math": 0.25, "multilingual": 0.08}
 
 
 # ----------------------------------------------------------------------------
-# The run report and parallel helpers
+# The run report
 
 class Report:
     """Collects, per stage, documents/characters in and out and why documents left.
@@ -116,34 +114,6 @@ class Report:
 
 def _chars(docs):
     return sum(len(d["text"]) for d in docs)
-
-
-def _pmap(fn, items, workers, initializer=None, initargs=()):
-    """map(fn, items) over `workers` processes (fork), order preserved -> deterministic.
-    Falls back to a plain loop for one worker or one item (process start-up costs ~50 ms)."""
-    if initializer is not None:
-        initializer(*initargs)                # the serial path needs the globals too
-    if workers <= 1 or len(items) <= 1:
-        return [fn(x) for x in items]
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    with ctx.Pool(workers, initializer=initializer, initargs=initargs) as pool:
-        return pool.map(fn, items, chunksize=1)
-
-
-def _split_even(items, parts, size_of=len):
-    """[a..z] -> `parts` contiguous chunks of about equal total text size."""
-    if parts <= 1 or len(items) <= 1:
-        return [items]
-    total = sum(size_of(x) for x in items) or 1
-    chunks, cur, size = [], [], 0
-    for x in items:
-        cur.append(x)
-        size += size_of(x)
-        if size >= total * (len(chunks) + 1) / parts and len(chunks) < parts - 1:
-            chunks.append(cur)
-            cur = []
-    chunks.append(cur)
-    return [c for c in chunks if c]
 
 
 # ----------------------------------------------------------------------------
@@ -352,7 +322,6 @@ _STOPWORDS = {
     "nl": "de het een en van is dat niet op te met voor zijn ook aan er".split(),
 }
 _STOP_LOOKUP = {lang: set(ws) for lang, ws in _STOPWORDS.items()}
-_WORD_RE = re.compile(r"\w+")
 
 
 def detect_language(text: str) -> str:
@@ -365,7 +334,7 @@ def detect_language(text: str) -> str:
         if lang == "zh" and counts["ja"] > 0.1 * n:       # kanji + kana -> Japanese
             lang = "ja"
         return lang
-    words = _WORD_RE.findall(sample.lower())
+    words = WORD_RE.findall(sample.lower())
     hits = {lang: sum(w in s for w in words) for lang, s in _STOP_LOOKUP.items()}
     best = max(hits, key=lambda k: (hits[k], k == "en"))
     return best if hits[best] > hits["en"] and hits[best] >= 3 else "en"
@@ -420,304 +389,7 @@ def extract_text(docs, max_chars=EXTRACT_MAX_CHARS, max_seconds=EXTRACT_MAX_SECO
     return kept, dropped
 
 
-# ----------------------------------------------------------------------------
-# Stage 2: URL de-duplication (§3.1.1: "we keep the most recent version for pages
-# corresponding to each URL") + the PII/safety domain block list
-
-def _normalize_url(url: str) -> str:
-    url = url.strip().split("#", 1)[0]
-    m = re.match(r"^([a-zA-Z][\w+.-]*://)?([^/?]*)(.*)$", url)
-    scheme, host, rest = (m.group(1) or "").lower(), m.group(2).lower(), m.group(3)
-    return scheme + host + (rest.rstrip("/") if rest not in ("", "/") else "")
-
-
-def _timestamp_key(ts):
-    """Comparable time for a timestamp string (ISO 8601, WARC-Date, or Unix seconds);
-    unparsable or missing timestamps count as oldest."""
-    if ts is None:
-        return float("-inf")
-    try:
-        return float(ts)
-    except (TypeError, ValueError):
-        pass
-    try:
-        dt = datetime.fromisoformat(str(ts).strip().replace("Z", "+00:00"))
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
-    except ValueError:
-        return float("-inf")
-
-
-def dedup_urls(docs, blocked_domains=()):
-    """Stage 2. Keep the newest document per normalized URL (ties: the later one read);
-    drop URLs whose host (or a parent domain) is on the block list."""
-    blocked = {d.lower().strip() for d in blocked_domains if d.strip()}
-    best = {}                                 # url -> index of the newest version
-    dropped = []
-    for i, doc in enumerate(docs):
-        if not doc.get("url"):
-            continue
-        url = _normalize_url(doc["url"])
-        host = re.sub(r"^[a-z][\w+.-]*://", "", url).split("/")[0].split(":")[0]
-        parts = host.split(".")
-        if blocked and any(".".join(parts[k:]) in blocked for k in range(len(parts))):
-            dropped.append((doc["id"], "blocked_domain", host))
-            continue
-        j = best.get(url)
-        if j is None or _timestamp_key(doc.get("timestamp")) >= _timestamp_key(docs[j].get("timestamp")):
-            if j is not None:
-                dropped.append((docs[j]["id"], "older_url_version", doc["id"]))
-            best[url] = i
-        else:
-            dropped.append((doc["id"], "older_url_version", docs[j]["id"]))
-    gone = {d[0] for d in dropped}
-    return [d for d in docs if d["id"] not in gone], dropped
-
-
-# ----------------------------------------------------------------------------
-# Stage 3: document de-duplication (§3.1.1 "global MinHash ... near duplicate")
-#
-# MinHash (Broder 1997): the probability that two documents have the same minimum hash
-# over their shingle sets equals their Jaccard similarity, so the fraction of equal
-# entries in two signatures of K hashes estimates it (std sqrt(J(1-J)/K) ~ 0.04).
-# LSH: cut a signature into `bands` bands of `rows` rows; two documents become a
-# candidate pair when any band is identical: P = 1 - (1 - J^rows)^bands.
-#   FineWeb uses 5-word shingles and 14 bands x 8 rows (threshold ~0.72), which finds
-#   only 92% of pairs at J = 0.8. We want >= 95% recall at 0.8, so we use
-#   20 bands x 6 rows (120 hashes): P(0.8) = 0.998, P(0.5) = 0.27, P(0.3) = 0.014, and
-#   then verify each candidate with its signature estimate >= 0.7 (drops the extra
-#   false candidates; misses a J = 0.8 pair with probability ~0.3%).
-
-NGRAM = 5                    # word shingles (FineWeb, Gopher's MassiveWeb de-dup)
-BANDS, ROWS = 20, 6
-NEAR_DUP_THRESHOLD = 0.7     # estimated Jaccard needed to join a candidate pair
-_WORD_HASH_CACHE: dict = {}
-_ROLL = np.uint64(0x9E3779B97F4A7C15)    # odd 64-bit multiplier for rolling n-gram hashes
-
-
-def _hash_words(words) -> np.ndarray:
-    """Deterministic 32-bit ids of words (CRC-32, cached), as uint64 for arithmetic."""
-    cache = _WORD_HASH_CACHE
-    if len(cache) > 2_000_000:
-        cache.clear()
-    vals = list(map(cache.get, words))
-    if None in vals:
-        for i, v in enumerate(vals):
-            if v is None:
-                vals[i] = cache[words[i]] = zlib.crc32(words[i].encode("utf-8", "surrogatepass"))
-    return np.array(vals, dtype=np.uint64)
-
-
-def _ngram_hashes(word_ids: np.ndarray, n: int) -> np.ndarray:
-    """Rolling hash of every n consecutive word ids: (W,) -> (W-n+1,) uint64.
-    h = ((w0*R + w1)*R + w2)... mod 2^64 (numpy uint64 arithmetic wraps)."""
-    count = len(word_ids) - n + 1
-    h = word_ids[:count].copy()
-    for k in range(1, n):
-        h = h * _ROLL + word_ids[k:k + count]
-    return h
-
-
-def shingle_hashes(text: str, n: int = NGRAM) -> np.ndarray:
-    """Lower-cased \\w+ words -> 32-bit hashes of their n-word shingles, uint64 array.
-    Documents shorter than n words are one shingle."""
-    ids = _hash_words(_WORD_RE.findall(text.lower()))
-    if len(ids) < n:
-        h = np.array([zlib.crc32(" ".join(map(str, ids.tolist())).encode())], dtype=np.uint64)
-    else:
-        h = _ngram_hashes(ids, n)
-    return (h >> np.uint64(32)) ^ (h & np.uint64(0xFFFFFFFF))
-
-
-def minhash_params(num_perm: int, seed: int = 0):
-    """Multiply-add-shift hash functions h_i(x) = ((a_i x + b_i) mod 2^64) >> 32 on 32-bit
-    x (Dietzfelbinger: 2-universal), one per signature entry. Returns (a, b), (K,) uint64."""
-    rng = np.random.default_rng(seed + 0x5EED)
-    a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
-    return a, b
-
-
-def minhash_signatures(texts, num_perm=BANDS * ROWS, seed=0, n=NGRAM, batch_rows=4096):
-    """Texts -> (D, num_perm) uint32 MinHash signatures. Vectorized: the shingles of many
-    documents are stacked, hashed by all K functions at once ((rows, K) uint64), and
-    reduced per document with np.minimum.reduceat; one huge document is done in slices."""
-    a, b = minhash_params(num_perm, seed)
-    sigs = np.empty((len(texts), num_perm), dtype=np.uint32)
-    shift = np.uint64(32)
-
-    def hashed(x):                           # (rows,) -> (rows, K) 64-bit a*x + b
-        out = np.multiply(x[:, None], a[None, :])             # in place: no temporaries
-        out += b[None, :]
-        return out                           # the min of these has the min top 32 bits:
-                                             # shift after the reduction, not before
-
-    pending, pending_idx, rows = [], [], 0
-
-    def flush():
-        nonlocal pending, pending_idx, rows
-        if not pending:
-            return
-        x = np.concatenate(pending)
-        starts = np.cumsum([0] + [len(p) for p in pending[:-1]])
-        sigs[pending_idx] = np.minimum.reduceat(hashed(x), starts, axis=0) >> shift
-        pending, pending_idx, rows = [], [], 0
-
-    for i, text in enumerate(texts):
-        x = shingle_hashes(text, n)
-        if len(x) > batch_rows:              # big document: running minimum over slices
-            m = np.full(num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
-            for s in range(0, len(x), batch_rows):
-                m = np.minimum(m, hashed(x[s:s + batch_rows]).min(axis=0))
-            sigs[i] = m >> shift
-            continue
-        if rows + len(x) > batch_rows:
-            flush()
-        pending.append(x)
-        pending_idx.append(i)
-        rows += len(x)
-    flush()
-    return sigs
-
-
-def _minhash_worker(args):
-    texts, num_perm, seed, n = args
-    return minhash_signatures(texts, num_perm, seed, n)
-
-
-def jaccard(a_text: str, b_text: str, n: int = NGRAM) -> float:
-    """Exact Jaccard similarity of two documents' shingle sets (for tests and teaching)."""
-    a, b = set(shingle_hashes(a_text, n).tolist()), set(shingle_hashes(b_text, n).tolist())
-    return len(a & b) / max(1, len(a | b))
-
-
-def lsh_candidate_probability(similarity, bands=BANDS, rows=ROWS):
-    """P(a pair with Jaccard s shares at least one band) = 1 - (1 - s^rows)^bands."""
-    return 1.0 - (1.0 - similarity ** rows) ** bands
-
-
-def lsh_pairs(sigs: np.ndarray, bands=BANDS, rows=ROWS, threshold=NEAR_DUP_THRESHOLD):
-    """Candidate pairs from identical bands, verified by signature agreement >= threshold.
-    Returns a sorted list of (i, j), i < j."""
-    rng = np.random.default_rng(1234)
-    mult = rng.integers(1, 2**63, size=rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    pairs = set()
-    for band in range(bands):
-        block = sigs[:, band * rows:(band + 1) * rows].astype(np.uint64)
-        keys = (block * mult[None, :]).sum(axis=1, dtype=np.uint64)   # band -> one 64-bit key
-        order = np.argsort(keys, kind="stable")
-        sk = keys[order]
-        boundaries = np.flatnonzero(np.diff(sk)) + 1
-        for group in np.split(order, boundaries):
-            if len(group) < 2:
-                continue
-            group = np.sort(group)
-            if len(group) > 64:             # huge bucket: compare to its first member only
-                cand = [(int(group[0]), int(j)) for j in group[1:]]
-            else:
-                cand = [(int(group[x]), int(group[y])) for x in range(len(group)) for y in range(x + 1, len(group))]
-            for i, j in cand:
-                if (i, j) not in pairs and np.mean(sigs[i] == sigs[j]) >= threshold:
-                    pairs.add((i, j))
-    return sorted(pairs)
-
-
-def _union_find_roots(n, pairs):
-    """Union-find with the smallest index as root: the first document read is kept."""
-    parent = list(range(n))
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for i, j in pairs:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    return [find(i) for i in range(n)]
-
-
-def _normalize_for_exact(text):
-    return " ".join(text.lower().split())
-
-
-def dedup_documents(docs, bands=BANDS, rows=ROWS, threshold=NEAR_DUP_THRESHOLD, seed=0,
-                    workers=1, stats=None):
-    """Stage 3. Exact duplicates (hash of lower-cased, whitespace-normalized text), then
-    near duplicates: MinHash signatures -> LSH bands -> verified pairs -> union-find
-    clusters -> the first document of each cluster is kept. Returns (kept, dropped)."""
-    seen, kept, dropped = {}, [], []
-    for doc in docs:
-        key = hashlib.blake2b(_normalize_for_exact(doc["text"]).encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        if key in seen:
-            dropped.append((doc["id"], "exact_duplicate", seen[key]))
-        else:
-            seen[key] = doc["id"]
-            kept.append(doc)
-    t0 = time.time()
-    texts = [d["text"] for d in kept]
-    chunks = _split_even(texts, workers) if len(texts) > 200 else [texts]
-    parts = _pmap(_minhash_worker, [(c, bands * rows, seed, NGRAM) for c in chunks], workers)
-    sigs = np.concatenate(parts) if parts else np.zeros((0, bands * rows), np.uint32)
-    seconds = time.time() - t0
-    pairs = lsh_pairs(sigs, bands, rows, threshold)
-    roots = _union_find_roots(len(kept), pairs)
-    if stats is not None:
-        stats.update({"minhash_seconds": seconds, "minhash_docs": len(kept),
-                      "minhash_mb": sum(len(t) for t in texts) / 1e6, "verified_pairs": len(pairs)})
-    out = []
-    for i, doc in enumerate(kept):
-        if roots[i] == i:
-            out.append(doc)
-        else:
-            dropped.append((doc["id"], "near_duplicate", kept[roots[i]]["id"]))
-    return out, dropped
-
-
-# ----------------------------------------------------------------------------
-# Stage 4: line de-duplication (§3.1.1, ccNet): "remove lines that appeared more than
-# 6 times in each bucket of 30M documents" — navigation menus, cookie warnings, ...
-
-LINE_MAX_REPEATS = 6
-LINE_BUCKET_DOCS = 30_000_000
-
-
-def _line_key(line):
-    """ccNet's normalization: lower case, digits -> 0, whitespace collapsed."""
-    return " ".join(re.sub(r"\d", "0", line.lower()).split())
-
-
-def dedup_lines(docs, max_repeats=LINE_MAX_REPEATS, bucket_size=LINE_BUCKET_DOCS, stats=None):
-    """Stage 4. Count every normalized line in each bucket of `bucket_size` documents;
-    delete lines counted more than `max_repeats` times. Code documents are exempt (the
-    paper's code goes through its own pipeline; here `return None` and `else:` would be
-    deleted and programs broken). Returns (kept, dropped); dropped = emptied documents."""
-    kept, dropped = [], []
-    removed_lines = 0
-    for start in range(0, len(docs), bucket_size):
-        bucket = docs[start:start + bucket_size]
-        counts = Counter()
-        for doc in bucket:
-            if not doc.get("is_code"):
-                counts.update(k for k in map(_line_key, doc["text"].split("\n")) if k)
-        for doc in bucket:
-            if doc.get("is_code"):
-                kept.append(doc)
-                continue
-            lines = doc["text"].split("\n")
-            new = [ln for ln in lines if counts.get(_line_key(ln), 0) <= max_repeats]
-            removed_lines += len(lines) - len(new)
-            text = "\n".join(new).strip("\n")
-            if not text.strip():
-                dropped.append((doc["id"], "empty_after_line_dedup", None))
-            else:
-                kept.append(dict(doc, text=text) if len(new) != len(lines) else doc)
-    if stats is not None:
-        stats["lines_removed"] = removed_lines
-    return kept, dropped
+# Stages 2-4, de-duplication of URLs, documents and lines (§3.1.1): dedup.py.
 
 
 # ----------------------------------------------------------------------------
@@ -779,7 +451,7 @@ def repetition_stats(words):
     out_top, out_dup = {}, {}
     if not words:
         return out_top, out_dup
-    ids = _hash_words([w.lower() for w in words])
+    ids = hash_words([w.lower() for w in words])
     lens = np.array([len(w) for w in words], dtype=np.int64)
     total = max(1, int(lens.sum()))
     cum = np.concatenate([[0], np.cumsum(lens)])
@@ -787,7 +459,7 @@ def repetition_stats(words):
         if len(ids) < n:
             out_top[n] = out_dup[n] = 0.0
             continue
-        h = _ngram_hashes(ids, n)
+        h = ngram_hashes(ids, n)
         uniq, first, inv, counts = np.unique(h, return_index=True, return_inverse=True, return_counts=True)
         if n in GOPHER_REPETITION["top_ngram"]:
             k = int(np.argmax(counts))
@@ -849,7 +521,7 @@ def heuristic_reason(text, is_code=False, lang="en", dirty=frozenset()):
         if alpha < g["min_alpha_words"]:
             return "gopher_alpha_words", round(alpha, 3)
     if lang == "en":
-        lower = set(_WORD_RE.findall(text.lower()))
+        lower = set(WORD_RE.findall(text.lower()))
         if len(GOPHER_STOP_WORDS & lower) < g["min_stop_words"]:
             return "gopher_stop_words", len(GOPHER_STOP_WORDS & lower)
     if "lorem ipsum" in text.lower():                  # C4: placeholder text
@@ -877,7 +549,7 @@ def heuristic_reason(text, is_code=False, lang="en", dirty=frozenset()):
             if dupn.get(n, 0) > limit:
                 return f"dup_{n}gram_coverage", round(dupn[n], 3)
     if dirty:
-        lw = _WORD_RE.findall(text.lower())
+        lw = WORD_RE.findall(text.lower())
         n_dirty = sum(w in dirty for w in lw)
         if n_dirty >= DIRTY_MIN_COUNT and n_dirty / max(1, len(lw)) > DIRTY_MAX_RATIO:
             return "dirty_words", n_dirty
@@ -886,7 +558,7 @@ def heuristic_reason(text, is_code=False, lang="en", dirty=frozenset()):
 
 def _word_bucket_counts(text):
     """Word distribution of a document as (bucket ids, counts) over KL_BUCKETS buckets."""
-    ids = _hash_words(_WORD_RE.findall(text.lower())) % np.uint64(KL_BUCKETS)
+    ids = hash_words(WORD_RE.findall(text.lower())) % np.uint64(KL_BUCKETS)
     return np.unique(ids.astype(np.int64), return_counts=True)
 
 
@@ -922,8 +594,8 @@ def heuristic_filter(docs, dirty_words=DEFAULT_DIRTY_WORDS, workers=1, stats=Non
     token-distribution KL divergence of every surviving text document against the rest of
     the corpus. Returns (kept, dropped)."""
     items = [(d["text"], bool(d.get("is_code")), d.get("lang", "en")) for d in docs]
-    chunks = _split_even(items, workers * 4, lambda x: len(x[0])) if len(items) > 200 else [items]
-    results = [r for part in _pmap(_heuristic_worker, chunks, workers, _set_filter_globals, (dirty_words,))
+    chunks = split_even(items, workers * 4, lambda x: len(x[0])) if len(items) > 200 else [items]
+    results = [r for part in pmap(_heuristic_worker, chunks, workers, _set_filter_globals, (dirty_words,))
                for r in part]
     kept, dropped = [], []
     text_idx = [i for i, (reason, _, bc) in enumerate(results) if reason is None and bc is not None]
@@ -985,13 +657,13 @@ def hashed_features(text, dim=FEATURE_DIM):
     """'the cat sat' -> unigram ids {the, cat, sat} + bigram ids {the_cat, cat_sat} +
     word-class trigram ids {the_W_W} hashed into `dim` buckets; values are counts,
     L2-normalized. Returns (ids, values)."""
-    words = _WORD_RE.findall(text.lower()[:200000])
-    ids = _hash_words(words)
+    words = WORD_RE.findall(text.lower()[:200000])
+    ids = hash_words(words)
     if len(ids) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    bigrams = (ids[:-1] * _ROLL + ids[1:] + np.uint64(0x51ED)) if len(ids) > 1 else ids[:0]
-    classes = _hash_words([w if w in FUNCTION_WORDS else ("N" if w[0].isdigit() else "W") for w in words])
-    trigrams = (_ngram_hashes(classes, 3) + np.uint64(0x7A1)) if len(ids) > 2 else ids[:0]
+    bigrams = (ngram_hashes(ids, 2) + np.uint64(0x51ED)) if len(ids) > 1 else ids[:0]
+    classes = hash_words([w if w in FUNCTION_WORDS else ("N" if w[0].isdigit() else "W") for w in words])
+    trigrams = (ngram_hashes(classes, 3) + np.uint64(0x7A1)) if len(ids) > 2 else ids[:0]
     feats = (np.concatenate([ids, bigrams, trigrams]) % np.uint64(dim)).astype(np.int64)
     u, c = np.unique(feats, return_counts=True)
     v = c.astype(np.float32)
@@ -1223,8 +895,8 @@ def _tok_worker(texts):
 
 def tokenize_texts(texts, tokenizer_path, workers=1):
     """Texts -> list of uint32 arrays [bos, ..., eos], in order (parallel over workers)."""
-    chunks = _split_even(texts, workers * 4) if len(texts) > 50 else [texts]
-    return [a for part in _pmap(_tok_worker, chunks, workers, _tok_init, (tokenizer_path,)) for a in part]
+    chunks = split_even(texts, workers * 4) if len(texts) > 50 else [texts]
+    return [a for part in pmap(_tok_worker, chunks, workers, _tok_init, (tokenizer_path,)) for a in part]
 
 
 def write_shards(out_dir, split, arrays, shard_tokens=1 << 24):
@@ -1377,9 +1049,9 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
         raise UsageError("no documents survived curation; see the report above")
 
     # -- stage 8: tokenizer (trained on curated training text when missing), shards
+    import tokenizer as tokenizer_module
     t0 = time.time()
     if not os.path.exists(tokenizer_path):
-        import tokenizer as tokenizer_module
         sample, size = [], 0
         for d in sorted(train or docs, key=lambda d: stable_hash(seed, "tok", d["id"])):
             sample.append(d["text"][:20000])               # many documents, not a few big ones
@@ -1389,7 +1061,6 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
         print0(f"[data] training a {vocab_size}-token BPE tokenizer on {size / 1e6:.1f} MB -> {tokenizer_path}")
         tokenizer_module.train_tokenizer(sample, vocab_size, tokenizer_path)
     report.timings["tokenizer_training"] = round(time.time() - t0, 3)
-    import tokenizer as tokenizer_module
     tok = tokenizer_module.Tokenizer(tokenizer_path)
 
     t0 = time.time()
@@ -1433,10 +1104,7 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
     report_json = {
         "input": inputs or "built-in corpus", "seed": seed, "stages": report.stages,
         "read_issues": report.extra.get("read_issues", []),
-        "minhash": {"ngram": NGRAM, "bands": BANDS, "rows": ROWS, "num_perm": BANDS * ROWS,
-                    "verify_threshold": NEAR_DUP_THRESHOLD,
-                    "candidate_probability": {str(s): round(lsh_candidate_probability(s), 4)
-                                              for s in (0.3, 0.5, 0.7, 0.8, 0.9)}},
+        "minhash": minhash_config(),
         "mix": report.extra.get("mix", {}).get("mix"),
         "domains": dict(sorted(Counter(d["domain"] for d in docs).items())),
         "splits": {k: {kk: vv for kk, vv in v.items() if kk not in ("files", "index_files")} for k, v in splits.items()},

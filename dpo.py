@@ -90,8 +90,8 @@ import checkpoint
 import model as M
 import parallel
 import pretrain
-from common import print0
-from pretrain import TrainConfig, arg
+from common import arg, parse_config, print0
+from pretrain import TrainConfig
 # Preference rows come from the same place as the reward model's (one reader and
 # validator, tasks.py): --data / --eval-data files, or generated pairs.
 from reward import load_pairs
@@ -507,7 +507,7 @@ def plot_dpo(records: list[dict], path: str, before=None, after=None):
 
 
 def main(argv=None):
-    return run_dpo(pretrain.parse_config(DPOConfig, argv))
+    return run_dpo(parse_config(DPOConfig, argv))
 
 
 if __name__ == "__main__":

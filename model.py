@@ -242,7 +242,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
-        # For decoding only, sample.fuse_for_decoding replaces wq, wk, wv by ONE matrix
+        # For decoding only, quantize.fuse_for_decoding replaces wq, wk, wv by ONE matrix
         # (rows of wq, then wk, then wv): one matmul instead of three (gpt-fast's wqkv).
         self.wqkv: Optional[nn.Module] = None
         self.cache: Optional[KVCache] = None
@@ -357,7 +357,7 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(dim, hidden_dim, bias=False)  # gate
         self.w2 = nn.Linear(hidden_dim, dim, bias=False)  # down
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
-        # Decoding only: sample.fuse_for_decoding stacks w1 and w3 into one matrix.
+        # Decoding only: quantize.fuse_for_decoding stacks w1 and w3 into one matrix.
         self.w13: Optional[nn.Module] = None
 
     def forward(self, x):  # (B, T, dim) -> (B, T, dim)

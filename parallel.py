@@ -196,9 +196,10 @@ def parallelize(model: Transformer, dist: Dist, *, param_dtype="fp32", activatio
     return model
 
 
-def apply_tensor_parallel(model: Transformer, tp_mesh):
-    """Megatron-style tensor parallel with sequence parallel norms, as torchtitan's
-    llama plan. Shapes below are per TP rank (t = TP size, T = sequence length).
+def apply_tensor_parallel(model: Transformer, tp_mesh, *, sequence_parallel: bool = True):
+    """Megatron-style tensor parallel, with sequence parallel norms (training, as
+    torchtitan's llama plan) or without (inference, gpt-fast's tp.py). Shapes below
+    are per TP rank (t = TP size, T = sequence length).
 
     Between blocks the residual stream h is split along the sequence: (B, T/t, dim).
     In each block:
@@ -208,7 +209,8 @@ def apply_tensor_parallel(model: Transformer, tp_mesh):
                        (B, T, dim); RoPE then indexes the full-length freqs_cis
       wq, wk, wv       ColwiseParallel: each rank computes n_heads/t query heads and
                        n_kv_heads/t KV heads -> (B, T, (n_heads/t)·hd); Attention
-                       reads the local head counts from this width
+                       reads the local head counts from this width (and so does
+                       sample.setup_caches: the KV cache is split the same way)
       wo               RowwiseParallel -> partial sums, reduce-scattered along the
                        sequence -> (B, T/t, dim)
       feed_forward     same pattern: ffn_norm SP, gather, w1/w3 colwise
@@ -216,6 +218,10 @@ def apply_tensor_parallel(model: Transformer, tp_mesh):
     Outside the blocks: the embedding is split over the vocabulary (RowwiseParallel)
     and leaves its output sequence-split; the final norm is SP; output is colwise
     over the vocabulary, gathered back to full logits (B, T, vocab) on every rank.
+
+    sequence_parallel=False (decoding: one new token cannot be split over t ranks):
+    the residual stream stays whole (replicated) on every rank, norms are replicated,
+    and wo / w2 all-reduce their partial sums instead of reduce-scattering them.
 
     GQA limit: the KV heads are split too, so n_kv_heads (8 in every Llama 3) must be
     divisible by t -- which is why the paper's TP is 8, one node of 8 GPUs."""
@@ -230,35 +236,71 @@ def apply_tensor_parallel(model: Transformer, tp_mesh):
     if args.ffn_hidden_dim % t or args.vocab_size % t:
         raise ValueError(f"tensor parallel {t} needs ffn_hidden_dim ({args.ffn_hidden_dim}) and "
                          f"vocab_size ({args.vocab_size}) divisible by it")
+    stream = Shard(1) if sequence_parallel else Replicate()  # the residual stream between blocks
     tied = args.tie_embeddings
     if tied:  # untie for the plan, re-tie below (both end up sharded over the vocabulary)
         model.output.weight = nn.Parameter(torch.empty_like(model.output.weight))
-    parallelize_module(model, tp_mesh, {
-        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-        "norm": SequenceParallel(),
-        "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
-    })
+    plan = {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=stream),
+        "output": ColwiseParallel(input_layouts=stream, output_layouts=Replicate()),
+    }
+    if sequence_parallel:
+        plan["norm"] = SequenceParallel()
+    parallelize_module(model, tp_mesh, plan)
     if tied:
         # Embedding rowwise and Linear colwise both shard the (vocab, dim) matrix on
         # dim 0, so one DTensor serves both.
         model.output.weight = model.tok_embeddings.weight
-    for block in model.layers.values():
-        parallelize_module(block, tp_mesh, {
-            "attention_norm": SequenceParallel(),
-            # Attention.forward(x, freqs_cis, mask, slots, doc_ids): only x is sharded.
-            "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None),
-                                            desired_input_layouts=(Replicate(), None, None, None, None)),
+    for block in model.layers.values():  # a fresh plan per block: styles are not shared
+        block_plan = {
             "attention.wq": ColwiseParallel(),
             "attention.wk": ColwiseParallel(),
             "attention.wv": ColwiseParallel(),
-            "attention.wo": RowwiseParallel(output_layouts=Shard(1)),
-            "ffn_norm": SequenceParallel(),
-            "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+            "attention.wo": RowwiseParallel(output_layouts=stream),
             "feed_forward.w1": ColwiseParallel(),
-            "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
+            "feed_forward.w2": RowwiseParallel(output_layouts=stream),
             "feed_forward.w3": ColwiseParallel(),
-        })
+        }
+        if sequence_parallel:
+            block_plan.update({
+                "attention_norm": SequenceParallel(),
+                # Attention.forward(x, freqs_cis, mask, slots, doc_ids): only x is sharded.
+                "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None),
+                                                desired_input_layouts=(Replicate(), None, None, None, None)),
+                "ffn_norm": SequenceParallel(),
+                "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+            })
+        parallelize_module(block, tp_mesh, block_plan)
     return model
+
+
+def shard_for_inference(model: Transformer):
+    """With WORLD_SIZE > 1 (torchrun): tensor parallel over all ranks without sequence
+    parallel, for a model too large for one device (sample.py). Returns (model, dist).
+    Every rank ends with the same full logits, so with one seed every rank samples the
+    same token. (§6.2 serves 405B with pipeline parallelism across nodes; tensor
+    parallel within a node is the usual single-node choice.)"""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    dist = setup_distributed(tp=world_size)
+    model = model.to(dist.device)
+    apply_tensor_parallel(model, dist.mesh["tp"], sequence_parallel=False)
+    return model, dist
+
+
+def input_from_rank0(prompt: str) -> str:
+    """input() on rank 0, broadcast to every rank: under tensor parallelism all ranks
+    must decode the same dialog (sample.py --chat under torchrun). EOFError on every
+    rank when rank 0's input ends."""
+    line = [None]
+    if torch_dist.get_rank() == 0:
+        try:
+            line[0] = input(prompt)
+        except EOFError:
+            pass  # None tells every rank that the input has ended
+    torch_dist.broadcast_object_list(line, src=0)
+    if line[0] is None:
+        raise EOFError
+    return line[0]
 
 
 def apply_activation_checkpointing(block: nn.Module):

@@ -39,14 +39,11 @@ post-training stage, written as a difference from this file).
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import math
 import os
 import sys
 import time
-import typing
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -56,15 +53,13 @@ import torch.nn.functional as F
 import checkpoint
 import parallel
 from model import ModelArgs, count_params, flops_per_token
-from common import GPU_PEAK_BF16, print0
+from common import GPU_PEAK_BF16, UsageError, atomic_write_json, arg, cli, flag, parse_config, print0
 
 # -----------------------------------------------------------------------------
 # 1. Configuration: a dataclass, overridable with --key value
 
 
-def arg(default, help: str):
-    """A dataclass field that carries its command-line help text."""
-    return field(default=default, metadata={"help": help})
+DEFAULT_DATA = "out/data"  # the one data folder pretrain.py builds on demand
 
 
 @dataclass
@@ -97,17 +92,29 @@ class TrainConfig:
     debug_pause_in_save: float = arg(0.0, "debug: sleep this many seconds inside a checkpoint "
                                           "save, files written but not committed (kill test)")
 
+    def validate(self):
+        """Reject values the loop cannot run with, naming the flag (UsageError)."""
+        positive = ("max_steps", "log_every", "ckpt_every", "keep_checkpoints")
+        non_negative = ("warmup_steps", "anneal_steps", "anneal_ckpt_every", "eval_every",
+                        "time_budget_min", "grad_clip", "stop_at_step", "debug_nan_at_step")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{flag(name)} must be > 0 (got {getattr(self, name)!r})")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise UsageError(f"{flag(name)} must be >= 0 (got {getattr(self, name)!r})")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be > 0 (got {self.lr!r})")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UsageError(f"--min-lr-ratio must be in [0, 1] (got {self.min_lr_ratio!r})")
+
 
 @dataclass
 class PretrainConfig(TrainConfig):
     """Pre-training (§3.4): every field is a --kebab-case flag."""
     # The default run: small-15m on the built-in corpus, 2 ranks on a 2-core CPU, in
-    # 4-5 minutes. Measured there (bf16 autocast, one thread per rank): ~2,500 tokens/s
-    # when the machine is quiet, ~1,500 when it is shared. 160 steps of 4,096 tokens
-    # (655K tokens, ~1.6 s/step) fit a quiet machine; --time-budget-min shortens the
-    # schedule (after timing the first steps) on a slower or busier one. Batch size,
-    # measured on the same budget: 8,192 tokens/step reached held-out loss 7.03, 4,096
-    # reached 6.37 -- in a run this short, more (noisier) steps beat bigger ones.
+    # 4-5 minutes; --time-budget-min shortens the schedule on a slower machine. In a run
+    # this short, more (noisier) steps of 4,096 tokens beat fewer bigger ones.
     max_steps: int = arg(160, "optimizer steps (the cosine schedule is laid over these)")
     time_budget_min: float = arg(4.5, "if > 0: after a few timed steps, shorten the run "
                                       "(max_steps) so that training ends within this many minutes")
@@ -122,7 +129,7 @@ class PretrainConfig(TrainConfig):
     ckpt_every: int = arg(40, "checkpoint every N steps (and always at the end)")
     # The model: a name from model.CONFIGS; the vocabulary comes from the data.
     model: str = arg("small-15m", "model.ModelArgs.from_name name (small-15m, llama3-8b, ...)")
-    data: str = arg("out/data", "data.py output folder (built there if missing)")
+    data: str = arg(DEFAULT_DATA, f"data.py output folder (only {DEFAULT_DATA} is built if missing)")
     # The batch. §3.4.1: 4M tokens per step in sequences of 4,096 at first. Ours: 4K
     # tokens per step in sequences of 256, i.e. 16 rows, split over the ranks and into
     # gradient-accumulation micro-batches of batch_size rows (2 ranks: 8 rows each, no
@@ -142,28 +149,15 @@ class PretrainConfig(TrainConfig):
     activation_checkpointing: bool = arg(False, "recompute blocks in backward (saves memory)")
     compile: bool = arg(False, "torch.compile each block (GPU)")
 
-
-def parse_config(config_class, argv=None):
-    """Dataclass -> argparse: every field becomes `--field-name value` (kebab-case),
-    bools become `--flag / --no-flag`, help comes from the field's metadata. Prints
-    the resulting config on rank 0 and returns an instance."""
-    hints = typing.get_type_hints(config_class)
-    parser = argparse.ArgumentParser(description=(config_class.__doc__ or "").strip())
-    for f in dataclasses.fields(config_class):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        help_text = (f.metadata.get("help", "") + f" (default: {f.default!r})").replace("%", "%%")
-        if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=f.default, help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text)
-    cfg = config_class(**vars(parser.parse_args(argv)))
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{config_class.__name__}:")
-        for k, v in asdict(cfg).items():
-            print(f"  {k:26s} {v!r}")
-    return cfg
+    def validate(self):
+        super().validate()
+        for name in ("seq_len", "batch_size", "tokens_per_step", "eval_tokens", "tp", "long_context_seq_len"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{flag(name)} must be > 0 (got {getattr(self, name)!r})")
+        if self.long_context_steps < 0:
+            raise UsageError(f"--long-context-steps must be >= 0 (got {self.long_context_steps!r})")
+        if not 0 <= self.anneal_data_fraction <= 1:
+            raise UsageError(f"--anneal-data-fraction must be in [0, 1] (got {self.anneal_data_fraction!r})")
 
 
 # -----------------------------------------------------------------------------
@@ -180,6 +174,7 @@ def lr_at(step: int, *, max_lr: float, warmup_steps: int, total_steps: int,
     lr_at(0, max_lr=1, warmup_steps=10, total_steps=100) = 0.1;
     lr_at(10, ...) = 1.0; lr_at(100, ...) = 0.01."""
     min_lr = max_lr * min_lr_ratio
+    anneal_steps = max(0, min(anneal_steps, total_steps))  # longer than the run: anneal it all
     anneal_start = total_steps - anneal_steps
     if anneal_steps > 0 and step >= anneal_start:
         start_lr = lr_at(anneal_start, max_lr=max_lr, warmup_steps=warmup_steps,
@@ -234,8 +229,8 @@ def longest_seq_len(cfg: PretrainConfig) -> int:
 
 
 def ensure_data(data_dir: str, dist) -> dict:
-    """meta.json of data.py's output; builds the corpus, tokenizer and shards first
-    if they are missing (rank 0 builds, the others wait)."""
+    """meta.json of data.py's output. Only the default folder is built on demand
+    (rank 0 builds, the others wait); any other incomplete folder is a UsageError."""
     meta_path = os.path.join(data_dir, "meta.json")
 
     def complete():
@@ -245,6 +240,11 @@ def ensure_data(data_dir: str, dist) -> dict:
             tok = json.load(f).get("tokenizer")
         return not tok or os.path.exists(tok)
 
+    if not complete() and os.path.normpath(data_dir) != os.path.normpath(DEFAULT_DATA):
+        # A folder the user named is theirs: never build over their shards.
+        raise UsageError(f"--data {data_dir}: incomplete data folder ({meta_path} or its tokenizer "
+                         f"is missing, e.g. an interrupted build); rebuild it with "
+                         f"`python data.py --out {data_dir} ...` or omit --data")
     if not complete():
         if dist.is_main:
             print(f"{meta_path} or its tokenizer is missing: building the corpus, tokenizer and "
@@ -566,9 +566,23 @@ class RunLogger:
         return path
 
     def write_json(self, name: str, obj: dict):
-        if self.dist.is_main:
-            with open(os.path.join(self.out_dir, name), "w") as f:
-                json.dump(obj, f, indent=2)
+        if self.dist.is_main:  # atomic: a killed run never leaves half a report
+            atomic_write_json(os.path.join(self.out_dir, name), obj)
+
+
+def finished_run(out: str) -> dict | None:
+    """The saved report of a finished run in `out` (OUT/final exists and
+    OUT/report.json says "done"), else None. A stage's main calls it first so that
+    re-running a finished command says so and leaves its record intact."""
+    path = os.path.join(out, "report.json")
+    if not (os.path.isdir(os.path.join(out, "final")) and os.path.isfile(path)):
+        return None
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return None  # unreadable: not a finished record, the run may redo it
+    return report if isinstance(report, dict) and report.get("status") == "done" else None
 
 
 # -----------------------------------------------------------------------------
@@ -647,6 +661,7 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
     At the end, if export: with cfg.anneal_steps, the checkpoints saved during
     annealing are averaged (Polyak, §3.4.3) into the model; then the model is exported
     to OUT/final (model.pt + tokenizer.model) via checkpoint.export_model."""
+    cfg.validate()  # configs built in code get the same checks as the command line
     logger = logger or RunLogger(cfg.out, dist)
     start_state = start_state or {}
     step = int(start_state.get("step", 0))  # optimizer steps already done
@@ -660,6 +675,9 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
     peak, peak_how = peak_flops(dist, dtype)
     print0(f"training: steps {step} -> {total_steps}, {str(dtype).replace('torch.', '')} autocast, "
            f"{dist.world_size} rank(s); MFU peak per rank {peak / 1e9:,.0f} GFLOP/s ({peak_how})")
+    if cfg.anneal_steps > total_steps:  # lr_at clips it the same way: the LR never goes negative
+        print0(f"{flag('anneal_steps')} {cfg.anneal_steps} is longer than the run: annealing all "
+               f"{total_steps} steps")
 
     anneal_every = cfg.anneal_ckpt_every or max(1, cfg.anneal_steps // 4)
 
@@ -746,6 +764,9 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
                 print0(f"time budget {cfg.time_budget_min} min at {per_step:.2f} s/step: "
                        f"training {new_total} steps instead of {total_steps}")
                 total_steps = new_total
+                if cfg.anneal_steps > total_steps:
+                    print0(f"{flag('anneal_steps')} {cfg.anneal_steps} is longer than the shortened "
+                           f"run: annealing all {total_steps} steps")
         recent = step_times[-10:]
         eta = (total_steps - step) * sum(recent) / len(recent)
         if step % cfg.log_every == 0 or step == total_steps:
@@ -795,8 +816,15 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
 # 7. The pre-training run
 
 
-def main(argv=None):
+@cli
+def main(argv=None) -> int:
+    """Pre-train (§3.4); returns the exit code (0 done, 2 usage error, 3 non-finite loss)."""
     cfg = parse_config(PretrainConfig, argv)
+    done = finished_run(cfg.out)
+    if done is not None:  # keep the finished run's record; a new run needs a new --out
+        print0(f"{cfg.out} is a finished run ({done.get('steps')} steps, final model in "
+               f"{done.get('final')}); nothing to do -- use a new --out for a new run")
+        return 0
     dist = parallel.setup_distributed(tp=cfg.tp)
     if dist.device.type == "cpu":
         # N ranks on C cores: C/N threads each (2 ranks on 2 cores: 1 thread each);
@@ -877,7 +905,8 @@ def main(argv=None):
     logger.write_json("report.json", report)
     print0("summary: " + json.dumps(report))
     parallel.teardown_distributed()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -101,8 +101,8 @@ import checkpoint
 import model as M
 import parallel
 import pretrain
-from common import atomic_torch_save, print0
-from pretrain import TrainConfig, arg
+from common import arg, atomic_torch_save, parse_config, print0
+from pretrain import TrainConfig
 
 # -----------------------------------------------------------------------------
 # 1. The loss (§4.1.2) and its metrics
@@ -774,12 +774,13 @@ def rejection_sample_main(argv=None) -> dict:
     parser.add_argument("--out-dir", "--out", dest="out", default="out/rejection", help="output folder")
     args = parser.parse_args(argv)
     print(json.dumps(vars(args)))
+    import quantize
     import sample
     import tasks
     set_threads(args.threads)
     policy_path = args.policy or default_init()
     policy, tokenizer = sample.load_for_inference(policy_path, device="cpu" if not torch.cuda.is_available() else None)
-    sample.fuse_for_decoding(policy)  # inference only from here on: fewer matmuls per step
+    quantize.fuse_for_decoding(policy)  # inference only from here on: fewer matmuls per step
     reward_model, _ = load_reward_model(args.reward, device=next(policy.parameters()).device)
     if args.prompts:
         examples, _ = tasks.read_sft_jsonl(args.prompts)
@@ -814,7 +815,7 @@ def main(argv=None):
         return rejection_sample_main(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
-    return train_reward_model(pretrain.parse_config(RewardConfig, argv))
+    return train_reward_model(parse_config(RewardConfig, argv))
 
 
 if __name__ == "__main__":

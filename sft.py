@@ -62,8 +62,8 @@ import model as M
 import parallel
 import pretrain
 import tasks as T
-from common import print0
-from pretrain import TrainConfig, arg
+from common import arg, parse_config, print0
+from pretrain import TrainConfig
 from sample import generate
 from tokenizer import ChatFormat, Tokenizer
 
@@ -393,7 +393,7 @@ def load_data(cfg: SFTConfig, tokenizer) -> tuple[list, list, dict]:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    cfg = pretrain.parse_config(SFTConfig, argv)
+    cfg = parse_config(SFTConfig, argv)
     dist = parallel.setup_distributed(tp=cfg.tp)
     if dist.device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg.threads))

@@ -4,7 +4,7 @@ exercises/checks.py -- one check per exercise: the student's code against the pr
 Stage: classroom (see exercises/README.md for the statements, docs/TEACHING.md for the
 order). Every `check_<name>(ns)` takes a namespace `ns` -- the student's exercise module,
 or exercises/solutions.py, or any object with the right attributes -- and compares its
-functions with the project's own implementation (model.py, tokenizer.py, data.py,
+functions with the project's own implementation (model.py, tokenizer.py, dedup.py,
 pretrain.py, parallel.py, sample.py, reward.py, dpo.py) on seeded random inputs. A
 mismatch raises AssertionError with a message that says what differed; a skeleton
 that was not filled in raises its NotImplementedError.
@@ -291,7 +291,7 @@ def check_bpe(ns):
 
 
 # -----------------------------------------------------------------------------
-# 7. MinHash de-duplication (§3.1.1) vs data.minhash_signatures and data.jaccard
+# 7. MinHash de-duplication (§3.1.1) vs dedup.minhash_signatures and dedup.jaccard
 
 _DOC = ("Llama 3 is a herd of language models that natively support multilinguality coding reasoning "
         "and tool usage; the largest model is a dense Transformer with 405B parameters and a context "
@@ -299,29 +299,29 @@ _DOC = ("Llama 3 is a herd of language models that natively support multilingual
 
 
 def check_minhash(ns):
-    import data
+    import dedup
     words = _DOC.split()
     rng = random.Random(7)
     texts = [_DOC, _DOC.replace("dense", "sparse"), " ".join(words[:20]), "short text", "",
              " ".join(rng.choice(words) for _ in range(300)), "x " * 5000]
-    for num_perm, seed in [(data.BANDS * data.ROWS, 0), (16, 3)]:
-        a, b = data.minhash_params(num_perm, seed)
-        expected = data.minhash_signatures(texts, num_perm=num_perm, seed=seed)
+    for num_perm, seed in [(dedup.BANDS * dedup.ROWS, 0), (16, 3)]:
+        a, b = dedup.minhash_params(num_perm, seed)
+        expected = dedup.minhash_signatures(texts, num_perm=num_perm, seed=seed)
         for i, text in enumerate(texts):
-            got = np.asarray(ns.minhash_signature(data.shingle_hashes(text), a, b))
+            got = np.asarray(ns.minhash_signature(dedup.shingle_hashes(text), a, b))
             assert got.dtype == np.uint32, f"minhash_signature must return uint32 values, got {got.dtype}"
             assert np.array_equal(got, expected[i]), (
                 f"minhash_signature of text {i} ({num_perm} hash functions): first differing entry "
                 f"{int(np.flatnonzero(got != expected[i])[0]) if got.shape == expected[i].shape else 'shape'}")
 
     # The estimate: the fraction of agreeing entries, unbiased for the Jaccard similarity.
-    a, b = data.minhash_params(512, 0)
+    a, b = dedup.minhash_params(512, 0)
     for i, j in [(0, 1), (0, 2), (0, 5), (0, 0)]:
-        sa = data.minhash_signatures([texts[i]], num_perm=512)[0]
-        sb = data.minhash_signatures([texts[j]], num_perm=512)[0]
+        sa = dedup.minhash_signatures([texts[i]], num_perm=512)[0]
+        sb = dedup.minhash_signatures([texts[j]], num_perm=512)[0]
         got = ns.estimate_jaccard(sa, sb)
         assert abs(got - float(np.mean(sa == sb))) < 1e-12, "estimate_jaccard: the fraction of equal entries"
-        exact = data.jaccard(texts[i], texts[j])
+        exact = dedup.jaccard(texts[i], texts[j])
         assert abs(got - exact) < 0.1, f"estimate {got:.3f} vs exact Jaccard {exact:.3f} (512 hashes: within 0.1)"
 
 

@@ -3,8 +3,8 @@ Exercise 7 -- MinHash: near-duplicate detection for de-duplication
 (§3.1.1: "we perform global MinHash de-duplication across the entire dataset").
 
 Fill in `minhash_signature` and `estimate_jaccard`, then:   pytest exercises/ -k minhash
-The check compares them with data.minhash_signatures (vectorized over many documents)
-and data.jaccard (the exact similarity). Statement and hint: exercises/README.md, exercise 7.
+The check compares them with dedup.minhash_signatures (vectorized over many documents)
+and dedup.jaccard (the exact similarity). Statement and hint: exercises/README.md, exercise 7.
 """
 
 import numpy as np
@@ -14,9 +14,9 @@ def minhash_signature(shingles: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.
     """The MinHash signature of one document.
 
     shingles: (S,) uint64 -- 32-bit hashes of the document's 5-word shingles
-              (data.shingle_hashes(text) gives them).
+              (dedup.shingle_hashes(text) gives them).
     a, b:     (K,) uint64 -- K hash functions h_k(x) = ((a_k·x + b_k) mod 2^64) >> 32
-              (data.minhash_params(K, seed) gives them).
+              (dedup.minhash_params(K, seed) gives them).
     Returns (K,) uint32: entry k is the minimum over all shingles of h_k(shingle).
 
     Note: numpy uint64 arithmetic wraps around mod 2^64 by itself. Taking the min of

@@ -3,7 +3,7 @@ exercises/solutions.py -- reference answers to the twelve exercises (for teacher
 
 Stage: classroom. Each function has the signature of its skeleton in exercises/exNN_*.py
 and is written out in full (not a call into the project), adapted from the project's
-own code: model.py, tokenizer.py, data.py, pretrain.py, parallel.py, sample.py, and the
+own code: model.py, tokenizer.py, dedup.py, pretrain.py, parallel.py, sample.py, and the
 reward / DPO losses of §4.1.2 and §4.1.4. tests/test_classroom.py plugs these into
 exercises/checks.py: every check must pass with them (and fail on the skeletons, and
 on a deliberately wrong variant), so a project change that the exercises no longer
@@ -172,7 +172,7 @@ def learn_merges(texts, n_merges):
 
 
 # -----------------------------------------------------------------------------
-# 7. MinHash (§3.1.1) -- data.minhash_signatures
+# 7. MinHash (§3.1.1) -- dedup.minhash_signatures
 
 
 def minhash_signature(shingles, a, b):

@@ -1,13 +1,13 @@
 """
 Tests for data.py (§3.1 pre-training data).
 
-Every stage on hand-made documents whose fate is known: planted exact and near
-duplicates, boilerplate lines repeated across pages, a log dump, gibberish, a French
-page, code; MinHash accuracy (Jaccard estimates, recall at >= 0.8, no false joins); the
-domain mix; the shard format round trip through load_shards/read_meta; extraction
-linear in input size (100k nested tags, 40k blank lines) with per-document guards;
-determinism; no half shard after an interruption; one build per output folder.
-(The readers of bad input are tested in tests/test_corpus.py.)
+Every stage on hand-made documents whose fate is known: a log dump, gibberish, a
+French page, code, dirty and repeated pages; the domain mix; the shard format round
+trip through load_shards/read_meta; extraction linear in input size (100k nested tags,
+40k blank lines) with per-document guards; determinism; no half shard after an
+interruption; one build per output folder. (De-duplication, stages 2-4, is tested in
+tests/test_dedup.py, which reuses the documents below; the readers of bad input in
+tests/test_corpus.py.)
 
 Run: python -m pytest -q tests/test_data.py        (budget: < 45 s on a busy 2-core machine)
 """
@@ -162,110 +162,6 @@ def test_language_and_code_detection():
     assert dropped == [] and [d["is_code"] for d in kept] == [True, False, False, False]
     kept, dropped = D.extract_text([C.make_doc("e", "<script>x</script>", "t", kind="html")])
     assert kept == [] and dropped[0][1] == "empty_after_extraction"
-
-
-# ----------------------------------------------------------------------------
-# Stage 2: URLs
-
-def test_url_dedup_keeps_most_recent_and_blocks_domains():
-    docs = [C.make_doc("old", "a", "t", "https://Example.com/page/", "2023-01-01T00:00:00Z"),
-            C.make_doc("new", "b", "t", "https://example.com/page#top", "2024-06-01T00:00:00Z"),
-            C.make_doc("older", "c", "t", "https://example.com/page", "1600000000"),
-            C.make_doc("other", "d", "t", "https://example.com/other", None),
-            C.make_doc("adult", "e", "t", "http://www.bad-site.com/x", None),
-            C.make_doc("nourl", "f", "t")]
-    kept, dropped = D.dedup_urls(docs, blocked_domains=["bad-site.com"])
-    assert ids(kept) == ["new", "other", "nourl"]
-    assert dict((i, r) for i, r, _ in dropped) == {"old": "older_url_version", "older": "older_url_version",
-                                                   "adult": "blocked_domain"}
-
-
-# ----------------------------------------------------------------------------
-# Stage 3: MinHash
-
-def _words_doc(rng, vocab, n):
-    return [rng.choice(vocab) for _ in range(n)]
-
-
-def _mutate(words, rng, vocab, rate):
-    return [rng.choice(vocab) if rng.random() < rate else w for w in words]
-
-
-def test_minhash_jaccard_estimates_and_lsh_recall():
-    rng = random.Random(1)
-    vocab = [f"w{i}" for i in range(5000)]
-    pairs, truth = [], []
-    for k in range(120):                              # pairs from near-identical to unrelated
-        base = _words_doc(rng, vocab, 400)
-        other = _mutate(base, rng, vocab, [0.01, 0.02, 0.035, 0.08, 0.2][k % 5]) if k < 100 else _words_doc(rng, vocab, 400)
-        pairs.append((" ".join(base), " ".join(other)))
-        truth.append(D.jaccard(*pairs[-1]))
-    sigs = D.minhash_signatures([t for p in pairs for t in p])
-    est = np.array([np.mean(sigs[2 * i] == sigs[2 * i + 1]) for i in range(len(pairs))])
-    truth, err = np.array(truth), np.abs(est - truth)
-    # An estimate from K = 120 hashes has std sqrt(J(1-J)/K): 0.046 at J = 0.5, 0.037 at
-    # J = 0.8, so +-0.05 holds for most pairs, not all; the estimator must be unbiased.
-    assert err.mean() <= 0.03 and abs((est - truth).mean()) <= 0.01
-    assert (err <= 0.05).mean() >= 0.8 and err.max() <= 0.12
-    assert (err[truth >= 0.9] <= 0.05).all()
-    # recall at >= 0.8: 200 more pairs with J in [0.8, 0.97] must be joined by LSH +
-    # verification; unrelated pairs (J < 0.3) and documents of different pairs never
-    for k in range(200):
-        base = _words_doc(rng, vocab, 300)
-        pairs.append((" ".join(base), " ".join(_mutate(base, rng, vocab, rng.uniform(0.005, 0.03)))))
-        truth = np.append(truth, D.jaccard(*pairs[-1]))
-    sigs = D.minhash_signatures([t for p in pairs for t in p])
-    found = set(D.lsh_pairs(sigs))
-    near = [i for i in range(len(pairs)) if truth[i] >= 0.8]
-    assert len(near) >= 150
-    recall = np.mean([(2 * i, 2 * i + 1) in found for i in near])
-    assert recall >= 0.95, recall
-    unrelated = [i for i in range(len(pairs)) if truth[i] < 0.3]
-    assert len(unrelated) >= 40 and not any((2 * i, 2 * i + 1) in found for i in unrelated)
-    assert not any(j != i + 1 or i % 2 for i, j in found)      # no pair across groups
-    assert D.lsh_candidate_probability(0.8) > 0.99 and D.lsh_candidate_probability(0.3) < 0.02
-
-
-def test_dedup_documents_exact_and_near():
-    near = PROSE[0].replace("long rains", "long storms")      # J ~ 0.87 with the original
-    docs = docs_of(*PROSE, PROSE[2], "  " + PROSE[3].upper() + "\n", near, CODE)
-    kept, dropped = D.dedup_documents(docs)
-    reasons = {i: (r, dup) for i, r, dup in dropped}
-    assert reasons == {"d6": ("exact_duplicate", "d2"), "d7": ("exact_duplicate", "d3"),
-                       "d8": ("near_duplicate", "d0")}
-    assert ids(kept) == ["d0", "d1", "d2", "d3", "d4", "d5", "d9"]
-
-
-def test_dedup_parallel_equals_serial():
-    rng = random.Random(2)
-    vocab = [f"v{i}" for i in range(3000)]
-    texts = [" ".join(_words_doc(rng, vocab, 300)) for _ in range(250)]
-    texts += [" ".join(_mutate(t.split(), rng, vocab, 0.01)) for t in texts[:30]]
-    docs = docs_of(*texts)
-    serial, _ = D.dedup_documents(docs, workers=1)
-    parallel, _ = D.dedup_documents(docs, workers=2)
-    assert ids(serial) == ids(parallel) and len(serial) == 250
-
-
-# ----------------------------------------------------------------------------
-# Stage 4: lines
-
-def test_line_dedup_removes_boilerplate_keeps_content_and_code():
-    nav = "Home | Products | About us | Contact"
-    cookie = "We use cookies to give you the best experience on our website."
-    pages = [f"{nav}\n{p}\n{cookie}" for p in PROSE] + [f"{nav}\nNews item {i}: the market opens at {i} am.\n{cookie}"
-                                                        for i in range(3)]
-    code_docs = [CODE] * 8                                    # 8 copies: still > 6, but exempt
-    kept, dropped = D.dedup_lines(annotated(*pages, *code_docs))
-    assert dropped == []
-    for d in kept[:len(PROSE)]:
-        assert nav not in d["text"] and cookie not in d["text"]
-    assert [d["text"] for d in kept[:len(PROSE)]] == PROSE
-    assert "News item 2: the market opens at 2 am." in kept[8]["text"]   # digits normalized: 3 < 7 copies
-    assert all(d["text"] == CODE for d in kept[len(pages):])
-    # a bucket smaller than the repeats: nothing reaches 7 copies
-    kept, _ = D.dedup_lines(annotated(*pages), bucket_size=4)
-    assert nav in kept[0]["text"]
 
 
 # ----------------------------------------------------------------------------

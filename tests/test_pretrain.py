@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import checkpoint
+import common
 import pretrain
 from tests.conftest import ROOT
 
@@ -81,7 +82,7 @@ def final_weights(out_dir):
 
 
 def run_inprocess(data_dir, out_dir, *extra):
-    pretrain.main(COMMON + ["--data", data_dir, "--out", out_dir, *extra])
+    return pretrain.main(COMMON + ["--data", data_dir, "--out", out_dir, *extra])
 
 
 def free_port():
@@ -141,17 +142,17 @@ def test_make_batch_doc_ids_and_boundary_mask():
 
 
 def test_parse_config_kebab_case_and_bools(capsys):
-    cfg = pretrain.parse_config(pretrain.PretrainConfig, ["--max-steps", "7", "--lr", "0.5",
+    cfg = common.parse_config(pretrain.PretrainConfig, ["--max-steps", "7", "--lr", "0.5",
                                                          "--no-resume", "--seq-len-schedule", "0:16,5:32"])
     assert (cfg.max_steps, cfg.lr, cfg.resume, cfg.seq_len_schedule) == (7, 0.5, False, "0:16,5:32")
     assert "max_steps" in capsys.readouterr().out  # printed with the run
     with pytest.raises(SystemExit):
-        pretrain.parse_config(pretrain.PretrainConfig, ["--no-such-flag", "1"])
+        common.parse_config(pretrain.PretrainConfig, ["--no-such-flag", "1"])
 
 
 def test_loader_ranks_split_the_same_rows(data_dir):
     """Two ranks together read exactly the rows one rank reads (resharding-safe)."""
-    cfg = pretrain.parse_config(pretrain.PretrainConfig, COMMON[:8])  # seq 32, batch 4, 256 tok
+    cfg = common.parse_config(pretrain.PretrainConfig, COMMON[:8])  # seq 32, batch 4, 256 tok
     with open(os.path.join(data_dir, "meta.json")) as f:
         meta = json.load(f)
     stream = pretrain.TokenStream(data_dir, meta, "train")
@@ -308,7 +309,7 @@ def test_schedule_stages():
 
 
 def test_missing_data_is_built_first(tmp_path, monkeypatch):
-    """No meta.json -> pretrain calls data.build(data_dir) before reading shards."""
+    """No meta.json in the default folder -> pretrain calls data.build(data_dir) first."""
     import data
     calls = []
     monkeypatch.setattr(data, "build", lambda out_dir, **kw: calls.append(out_dir) or write_shards(out_dir))
@@ -317,6 +318,7 @@ def test_missing_data_is_built_first(tmp_path, monkeypatch):
         is_main, world_size = True, 1
 
     target = str(tmp_path / "fresh")
+    monkeypatch.setattr(pretrain, "DEFAULT_DATA", target)  # only the default folder is built
     meta = pretrain.ensure_data(target, D())
     assert calls == [target] and meta["vocab_size"] == VOCAB
     pretrain.ensure_data(target, D())  # complete now: not built again
@@ -333,3 +335,80 @@ def test_time_budget_shortens_the_schedule(data_dir, tmp_path):
         report = json.load(f)
     assert report["total_steps"] == 4 and report["status"] == "done"
     assert os.path.exists(os.path.join(out, "final", "model.pt"))
+
+
+# -----------------------------------------------------------------------------
+# hardening: the schedule, config validation, a user's data folder
+
+
+def test_lr_never_negative_on_a_grid():
+    """Annealing longer than the run (also after a time-budget shortening) anneals
+    the whole run instead of driving the LR below 0."""
+    for total in range(1, 25):
+        for anneal in (0, 1, 3, 16, 40):
+            for warmup in (0, 1, 5, 30):
+                lrs = [pretrain.lr_at(s, max_lr=1.0, warmup_steps=warmup, total_steps=total,
+                                      anneal_steps=anneal) for s in range(total)]
+                assert min(lrs) >= 0.0, (total, anneal, warmup, lrs)
+                if anneal:
+                    assert lrs[-1] == 0.0  # the last annealing step reaches 0
+    # an ordinary schedule is unchanged by the clip
+    assert pretrain.lr_at(0, max_lr=1, warmup_steps=10, total_steps=100) == pytest.approx(0.1)
+    assert pretrain.lr_at(10, max_lr=1, warmup_steps=10, total_steps=100) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("flag,value", [("--ckpt-every", "0"), ("--log-every", "0"), ("--max-steps", "0"),
+                                        ("--keep-checkpoints", "0"), ("--warmup-steps", "-1"),
+                                        ("--seq-len", "0"), ("--lr", "0"), ("--anneal-steps", "-2")])
+def test_bad_config_values_name_the_flag(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        common.parse_config(pretrain.PretrainConfig, [flag, value])
+    assert e.value.code == 2
+    assert flag in capsys.readouterr().err
+    cfg = pretrain.PretrainConfig(**{flag[2:].replace("-", "_"): type(getattr(pretrain.PretrainConfig(),
+                                                                        flag[2:].replace("-", "_")))(float(value))})
+    with pytest.raises(common.UsageError, match=flag):
+        cfg.validate()  # what train() calls for configs built in code
+
+
+def test_incomplete_data_folder_is_left_untouched(tmp_path, capsys):
+    """A --data folder without meta.json (an interrupted build) is an error (exit 2),
+    not rebuilt over the user's files."""
+    data = tmp_path / "mydata"
+    data.mkdir()
+    (data / "train_000.bin").write_bytes(b"\x01\x02\x03\x04")
+    (data / "documents.jsonl").write_text('{"text": "mine"}\n')
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in data.iterdir()}
+    rc = run_inprocess(str(data), str(tmp_path / "out"))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "incomplete data folder" in err and "python data.py --out" in err and len(err.splitlines()) == 1
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in data.iterdir()}
+    assert after == before
+
+
+def test_finished_run_reads_only_done_runs(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    assert pretrain.finished_run(str(out)) is None
+    (out / "report.json").write_text(json.dumps({"status": "done", "steps": 6}))
+    assert pretrain.finished_run(str(out)) is None  # no final/ yet
+    (out / "final").mkdir()
+    assert pretrain.finished_run(str(out)) == {"status": "done", "steps": 6}
+    (out / "report.json").write_text(json.dumps({"status": "stopped"}))
+    assert pretrain.finished_run(str(out)) is None
+    (out / "report.json").write_text("{not json")
+    assert pretrain.finished_run(str(out)) is None
+
+
+def test_rerunning_a_finished_run_keeps_its_report(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert run_inprocess(data_dir, out) == 0
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    assert report["status"] == "done" and report["last_loss"] is not None
+    capsys.readouterr()
+    assert run_inprocess(data_dir, out) == 0
+    assert "finished run" in capsys.readouterr().out
+    with open(os.path.join(out, "report.json")) as f:
+        assert json.load(f) == report

@@ -9,8 +9,10 @@ import json
 import pytest
 import torch
 
+import bench
 import checkpoint
 import model as M
+import quantize as Q
 import sample as S
 
 
@@ -69,9 +71,9 @@ def test_kv_cache_greedy_equals_full_forward(batch):
 def test_greedy_equals_transformers():
     pytest.importorskip("transformers")
     model = tiny_model(seed=3)
-    hf = S.hf_model_from(model)
+    hf = bench.hf_model_from(model)
     ours = S.generate(model, None, PROMPTS, max_new_tokens=10, temperature=0)
-    assert ours == S.hf_generate(hf, PROMPTS, 10)  # left-padded batch, same as ours
+    assert ours == bench.hf_generate(hf, PROMPTS, 10)  # left-padded batch, same as ours
 
 
 def test_sample_next_stays_in_nucleus():
@@ -262,18 +264,12 @@ def test_cli_prompt_and_prompts(tmp_path, tok_path, tok, capsys, fmt):
     expected = tok.decode(S.generate(model, tok, [tok.encode("abc", bos=True)], 6, temperature=0)[0])
     assert "abc" + expected in text and "tokens/s" in text
     (tmp_path / "p.txt").write_text("one\ntwo\n\nthree\n")
-    out = tmp_path / "c.jsonl"
-    assert S.main(common + ["--prompts", str(tmp_path / "p.txt"), "--batch-size", "2", "--out", str(out)]) == 0
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert S.main(common + ["--prompts", str(tmp_path / "p.txt"), "--batch-size", "2",
+                            "--out", str(tmp_path / "c")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "c" / "completions.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["one", "two", "three"]
     alone = S.generate(model, tok, [tok.encode("three", bos=True)], 6, temperature=0)
     assert rows[2]["completion"] == tok.decode(alone[0])  # batching changes nothing
-
-
-def test_benchmark_decoding_smoke():
-    model = tiny_model()
-    r = S.benchmark_decoding(model, model.args.vocab_size, batch_size=2, new_tokens=8, prompt_len=4, repeats=1)
-    assert r["tokens_per_s"] > 0 and r["batch_size"] == 2 and r["bandwidth_gb_s"] > 0
 
 
 def test_torchrun_tensor_parallel_equals_one_process(tmp_path, tok_path):
@@ -287,69 +283,20 @@ def test_torchrun_tensor_parallel_equals_one_process(tmp_path, tok_path):
     (tmp_path / "p.txt").write_text("hello\nab\nxyz w\n")
     common = ["--ckpt", str(tmp_path / "ckpt"), "--prompts", str(tmp_path / "p.txt"), "--temperature", "0",
               "--max-new-tokens", "8", "--batch-size", "3"]
-    assert S.main(common + ["--out", str(tmp_path / "one.jsonl")]) == 0
+    assert S.main(common + ["--out", str(tmp_path / "one")]) == 0
     root = os.path.dirname(os.path.abspath(S.__file__))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                           "--standalone", "sample.py", *common,
-                          "--out", str(tmp_path / "tp.jsonl")], cwd=root, env=env,
+                          "--out", str(tmp_path / "tp")], cwd=root, env=env,
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert (tmp_path / "tp.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+    assert (tmp_path / "tp" / "completions.jsonl").read_text() == \
+        (tmp_path / "one" / "completions.jsonl").read_text()
 
 
 # -----------------------------------------------------------------------------
 # Int8 weight-only quantization (§6.2's row-wise idea, in int8 on CPU)
-
-
-def test_int8_linear_is_rowwise_quantized_linear():
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(64, 48, bias=False)
-    with torch.no_grad():
-        lin.weight[3] *= 50  # one row with a much larger range: row-wise scales keep the others precise
-    q = S.Int8Linear(lin, act_dtype=torch.float32)
-    assert q.weight.dtype == torch.int8 and q.weight.shape == lin.weight.shape and q.scale.shape == (48,)
-    deq = q.weight.float() * q.scale[:, None]
-    err = (deq - lin.weight).abs()
-    assert (err <= q.scale[:, None] / 2 + 1e-7).all()  # rounding: at most half a step per row
-    assert err[torch.arange(48) != 3].max() < lin.weight.abs().max() / 127 / 20  # other rows unharmed
-    x = torch.randn(2, 5, 64).bfloat16()
-    q_bf16 = S.Int8Linear(lin, act_dtype=torch.bfloat16)
-    y = q_bf16(x)  # the fused CPU kernel
-    assert y.shape == (2, 5, 48) and y.dtype == torch.bfloat16
-    ref = torch.nn.functional.linear(x.float(), deq)
-    assert (y.float() - ref).abs().max() < 0.02 * ref.abs().max()
-
-
-def test_quantize_int8_model():
-    model = tiny_model(seed=5)
-    reference = tiny_model(seed=5)
-    fp32_bytes = S.model_bytes(reference)
-    S.quantize_int8(model)
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears == []  # every matrix but the embedding is int8 now
-    assert model.tok_embeddings.weight.dtype == torch.bfloat16
-    # bytes per step: matrices 4x smaller than fp32 (the embedding 2x: bf16)
-    emb = model.tok_embeddings.weight.numel()
-    assert S.model_bytes(model) < (fp32_bytes - 4 * emb) / 4 * 1.1 + 2 * emb
-    tokens = torch.tensor([PROMPTS[0]])
-    with torch.no_grad():
-        ref, q = reference(tokens), model(tokens)
-    assert (q - ref).abs().max() < 0.1 * ref.abs().max()  # close to the unquantized logits
-    assert (q.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.85
-    # decoding through the cache is consistent with the quantized model's full forward
-    out = S.generate(model, None, PROMPTS, max_new_tokens=8, temperature=0)
-    assert out == [greedy_full_forward(model, p, 8) for p in PROMPTS]
-
-
-def test_quantize_int8_ffn_only_is_the_papers_choice():
-    model = S.quantize_int8(tiny_model(n_layers=4), ffn_only=True)
-    kinds = [[type(getattr(layer.feed_forward, n)).__name__ for n in ("w1", "w2", "w3")]
-             for layer in model.layers.values()]
-    assert kinds[0] == kinds[3] == ["Linear"] * 3  # §6.2: first and last layers stay
-    assert kinds[1] == kinds[2] == ["Int8Linear"] * 3
-    assert all(isinstance(layer.attention.wq, torch.nn.Linear) for layer in model.layers.values())
-    assert isinstance(model.output, torch.nn.Linear)
 
 
 def test_cli_quantize(tmp_path, tok_path, tok, capsys):
@@ -359,80 +306,140 @@ def test_cli_quantize(tmp_path, tok_path, tok, capsys):
     common = ["--ckpt", str(tmp_path / "ckpt"), "--temperature", "0", "--max-new-tokens", "6"]
     assert S.main(common + ["--prompt", "abc", "--quantize", "int8"]) == 0
     text = capsys.readouterr().out
-    expected = tok.decode(S.generate(S.quantize_int8(tiny_model()), tok, [tok.encode("abc", bos=True)], 6,
+    expected = tok.decode(S.generate(Q.quantize_int8(tiny_model()), tok, [tok.encode("abc", bos=True)], 6,
                                      temperature=0)[0])
     assert "abc" + expected in text and "bfloat16" in text
 
 
-def test_compiled_decoding_equals_eager():
-    """--compile (the fused decoding step; CUDA graphs on GPU) gives the same greedy tokens
-    as eager decoding, on a left-padded batch, also for the int8 model (the fast CPU path)."""
-    model = tiny_model(seed=7)
-    eager = S.generate(model, None, PROMPTS, max_new_tokens=8, temperature=0)
-    assert S.generate(model, None, PROMPTS, max_new_tokens=8, temperature=0, compile=True) == eager
-    S.quantize_int8(model)
-    eager = S.generate(model, None, PROMPTS, max_new_tokens=8, temperature=0)
-    torch._dynamo.reset()  # a new graph for the quantized model (its modules changed)
-    assert S.generate(model, None, PROMPTS, max_new_tokens=8, temperature=0, compile=True) == eager
+# -----------------------------------------------------------------------------
+# Errors a user can cause: one line on stderr, exit code 2, no traceback
 
 
-def test_fuse_for_decoding_keeps_the_model():
-    """fuse_for_decoding (wqkv, w13; fp32 matrices stored input-major on CPU) changes no
-    logit beyond float rounding and no greedy token, eager or compiled, and no byte."""
-    reference, model = tiny_model(seed=11), tiny_model(seed=11)
-    n_bytes = S.model_bytes(model)
-    S.fuse_for_decoding(model)
-    layer = model.layers["0"]
-    assert layer.attention.wq is None and layer.feed_forward.w1 is None
-    wqkv = layer.attention.wqkv
-    assert wqkv.layout == S.INPUT_MAJOR and wqkv.stored.shape == (64, 64 + 2 * 32)  # (in, out)
-    assert torch.equal(wqkv.weight[:64], reference.layers["0"].attention.wq.weight)  # rows of wq first
-    assert S.model_bytes(model) == n_bytes  # the separate matrices are gone, not kept beside
-    tokens = torch.tensor([PROMPTS[0]])
-    with torch.no_grad():
-        assert (model(tokens) - reference(tokens)).abs().max() < 1e-4
-    eager = S.generate(reference, None, PROMPTS, max_new_tokens=10, temperature=0)
-    assert S.generate(model, None, PROMPTS, max_new_tokens=10, temperature=0) == eager
-    torch._dynamo.reset()
-    assert S.generate(model, None, PROMPTS, max_new_tokens=10, temperature=0, compile=True) == eager
-    assert S.fuse_for_decoding(model) is model  # a second call changes nothing
-    with pytest.raises(ValueError, match="fuse first"):
-        S.fuse_for_decoding(S.quantize_int8(tiny_model()))
+@pytest.fixture
+def saved(tmp_path, tok_path):
+    ckpt = tmp_path / "ckpt"
+    checkpoint.save_model(tiny_model(), tiny_args(), str(ckpt), tokenizer_path=tok_path)
+    return ckpt
 
 
-def test_fuse_for_decoding_bf16_prepacked():
-    """bf16 on CPU: matrices prepacked for oneDNN (opaque; .weight unpacks them exactly),
-    called through a custom op that torch.compile keeps whole."""
-    reference = tiny_model(seed=13).bfloat16()
-    model = S.fuse_for_decoding(tiny_model(seed=13).bfloat16())
-    w13 = model.layers["1"].feed_forward.w13
-    if not torch.backends.mkldnn.is_available():
-        assert w13.layout == S.PLAIN
-    else:
-        assert w13.layout == S.ONEDNN and w13.stored is None and w13.packed.is_mkldnn
-        ffn = reference.layers["1"].feed_forward
-        assert torch.equal(w13.weight, torch.cat([ffn.w1.weight, ffn.w3.weight]))
-        assert S.model_bytes(model) == S.model_bytes(reference)
-    tokens = torch.tensor([PROMPTS[3]])
-    with torch.no_grad():
-        ref, out = reference(tokens), model(tokens)
-    assert (out - ref).abs().max() < 0.02 * ref.abs().max()  # bf16 rounding, nothing more
-    eager = S.generate(reference, None, PROMPTS, max_new_tokens=8, temperature=0)
-    assert S.generate(model, None, PROMPTS, max_new_tokens=8, temperature=0) == eager
-    torch._dynamo.reset()
-    assert S.generate(model, None, PROMPTS, max_new_tokens=8, temperature=0, compile=True) == eager
+def _exit_2(capsys, argv, *needles):
+    assert S.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: "), err
+    for needle in needles:
+        assert needle in err, err
+    return err
 
 
-def test_fused_then_int8_equals_int8():
-    """Row-wise scales make quantizing the fused matrices the same as quantizing the
-    separate ones: stacking rows stacks their scales."""
-    fused = S.quantize_int8(S.fuse_for_decoding(tiny_model(seed=12)))
-    plain = S.quantize_int8(tiny_model(seed=12))
-    assert isinstance(fused.layers["1"].attention.wqkv, S.Int8Linear)
-    assert torch.equal(fused.layers["1"].feed_forward.w13.weight[:fused.layers["1"].feed_forward.w2.in_features],
-                       plain.layers["1"].feed_forward.w1.weight)
-    tokens = torch.tensor([PROMPTS[3]])
-    with torch.no_grad():
-        assert (fused(tokens).float() - plain(tokens).float()).abs().max() < 0.05
-    assert S.generate(fused, None, PROMPTS, max_new_tokens=8, temperature=0) == \
-        S.generate(plain, None, PROMPTS, max_new_tokens=8, temperature=0)
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--max-new-tokens", "0", "--max-new-tokens must be >= 1"),
+    ("--temperature", "nan", "--temperature must be a finite number"),
+    ("--temperature", "-1", "--temperature must be a finite number"),
+    ("--batch-size", "0", "--batch-size must be >= 1"),
+    ("--num-samples", "0", "--num-samples must be >= 1"),
+    ("--top-p", "0", "--top-p must be in (0, 1]"),
+    ("--top-k", "-2", "--top-k must be >= 0"),
+])
+def test_cli_bad_flag_exit_2(saved, capsys, flag, value, needle):
+    _exit_2(capsys, ["--ckpt", str(saved), "--prompt", "x", flag, value], needle)
+
+
+def test_cli_bad_prompts_file_names_the_line(saved, tmp_path, capsys):
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": 5}\n')
+    _exit_2(capsys, ["--ckpt", str(saved), "--prompts", str(bad)], f"{bad}:2", "must be a string")
+    bad.write_text('{"text": "x"}\n')
+    _exit_2(capsys, ["--ckpt", str(saved), "--prompts", str(bad)], f"{bad}:1")
+    bad.write_text('{"prompt": "fine"}\n' + "{" * 10 + '"prompt": ' + "[" * 100_000 + "\n")  # no RecursionError
+    _exit_2(capsys, ["--ckpt", str(saved), "--prompts", str(bad)], f"{bad}:2", "nested deeper")
+
+
+def test_cli_truncated_checkpoint_exit_2(saved, capsys):
+    pt = saved / "model.pt"
+    data = pt.read_bytes()
+    pt.write_bytes(data[: len(data) // 2])
+    _exit_2(capsys, ["--ckpt", str(saved), "--prompt", "x"])
+
+
+def test_cli_non_dict_checkpoint_exit_2(saved, capsys):
+    torch.save([1, 2, 3], str(saved / "model.pt"))
+    _exit_2(capsys, ["--ckpt", str(saved), "--prompt", "x"])
+
+
+@pytest.mark.parametrize("field,value", [("n_heads", 0), ("dim", "64")])
+def test_cli_bad_config_exit_2(saved, capsys, field, value):
+    blob = torch.load(str(saved / "model.pt"), weights_only=True)
+    config = next(v for v in blob.values() if isinstance(v, dict) and "dim" in v)
+    config[field] = value
+    torch.save(blob, str(saved / "model.pt"))
+    (saved / "checksums.json").unlink()  # else the hash check answers first
+    _exit_2(capsys, ["--ckpt", str(saved), "--prompt", "x"], field)
+
+
+def test_cli_other_tokenizer_of_the_same_size_exit_2(saved, tmp_path, capsys):
+    # Same 512 ids, another mapping: the recorded tokenizer's hash tells them apart.
+    other = tmp_path / "other.model"
+    other.write_text("".join(f"{base64.b64encode(bytes([255 - i])).decode()} {i}\n" for i in range(256)))
+    _exit_2(capsys, ["--ckpt", str(saved), "--tokenizer", str(other), "--prompt", "x"])
+
+
+def test_chat_help_and_ctrl_c(tok, monkeypatch):
+    """/help is answered locally; Ctrl-C in a reply returns to the prompt with the partial
+    reply kept; Ctrl-C at the prompt leaves cleanly."""
+    model = tiny_model(max_seq_len=256)
+    lines = iter(["/help", "hello", "/system be kind", "again"])
+    sent = []
+
+    def fake_input(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise KeyboardInterrupt
+
+    real_generate = S.generate
+
+    def interrupting(model_, tokenizer, prompt_tokens, *a, on_token=None, **kw):
+        sent.append(prompt_tokens[0])
+        calls = [0]
+
+        def hook(t):
+            on_token(t)
+            calls[0] += 1
+            if calls[0] == 2 and len(sent) == 1:  # the first reply is cut after 2 tokens
+                raise KeyboardInterrupt
+
+        return real_generate(model_, tokenizer, prompt_tokens, *a, on_token=hook, **kw)
+
+    monkeypatch.setattr(S, "generate", interrupting)
+    out = io.StringIO()
+    dialog = S.chat(model, tok, max_new_tokens=5, temperature=0, input_fn=fake_input, out=out)
+    text = out.getvalue()
+    assert text.count(S.CHAT_HELP) == 2 and "(stopped)" in text
+    assert len(sent) == 2  # /help and /system never reached the model
+    assert [m["role"] for m in dialog] == ["system", "user", "assistant"]
+    assert dialog[0]["content"] == "be kind" and dialog[1]["content"] == "again"
+
+
+def test_cli_chat_template_and_empty_note(tmp_path, tok_path, tok, capsys, monkeypatch):
+    args = tiny_args()
+    ckpt = tmp_path / "ckpt"
+    model = tiny_model()
+    checkpoint.save_model(model, args, str(ckpt), tokenizer_path=tok_path)
+    seen = []
+    real_generate = S.generate
+
+    def spy(model_, tokenizer, prompt_tokens, *a, **kw):
+        seen.append(list(prompt_tokens[0]))
+        return real_generate(model_, tokenizer, prompt_tokens, *a, **kw)
+
+    monkeypatch.setattr(S, "generate", spy)
+    argv = ["--ckpt", str(ckpt), "--temperature", "0", "--max-new-tokens", "3", "--prompt", "hi"]
+    assert S.main(argv + ["--chat-template", "--system", "sys"]) == 0
+    from tokenizer import ChatFormat
+    assert seen[-1] == ChatFormat(tok).encode_dialog_prompt(
+        [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}])
+    capsys.readouterr()
+    # A model whose every step says <|eot_id|>: the user is told why nothing came out.
+    monkeypatch.setattr(S, "generate", lambda *a, **kw: [[]])
+    assert S.main(argv) == 0
+    assert S.EMPTY_COMPLETION in capsys.readouterr().err

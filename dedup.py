@@ -1,0 +1,373 @@
+"""
+dedup.py — de-duplication of web documents (§3.1.1 "De-duplication"), stages 2-4 of
+the data pipeline in data.py.
+
+Stage of the paper: §3.1.1 names three levels of de-duplication, applied in this order:
+
+    2. dedup_urls        URL level: "we keep the most recent version for pages
+                         corresponding to each URL" (plus the PII/safety domain block list)
+    3. dedup_documents   document level: exact duplicates by hash, then "global MinHash"
+                         near duplicates: shingles -> MinHash signatures -> LSH bands ->
+                         verified pairs -> union-find clusters -> first document kept
+    4. dedup_lines       line level, ccNet-style: "remove lines that appeared more than
+                         6 times in each bucket of 30M documents" (menus, cookie banners)
+
+Each stage takes a list of documents (dicts with "id" and "text"; "url"/"timestamp"
+for stage 2, "is_code" for stage 4, as corpus.make_doc and data.extract_text give them)
+and returns (kept, dropped) with dropped = [(id, reason, detail)], so the stages can be
+run one by one in a class or a notebook:
+
+    import corpus, dedup
+    docs = [corpus.make_doc("a", "the same text", "demo", url="https://x.org/p"),
+            corpus.make_doc("b", "the same text", "demo", url="https://x.org/p/")]
+    docs, dropped = dedup.dedup_urls(docs)         # -> [b]; a is an older version of the URL
+    docs, dropped = dedup.dedup_documents(docs)    # exact + near duplicates
+    docs, dropped = dedup.dedup_lines(docs)        # boilerplate lines
+
+The MinHash pieces are usable on their own (exercise 7 re-implements two of them):
+    sigs = dedup.minhash_signatures(texts)         # (D, 120) uint32
+    dedup.jaccard(a, b)                            # exact Jaccard of two texts' shingles
+    dedup.lsh_candidate_probability(0.8)           # 0.998 with 20 bands x 6 rows
+
+The idea before the fast code: a document is the set of its 5-word shingles; the
+signature entry k is min over shingles of h_k(shingle); two signatures agree in entry
+k with probability = Jaccard similarity. minhash_signatures does exactly that, for many
+documents and all K hash functions at once in numpy.
+
+Run:    python data.py                       # the whole pipeline, these stages included
+        python bench.py --only minhash        # MinHash docs/s on 4 KB documents
+        python -m pytest -q tests/test_dedup.py
+
+Read next: data.py stage 5 (heuristic filters), which runs on what survives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import zlib
+from collections import Counter
+from datetime import datetime, timezone
+
+import numpy as np
+
+from common import pmap, split_even
+
+# A word is a run of \w characters: shingles here, and the stop-word counts, n-gram
+# statistics and classifier features of data.py, all split text the same way.
+WORD_RE = re.compile(r"\w+")
+
+
+# ----------------------------------------------------------------------------
+# Stage 2: URL de-duplication (§3.1.1: "we keep the most recent version for pages
+# corresponding to each URL") + the PII/safety domain block list
+
+def _normalize_url(url: str) -> str:
+    """'HTTPS://Example.com/page/#top' -> 'https://example.com/page': scheme and host
+    lower-cased, fragment and trailing slash dropped (the path keeps its case)."""
+    url = url.strip().split("#", 1)[0]
+    m = re.match(r"^([a-zA-Z][\w+.-]*://)?([^/?]*)(.*)$", url)
+    scheme, host, rest = (m.group(1) or "").lower(), m.group(2).lower(), m.group(3)
+    return scheme + host + (rest.rstrip("/") if rest not in ("", "/") else "")
+
+
+def _timestamp_key(ts):
+    """Comparable time for a timestamp string (ISO 8601, WARC-Date, or Unix seconds);
+    unparsable or missing timestamps count as oldest."""
+    if ts is None:
+        return float("-inf")
+    try:
+        return float(ts)
+    except (TypeError, ValueError):
+        pass
+    try:
+        dt = datetime.fromisoformat(str(ts).strip().replace("Z", "+00:00"))
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+    except ValueError:
+        return float("-inf")
+
+
+def dedup_urls(docs, blocked_domains=()):
+    """Stage 2. Keep the newest document per normalized URL (ties: the later one read);
+    drop URLs whose host (or a parent domain) is on the block list."""
+    blocked = {d.lower().strip() for d in blocked_domains if d.strip()}
+    best = {}                                 # url -> index of the newest version
+    dropped = []
+    for i, doc in enumerate(docs):
+        if not doc.get("url"):
+            continue
+        url = _normalize_url(doc["url"])
+        host = re.sub(r"^[a-z][\w+.-]*://", "", url).split("/")[0].split(":")[0]
+        parts = host.split(".")
+        if blocked and any(".".join(parts[k:]) in blocked for k in range(len(parts))):
+            dropped.append((doc["id"], "blocked_domain", host))
+            continue
+        j = best.get(url)
+        if j is None or _timestamp_key(doc.get("timestamp")) >= _timestamp_key(docs[j].get("timestamp")):
+            if j is not None:
+                dropped.append((docs[j]["id"], "older_url_version", doc["id"]))
+            best[url] = i
+        else:
+            dropped.append((doc["id"], "older_url_version", docs[j]["id"]))
+    gone = {d[0] for d in dropped}
+    return [d for d in docs if d["id"] not in gone], dropped
+
+
+# ----------------------------------------------------------------------------
+# Stage 3: document de-duplication (§3.1.1 "global MinHash ... near duplicate")
+#
+# MinHash (Broder 1997): the probability that two documents have the same minimum hash
+# over their shingle sets equals their Jaccard similarity, so the fraction of equal
+# entries in two signatures of K hashes estimates it (std sqrt(J(1-J)/K) ~ 0.04).
+# LSH: cut a signature into `bands` bands of `rows` rows; two documents become a
+# candidate pair when any band is identical: P = 1 - (1 - J^rows)^bands.
+#   FineWeb uses 5-word shingles and 14 bands x 8 rows (threshold ~0.72), which finds
+#   only 92% of pairs at J = 0.8. We want >= 95% recall at 0.8, so we use
+#   20 bands x 6 rows (120 hashes): P(0.8) = 0.998, P(0.5) = 0.27, P(0.3) = 0.014, and
+#   then verify each candidate with its signature estimate >= 0.7 (drops the extra
+#   false candidates; misses a J = 0.8 pair with probability ~0.3%).
+
+NGRAM = 5                    # word shingles (FineWeb, Gopher's MassiveWeb de-dup)
+BANDS, ROWS = 20, 6
+NEAR_DUP_THRESHOLD = 0.7     # estimated Jaccard needed to join a candidate pair
+_WORD_HASH_CACHE: dict = {}
+_ROLL = np.uint64(0x9E3779B97F4A7C15)    # odd 64-bit multiplier for rolling n-gram hashes
+
+
+def hash_words(words) -> np.ndarray:
+    """['the', 'cat'] -> (2,) uint64 deterministic 32-bit ids (CRC-32, cached), kept in
+    uint64 for the wrapping arithmetic below. data.py's n-gram statistics, KL buckets and
+    classifier features hash their words with it too."""
+    cache = _WORD_HASH_CACHE
+    if len(cache) > 2_000_000:
+        cache.clear()
+    vals = list(map(cache.get, words))
+    if None in vals:
+        for i, v in enumerate(vals):
+            if v is None:
+                vals[i] = cache[words[i]] = zlib.crc32(words[i].encode("utf-8", "surrogatepass"))
+    return np.array(vals, dtype=np.uint64)
+
+
+def ngram_hashes(word_ids: np.ndarray, n: int) -> np.ndarray:
+    """Rolling hash of every n consecutive word ids: (W,) -> (W-n+1,) uint64.
+    h = ((w0*R + w1)*R + w2)... mod 2^64 (numpy uint64 arithmetic wraps)."""
+    count = len(word_ids) - n + 1
+    h = word_ids[:count].copy()
+    for k in range(1, n):
+        h = h * _ROLL + word_ids[k:k + count]
+    return h
+
+
+def shingle_hashes(text: str, n: int = NGRAM) -> np.ndarray:
+    """Lower-cased \\w+ words -> 32-bit hashes of their n-word shingles, uint64 array.
+    Documents shorter than n words are one shingle."""
+    ids = hash_words(WORD_RE.findall(text.lower()))
+    if len(ids) < n:
+        h = np.array([zlib.crc32(" ".join(map(str, ids.tolist())).encode())], dtype=np.uint64)
+    else:
+        h = ngram_hashes(ids, n)
+    return (h >> np.uint64(32)) ^ (h & np.uint64(0xFFFFFFFF))
+
+
+def minhash_params(num_perm: int, seed: int = 0):
+    """Multiply-add-shift hash functions h_i(x) = ((a_i x + b_i) mod 2^64) >> 32 on 32-bit
+    x (Dietzfelbinger: 2-universal), one per signature entry. Returns (a, b), (K,) uint64."""
+    rng = np.random.default_rng(seed + 0x5EED)
+    a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
+    return a, b
+
+
+def minhash_signatures(texts, num_perm=BANDS * ROWS, seed=0, n=NGRAM, batch_rows=4096):
+    """Texts -> (D, num_perm) uint32 MinHash signatures. Vectorized: the shingles of many
+    documents are stacked, hashed by all K functions at once ((rows, K) uint64), and
+    reduced per document with np.minimum.reduceat; one huge document is done in slices."""
+    a, b = minhash_params(num_perm, seed)
+    sigs = np.empty((len(texts), num_perm), dtype=np.uint32)
+    shift = np.uint64(32)
+
+    def hashed(x):                           # (rows,) -> (rows, K) 64-bit a*x + b
+        out = np.multiply(x[:, None], a[None, :])             # in place: no temporaries
+        out += b[None, :]
+        return out                           # the min of these has the min top 32 bits:
+                                             # shift after the reduction, not before
+
+    pending, pending_idx, rows = [], [], 0
+
+    def flush():
+        nonlocal pending, pending_idx, rows
+        if not pending:
+            return
+        x = np.concatenate(pending)
+        starts = np.cumsum([0] + [len(p) for p in pending[:-1]])
+        sigs[pending_idx] = np.minimum.reduceat(hashed(x), starts, axis=0) >> shift
+        pending, pending_idx, rows = [], [], 0
+
+    for i, text in enumerate(texts):
+        x = shingle_hashes(text, n)
+        if len(x) > batch_rows:              # big document: running minimum over slices
+            m = np.full(num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
+            for s in range(0, len(x), batch_rows):
+                m = np.minimum(m, hashed(x[s:s + batch_rows]).min(axis=0))
+            sigs[i] = m >> shift
+            continue
+        if rows + len(x) > batch_rows:
+            flush()
+        pending.append(x)
+        pending_idx.append(i)
+        rows += len(x)
+    flush()
+    return sigs
+
+
+def _minhash_worker(args):
+    texts, num_perm, seed, n = args
+    return minhash_signatures(texts, num_perm, seed, n)
+
+
+def jaccard(a_text: str, b_text: str, n: int = NGRAM) -> float:
+    """Exact Jaccard similarity of two documents' shingle sets (for tests and teaching)."""
+    a, b = set(shingle_hashes(a_text, n).tolist()), set(shingle_hashes(b_text, n).tolist())
+    return len(a & b) / max(1, len(a | b))
+
+
+def lsh_candidate_probability(similarity, bands=BANDS, rows=ROWS):
+    """P(a pair with Jaccard s shares at least one band) = 1 - (1 - s^rows)^bands."""
+    return 1.0 - (1.0 - similarity ** rows) ** bands
+
+
+def minhash_config(bands=BANDS, rows=ROWS, threshold=NEAR_DUP_THRESHOLD) -> dict:
+    """The document de-dup parameters and their LSH candidate probabilities at a few
+    Jaccard similarities, as data.py's report.json records them."""
+    return {"ngram": NGRAM, "bands": bands, "rows": rows, "num_perm": bands * rows,
+            "verify_threshold": threshold,
+            "candidate_probability": {str(s): round(lsh_candidate_probability(s, bands, rows), 4)
+                                      for s in (0.3, 0.5, 0.7, 0.8, 0.9)}}
+
+
+def lsh_pairs(sigs: np.ndarray, bands=BANDS, rows=ROWS, threshold=NEAR_DUP_THRESHOLD):
+    """Candidate pairs from identical bands, verified by signature agreement >= threshold.
+    Returns a sorted list of (i, j), i < j."""
+    rng = np.random.default_rng(1234)
+    mult = rng.integers(1, 2**63, size=rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    pairs = set()
+    for band in range(bands):
+        block = sigs[:, band * rows:(band + 1) * rows].astype(np.uint64)
+        keys = (block * mult[None, :]).sum(axis=1, dtype=np.uint64)   # band -> one 64-bit key
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        boundaries = np.flatnonzero(np.diff(sk)) + 1
+        for group in np.split(order, boundaries):
+            if len(group) < 2:
+                continue
+            group = np.sort(group)
+            if len(group) > 64:             # huge bucket: compare to its first member only
+                cand = [(int(group[0]), int(j)) for j in group[1:]]
+            else:
+                cand = [(int(group[x]), int(group[y])) for x in range(len(group)) for y in range(x + 1, len(group))]
+            for i, j in cand:
+                if (i, j) not in pairs and np.mean(sigs[i] == sigs[j]) >= threshold:
+                    pairs.add((i, j))
+    return sorted(pairs)
+
+
+def _union_find_roots(n, pairs):
+    """Union-find with the smallest index as root: the first document read is kept."""
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i, j in pairs:
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return [find(i) for i in range(n)]
+
+
+def _normalize_for_exact(text):
+    return " ".join(text.lower().split())
+
+
+def dedup_documents(docs, bands=BANDS, rows=ROWS, threshold=NEAR_DUP_THRESHOLD, seed=0,
+                    workers=1, stats=None):
+    """Stage 3. Exact duplicates (hash of lower-cased, whitespace-normalized text), then
+    near duplicates: MinHash signatures -> LSH bands -> verified pairs -> union-find
+    clusters -> the first document of each cluster is kept. Returns (kept, dropped)."""
+    seen, kept, dropped = {}, [], []
+    for doc in docs:                          # exact: a 128-bit hash, no MinHash needed
+        key = hashlib.blake2b(_normalize_for_exact(doc["text"]).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if key in seen:
+            dropped.append((doc["id"], "exact_duplicate", seen[key]))
+        else:
+            seen[key] = doc["id"]
+            kept.append(doc)
+    t0 = time.time()                          # near: signatures in `workers` processes
+    texts = [d["text"] for d in kept]
+    chunks = split_even(texts, workers) if len(texts) > 200 else [texts]
+    parts = pmap(_minhash_worker, [(c, bands * rows, seed, NGRAM) for c in chunks], workers)
+    sigs = np.concatenate(parts) if parts else np.zeros((0, bands * rows), np.uint32)
+    seconds = time.time() - t0
+    pairs = lsh_pairs(sigs, bands, rows, threshold)
+    roots = _union_find_roots(len(kept), pairs)
+    if stats is not None:
+        stats.update({"minhash_seconds": seconds, "minhash_docs": len(kept),
+                      "minhash_mb": sum(len(t) for t in texts) / 1e6, "verified_pairs": len(pairs)})
+    out = []
+    for i, doc in enumerate(kept):
+        if roots[i] == i:
+            out.append(doc)
+        else:
+            dropped.append((doc["id"], "near_duplicate", kept[roots[i]]["id"]))
+    return out, dropped
+
+
+# ----------------------------------------------------------------------------
+# Stage 4: line de-duplication (§3.1.1, ccNet): "remove lines that appeared more than
+# 6 times in each bucket of 30M documents" — navigation menus, cookie warnings, ...
+
+LINE_MAX_REPEATS = 6
+LINE_BUCKET_DOCS = 30_000_000
+
+
+def _line_key(line):
+    """ccNet's normalization: lower case, digits -> 0, whitespace collapsed."""
+    return " ".join(re.sub(r"\d", "0", line.lower()).split())
+
+
+def dedup_lines(docs, max_repeats=LINE_MAX_REPEATS, bucket_size=LINE_BUCKET_DOCS, stats=None):
+    """Stage 4. Count every normalized line in each bucket of `bucket_size` documents;
+    delete lines counted more than `max_repeats` times. Code documents are exempt (the
+    paper's code goes through its own pipeline; here `return None` and `else:` would be
+    deleted and programs broken). Returns (kept, dropped); dropped = emptied documents."""
+    kept, dropped = [], []
+    removed_lines = 0
+    for start in range(0, len(docs), bucket_size):
+        bucket = docs[start:start + bucket_size]
+        counts = Counter()
+        for doc in bucket:
+            if not doc.get("is_code"):
+                counts.update(k for k in map(_line_key, doc["text"].split("\n")) if k)
+        for doc in bucket:
+            if doc.get("is_code"):
+                kept.append(doc)
+                continue
+            lines = doc["text"].split("\n")
+            new = [ln for ln in lines if counts.get(_line_key(ln), 0) <= max_repeats]
+            removed_lines += len(lines) - len(new)
+            text = "\n".join(new).strip("\n")
+            if not text.strip():
+                dropped.append((doc["id"], "empty_after_line_dedup", None))
+            else:
+                kept.append(dict(doc, text=text) if len(new) != len(lines) else doc)
+    if stats is not None:
+        stats["lines_removed"] = removed_lines
+    return kept, dropped
+
