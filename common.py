@@ -389,15 +389,20 @@ class OutputLock:
     """An exclusive lock on OUT/.lock (fcntl.flock: the kernel releases it when the
     process dies, so a killed run never leaves a stale lock). A second run on the same
     folder raises UsageError naming the holder's pid. Use as a context manager or call
-    acquire()/release(); under torchrun only rank 0 needs to take it."""
+    acquire()/release(); under torchrun only rank 0 needs to take it. A process that
+    already holds the lock takes it again at once (a stage run twice in one process)."""
+
+    _held: dict = {}  # lock path -> fd, for locks this process holds (re-entrant)
 
     def __init__(self, out_dir: str):
         self.out_dir = out_dir
-        self.path = os.path.join(out_dir, ".lock")
+        self.path = os.path.abspath(os.path.join(out_dir, ".lock"))
         self.fd = None
 
     def acquire(self):
         import fcntl
+        if self.path in OutputLock._held:  # this process already runs in this folder
+            return self
         os.makedirs(self.out_dir, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -409,7 +414,7 @@ class OutputLock:
                              f"wait for it to finish or use another --out") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
+        self.fd = OutputLock._held[self.path] = fd
         return self
 
     def release(self):
@@ -417,6 +422,7 @@ class OutputLock:
             import fcntl
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
+            OutputLock._held.pop(self.path, None)
             self.fd = None
 
     def __enter__(self):

@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -90,7 +91,7 @@ import checkpoint
 import model as M
 import parallel
 import pretrain
-from common import arg, parse_config, print0
+from common import arg, cli, parse_config, print0
 from pretrain import TrainConfig
 # Preference rows come from the same place as the reward model's (one reader and
 # validator, tasks.py): --data / --eval-data files, or generated pairs.
@@ -359,6 +360,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
     import tasks
     from tokenizer import ChatFormat, Tokenizer
     dist = parallel.setup_distributed(tp=cfg.tp)
+    pretrain.claim_output(cfg.out, dist)
     from reward import set_threads
     set_threads(cfg.threads, dist)
     t_start = time.time()
@@ -428,9 +430,15 @@ def run_dpo(cfg: DPOConfig) -> dict:
     model.eval()
     eval_before = eval_fn(model)  # the policy == the reference: eval_rewards/* = 0, DPO loss ln 2
     model.train()
-    result = pretrain.train(cfg, dist, model, optimizer, next_batch, loss_fn, eval_fn=eval_fn, ckpt_dir=ckpt_dir,
-                            model_args=model_args, start_state=start_state, logger=logger,
-                            tokenizer_path=tokenizer_path)
+    try:
+        result = pretrain.train(cfg, dist, model, optimizer, next_batch, loss_fn, eval_fn=eval_fn,
+                                ckpt_dir=ckpt_dir, model_args=model_args, start_state=start_state, logger=logger,
+                                tokenizer_path=tokenizer_path)
+    except pretrain.NonFiniteLossError as e:  # as pretrain and sft: one line, the last good checkpoint named
+        print0(f"STOPPED: {e}")
+        logger.write_json("report.json", {"status": "non-finite loss", "message": str(e)})
+        parallel.teardown_distributed()
+        sys.exit(3)
 
     if result.get("stopped"):  # --stop-at-step: the checkpoint is written; run again to resume
         parallel.teardown_distributed()
@@ -506,9 +514,11 @@ def plot_dpo(records: list[dict], path: str, before=None, after=None):
     plt.close(fig)
 
 
+@cli
 def main(argv=None):
     return run_dpo(parse_config(DPOConfig, argv))
 
 
 if __name__ == "__main__":
-    main()
+    rc = main()
+    sys.exit(rc if isinstance(rc, int) else 0)  # 2: a usage error (common.cli)

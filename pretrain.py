@@ -53,7 +53,8 @@ import torch.nn.functional as F
 import checkpoint
 import parallel
 from model import ModelArgs, count_params, flops_per_token
-from common import GPU_PEAK_BF16, UsageError, atomic_write_json, arg, cli, flag, parse_config, print0
+from common import (GPU_PEAK_BF16, OutputLock, UsageError, atomic_write_json, arg, cli, die_with_parent, flag,
+                    parse_config, print0, read_jsonl)
 
 # -----------------------------------------------------------------------------
 # 1. Configuration: a dataclass, overridable with --key value
@@ -233,11 +234,20 @@ def ensure_data(data_dir: str, dist) -> dict:
     (rank 0 builds, the others wait); any other incomplete folder is a UsageError."""
     meta_path = os.path.join(data_dir, "meta.json")
 
+    def read_meta() -> dict:
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{meta_path}: unreadable ({e}); rebuild with `python data.py --out {data_dir}`")
+        if not isinstance(meta, dict):
+            raise UsageError(f"{meta_path}: not a data.py meta.json (a JSON object expected)")
+        return meta
+
     def complete():
         if not os.path.exists(meta_path):
             return False
-        with open(meta_path) as f:
-            tok = json.load(f).get("tokenizer")
+        tok = read_meta().get("tokenizer")
         return not tok or os.path.exists(tok)
 
     if not complete() and os.path.normpath(data_dir) != os.path.normpath(DEFAULT_DATA):
@@ -253,8 +263,7 @@ def ensure_data(data_dir: str, dist) -> dict:
             data.build(data_dir)
         if dist.world_size > 1:
             torch.distributed.barrier()
-    with open(meta_path) as f:
-        return json.load(f)
+    return read_meta()
 
 
 def split_record(meta: dict, split: str) -> dict | None:
@@ -533,8 +542,8 @@ class RunLogger:
     def records(self) -> list[dict]:
         if not os.path.exists(self.path):
             return []
-        with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        # A run killed mid-write can leave half a last line: skip what does not parse.
+        return [r for _, r, error in read_jsonl(self.path) if error is None and isinstance(r, dict)]
 
     def plot(self, keys=("loss", "val_loss", "val_loss_avg"), path=None, title=None):
         """PNG of the given metrics against step (rank 0)."""
@@ -583,6 +592,28 @@ def finished_run(out: str) -> dict | None:
     except (OSError, ValueError):
         return None  # unreadable: not a finished record, the run may redo it
     return report if isinstance(report, dict) and report.get("status") == "done" else None
+
+
+def claim_output(out: str, dist) -> None:
+    """Called by every stage's main right after setup_distributed, before anything is
+    written: rank 0 locks OUT (common.OutputLock; a second run on the same folder
+    stops with the first one's pid, on every rank), and ranks launched by torchrun
+    ask to die with it (common.die_with_parent: a killed torchrun must not leave its
+    ranks training and writing checkpoints)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_WORLD_SIZE" in os.environ:
+        die_with_parent()
+    error = ""
+    if dist.is_main:
+        try:
+            OutputLock(out).acquire()
+        except UsageError as e:
+            error = str(e)
+    if dist.world_size > 1:  # every rank must stop, not only rank 0
+        message = [error]
+        torch.distributed.broadcast_object_list(message, src=0)
+        error = message[0]
+    if error:
+        raise UsageError(error)
 
 
 # -----------------------------------------------------------------------------
@@ -826,6 +857,7 @@ def main(argv=None) -> int:
                f"{done.get('final')}); nothing to do -- use a new --out for a new run")
         return 0
     dist = parallel.setup_distributed(tp=cfg.tp)
+    claim_output(cfg.out, dist)
     if dist.device.type == "cpu":
         # N ranks on C cores: C/N threads each (2 ranks on 2 cores: 1 thread each);
         # more threads than cores makes every rank slower.

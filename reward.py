@@ -101,7 +101,7 @@ import checkpoint
 import model as M
 import parallel
 import pretrain
-from common import arg, atomic_torch_save, parse_config, print0
+from common import arg, atomic_torch_save, cli, parse_config, print0
 from pretrain import TrainConfig
 
 # -----------------------------------------------------------------------------
@@ -536,6 +536,7 @@ def sample_on_policy_pairs(policy: M.Transformer, tokenizer, cfg: RewardConfig) 
 def train_reward_model(cfg: RewardConfig) -> dict:
     """The whole stage: load, pack, train with pretrain.train, evaluate, save. -> report."""
     dist = parallel.setup_distributed(tp=cfg.tp)
+    pretrain.claim_output(cfg.out, dist)
     set_threads(cfg.threads, dist)
     t_start = time.time()
     os.makedirs(cfg.out, exist_ok=True)
@@ -585,9 +586,15 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     pad_id = chat.tokenizer.pad_id
     eval_fn = make_eval_fn(eval_encoded, cfg.batch_size, pad_id, dist)
     next_batch = PreferenceBatches(train_encoded, cfg.batch_size, pad_id, dist, cfg.seed)
-    result = pretrain.train(cfg, dist, reward_model, optimizer, next_batch, rm_loss_fn, eval_fn=eval_fn,
-                            ckpt_dir=ckpt_dir, model_args=model_args, start_state=start_state,
-                            logger=logger, export=False)
+    try:
+        result = pretrain.train(cfg, dist, reward_model, optimizer, next_batch, rm_loss_fn, eval_fn=eval_fn,
+                                ckpt_dir=ckpt_dir, model_args=model_args, start_state=start_state,
+                                logger=logger, export=False)
+    except pretrain.NonFiniteLossError as e:  # as pretrain and sft: one line, the last good checkpoint named
+        print0(f"STOPPED: {e}")
+        logger.write_json("report.json", {"status": "non-finite loss", "message": str(e)})
+        parallel.teardown_distributed()
+        sys.exit(3)
     if result.get("stopped"):  # --stop-at-step: the checkpoint is written; run again to resume
         parallel.teardown_distributed()
         return {"status": "stopped", "steps": result["step"], "total_steps": result["total_steps"]}
@@ -809,6 +816,7 @@ def rejection_sample_main(argv=None) -> dict:
 # 7. Command line
 
 
+@cli
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "rejection-sample":
@@ -819,4 +827,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    rc = main()
+    sys.exit(rc if isinstance(rc, int) else 0)  # 2: a usage error (common.cli)

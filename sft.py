@@ -62,7 +62,7 @@ import model as M
 import parallel
 import pretrain
 import tasks as T
-from common import arg, parse_config, print0
+from common import UsageError, arg, cli, parse_config, print0
 from pretrain import TrainConfig
 from sample import generate
 from tokenizer import ChatFormat, Tokenizer
@@ -386,15 +386,20 @@ def load_data(cfg: SFTConfig, tokenizer) -> tuple[list, list, dict]:
         val = []  # your data, no held-out file: no accuracy
     else:
         val = T.make_examples(cfg.n_eval, cfg.seed, tasks=cfg.tasks or None, split="val")
+    summary = {k: T.summarize_skipped(v) for k, v in skipped.items()}
     if not train:
-        raise ValueError("no training conversations (every row was skipped?)")
-    return train, val, {k: T.summarize_skipped(v) for k, v in skipped.items()}
+        raise UsageError(f"{cfg.train_jsonl or 'the generated tasks'}: no usable training conversations "
+                         f"({(summary.get('train') or {}).get('skipped', 0)} rows skipped: "
+                         f"{(summary.get('train') or {}).get('by_kind', {})})")
+    return train, val, summary
 
 
+@cli
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_config(SFTConfig, argv)
     dist = parallel.setup_distributed(tp=cfg.tp)
+    pretrain.claim_output(cfg.out, dist)
     if dist.device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg.threads))
     os.makedirs(cfg.out, exist_ok=True)
@@ -406,7 +411,8 @@ def main(argv=None):
     model, model_args = checkpoint.load_model(cfg.init, device=dist.device)  # fp32 master weights
     tokenizer_path = cfg.tokenizer or checkpoint.find_tokenizer(cfg.init)
     if not tokenizer_path:
-        raise SystemExit(f"{cfg.init}: no tokenizer.model next to the checkpoint; pass --tokenizer")
+        raise UsageError(f"{cfg.init}: no tokenizer.model next to the checkpoint; pass --tokenizer")
+    checkpoint.check_tokenizer(cfg.init, tokenizer_path)  # same vocabulary size is not the same tokenizer
     tokenizer = Tokenizer(tokenizer_path)
     chat = ChatFormat(tokenizer)
     print0(f"init: {cfg.init} ({M.count_params(model_args):,} parameters), tokenizer {tokenizer_path}")
@@ -512,4 +518,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    rc = main()
+    sys.exit(rc if isinstance(rc, int) else 0)  # 2: a usage error (common.cli)

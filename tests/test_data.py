@@ -409,10 +409,21 @@ def test_extract_text_skips_too_large_and_too_complex_documents():
 
 
 def test_second_build_into_the_same_folder_refuses(tmp_path):
-    from common import OutputLock, UsageError
+    import subprocess
+    import sys
+    from common import UsageError
     out = tmp_path / "out"
-    with OutputLock(str(out)):
-        with pytest.raises(UsageError, match=f"pid {os.getpid()}"):
+    # Another process holds the folder (a lock is re-entrant within one process).
+    holder = subprocess.Popen([sys.executable, "-c", "import common, sys, time; common.OutputLock(sys.argv[1])"
+                               ".acquire(); print('locked', flush=True); time.sleep(60)", str(out)],
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UsageError, match=f"pid {holder.pid}"):
             D.build(str(out), inputs=[str(tmp_path)])
+    finally:
+        holder.kill()
+        holder.wait()
     assert D.main(["--input", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert D.main(["--mix", "general=lots", "--out", str(out)]) == 2

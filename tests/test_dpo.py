@@ -180,3 +180,18 @@ def test_held_out_pairs_come_from_data_when_given(tmp_path, tiny_ckpt):
                       eval_every=0, ckpt_every=100, dtype="fp32", threads=torch.get_num_threads(), log_every=1)
     report = D.run_dpo(cfg)
     assert report["eval_pairs"] == 2 and report["train_pairs"] == 38
+
+
+def test_non_finite_loss_stops_with_one_line(tmp_path, tiny_ckpt, capsys):
+    rows = [{"prompt": [{"role": "user", "content": f"Add {i} and 1."}], "chosen": str(i + 1), "rejected": str(i)}
+            for i in range(16)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = D.DPOConfig(init=tiny_ckpt, out=str(tmp_path / "dpo"), data=str(tmp_path / "train.jsonl"),
+                      n_eval_tasks=0, batch_size=4, max_steps=3, lr=1e-4, warmup_steps=1, time_budget_min=0,
+                      eval_every=0, ckpt_every=100, dtype="fp32", threads=torch.get_num_threads(), log_every=1,
+                      debug_nan_at_step=2)
+    with pytest.raises(SystemExit) as stop:
+        D.run_dpo(cfg)
+    assert stop.value.code == 3
+    assert "STOPPED: non-finite loss at step 2" in capsys.readouterr().out
+    assert json.load(open(tmp_path / "dpo" / "report.json"))["status"] == "non-finite loss"

@@ -412,3 +412,63 @@ def test_rerunning_a_finished_run_keeps_its_report(data_dir, tmp_path, capsys):
     assert "finished run" in capsys.readouterr().out
     with open(os.path.join(out, "report.json")) as f:
         assert json.load(f) == report
+
+
+# -----------------------------------------------------------------------------
+# one run per output folder, and ranks that die with torchrun
+
+
+def test_second_run_on_the_same_folder_refuses(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "locked")
+    holder = subprocess.Popen([sys.executable, "-c", "import common, sys, time; common.OutputLock(sys.argv[1])"
+                               ".acquire(); print('locked', flush=True); time.sleep(60)", out],
+                              cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        assert pretrain.main(COMMON + ["--data", data_dir, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert f"in use by another run (pid {holder.pid})" in err and "Traceback" not in err
+        assert not os.path.exists(os.path.join(out, "checkpoints"))  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    run_inprocess(data_dir, out, "--max-steps", "2")  # the holder is gone: the folder is free
+    assert os.path.exists(os.path.join(out, "final", "model.pt"))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_ranks_die_with_a_killed_torchrun(data_dir, tmp_path):
+    out = str(tmp_path / "orphans")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "pretrain.py", *COMMON,
+           "--max-steps", "100000", "--ckpt-every", "1", "--eval-every", "0", "--data", data_dir, "--out", out]
+    agent = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = os.path.join(out, "log.jsonl")
+    deadline = time.time() + 180
+    while time.time() < deadline and not (os.path.exists(log) and os.path.getsize(log) > 0):
+        time.sleep(0.5)
+    ranks = _children(agent.pid)
+    assert len(ranks) == 2 and os.path.getsize(log) > 0, "the run did not start"
+    agent.kill()  # SIGKILL: torchrun gets no chance to stop its ranks itself
+    agent.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(os.path.exists(f"/proc/{r}") and
+                                         open(f"/proc/{r}/stat").read().split()[2] != "Z" for r in ranks):
+        time.sleep(0.2)
+    alive = [r for r in ranks if os.path.exists(f"/proc/{r}") and open(f"/proc/{r}/stat").read().split()[2] != "Z"]
+    for r in alive:
+        os.kill(r, signal.SIGKILL)
+    assert not alive, f"ranks {alive} kept running after torchrun was killed"
+    time.sleep(1)
+    ckpts = sorted(os.listdir(os.path.join(out, "checkpoints")))
+    time.sleep(2)
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ckpts  # nothing written after

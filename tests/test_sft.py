@@ -171,3 +171,19 @@ def test_tiny_sft_run_end_to_end(tmp_path, tok_path):
     tuned, _ = checkpoint.load_model(os.path.join(out, "final"))
     start, _ = checkpoint.load_model(init)
     assert not torch.equal(tuned.output.weight, start.output.weight)
+
+
+def test_no_usable_rows_is_one_line_and_exit_2(tmp_path, tok_path, capsys):
+    init = str(tmp_path / "init")
+    checkpoint.save_model(tiny_model(seed=1), tiny_args(), init, tokenizer_path=tok_path)
+    train_path = str(tmp_path / "bad.jsonl")
+    with open(train_path, "wb") as f:
+        f.write(json.dumps({"messages": [msg("user", "x"), msg("robot", "y")]}).encode() + b"\n")  # unknown role
+        f.write(b"\xff\xfe not utf-8\n")
+        f.write(b"[" * 100_000 + b"\n")  # deeper than any JSON reader recurses
+    capsys.readouterr()
+    rc = sft.main(["--init", init, "--out", str(tmp_path / "sft"), "--train-jsonl", train_path,
+                   "--max-steps", "2", "--time-budget-min", "0", "--seq-len", "128"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith("error: ") and f"{train_path}: no usable training conversations (3 rows skipped" in err
