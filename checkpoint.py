@@ -741,10 +741,10 @@ def save_checkpoint(ckpt_root: str, step: int, model: nn.Module, optimizer=None,
         write_checksums(tmp)
         if os.path.exists(final):  # saving a step again (e.g. after a resume): move the
             shutil.rmtree(final + ".tmp-old", ignore_errors=True)  # old one aside,
-            os.rename(final, final + ".tmp-old")  # _prune deletes it
+            os.rename(final, final + ".tmp-old")  # prune deletes it
         os.rename(tmp, final)  # the commit point: atomic on a POSIX filesystem
         fsync_dir(ckpt_root)  # make the rename itself durable
-        _prune(ckpt_root, keep)
+        prune(ckpt_root, keep)
     _barrier()
     return final
 
@@ -756,7 +756,7 @@ def _json_scalar(value):
     raise TypeError(f"extra must be JSON-able; got {type(value).__name__}: {value!r}")
 
 
-def _prune(ckpt_root: str, keep: int):
+def prune(ckpt_root: str, keep: int):
     """Delete all but the latest `keep` complete checkpoints and any leftover temp
     folders of killed saves (only called by rank 0 after its own save completed)."""
     complete = sorted(d for d in os.listdir(ckpt_root) if _STEP_DIR.match(d))

@@ -458,20 +458,21 @@ class Interrupts(contextlib.AbstractContextManager):
                 if stop.signal:      # save a checkpoint, then exit(stop.exit_code)
                     ...
 
-    The first signal sets `signal` (signal.SIGINT or SIGTERM); a second one of the
-    same kind restores the default behaviour and re-raises it (a user who presses
-    Ctrl-C twice means it). exit_code is 128 + the signal number: 130 for SIGINT, 143
-    for SIGTERM, as a shell reports them."""
+    The first signal sets `signal` (signal.SIGINT or SIGTERM). torchrun forwards a
+    terminal's Ctrl-C to ranks that got it already, so a repeat within `grace` seconds
+    is the same request; a later one restores the default behaviour and re-raises it
+    (a user who presses Ctrl-C again after a while means it). exit_code is 128 + the
+    signal number: 130 for SIGINT, 143 for SIGTERM, as a shell reports them."""
 
-    def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)):
-        self.signals, self.signal, self._old = signals, None, {}
+    def __init__(self, signals=(signal.SIGINT, signal.SIGTERM), grace: float = 2.0):
+        self.signals, self.grace, self.signal, self._old, self._since = signals, grace, None, {}, 0.0
 
     def _handler(self, signum, frame):
-        if self.signal == signum:  # second time: give up waiting
+        if self.signal is None:
+            self.signal, self._since = signum, time.monotonic()
+        elif time.monotonic() - self._since > self.grace:  # asked again: stop waiting
             signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
             os.kill(os.getpid(), signum)
-            return
-        self.signal = signum
 
     @property
     def exit_code(self) -> int:

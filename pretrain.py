@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,7 +54,7 @@ import torch.nn.functional as F
 import checkpoint
 import parallel
 from model import ModelArgs, count_params, flops_per_token
-from common import (GPU_PEAK_BF16, OutputLock, UsageError, atomic_write_json, arg, cli, die_with_parent, flag,
+from common import (GPU_PEAK_BF16, Interrupts, OutputLock, UsageError, atomic_write_json, arg, cli, die_with_parent, flag,
                     parse_config, print0, read_jsonl)
 
 # -----------------------------------------------------------------------------
@@ -90,8 +91,6 @@ class TrainConfig:
     stop_at_step: int = arg(0, "debug: stop after this step (with a checkpoint), as if "
                                 "interrupted; resuming continues the same schedule")
     debug_nan_at_step: int = arg(0, "debug: make the loss NaN at this step (tests the stop)")
-    debug_pause_in_save: float = arg(0.0, "debug: sleep this many seconds inside a checkpoint "
-                                          "save, files written but not committed (kill test)")
 
     def validate(self):
         """Reject values the loop cannot run with, naming the flag (UsageError)."""
@@ -624,35 +623,21 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+def _agreed_signal(interrupts, dist) -> int:
+    """The signal number every rank acts on after this step (0: none). A terminal's
+    Ctrl-C reaches all ranks, a scheduler's SIGTERM may reach one first: the ranks take
+    the maximum over all of them, so they all stop at the same step (one scalar
+    all-reduce per step)."""
+    signum = int(interrupts.signal or 0)
+    if dist.world_size > 1:
+        flag_t = torch.tensor(signum, device=dist.device)
+        torch.distributed.all_reduce(flag_t, op=torch.distributed.ReduceOp.MAX)
+        signum = int(flag_t)
+    return signum
+
+
 def _step_dir(ckpt_dir: str, step: int) -> str:
     return os.path.join(ckpt_dir, f"step_{step:08d}")  # checkpoint.save_checkpoint's naming
-
-
-def _save(cfg, ckpt_dir, step, model, optimizer, model_args, extra, keep):
-    """checkpoint.save_checkpoint, optionally pausing inside it for the kill test: the
-    pause happens just before the save commits (its rename of the finished temporary
-    folder to step_XXXXXXXX), i.e. with every file written but the checkpoint not yet
-    valid -- the worst moment to die. Only saves after the first one pause."""
-    if cfg.debug_pause_in_save <= 0 or step <= cfg.ckpt_every:
-        return checkpoint.save_checkpoint(ckpt_dir, step, model, optimizer, model_args=model_args,
-                                        extra=extra, keep=keep)
-    real_replace, real_rename = os.replace, os.rename
-
-    def pausing(fn):
-        def wrapper(src, dst, *a, **k):
-            if os.path.abspath(os.fspath(dst)) == os.path.abspath(_step_dir(ckpt_dir, step)):
-                print(f"DEBUG: inside checkpoint save of step {step}, pausing "
-                      f"{cfg.debug_pause_in_save}s before commit", flush=True)
-                time.sleep(cfg.debug_pause_in_save)
-            return fn(src, dst, *a, **k)
-        return wrapper
-
-    os.replace, os.rename = pausing(real_replace), pausing(real_rename)
-    try:
-        return checkpoint.save_checkpoint(ckpt_dir, step, model, optimizer, model_args=model_args,
-                                        extra=extra, keep=keep)
-    finally:
-        os.replace, os.rename = real_replace, real_rename
 
 
 def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval_fn=None,
@@ -724,101 +709,114 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
 
     losses, last_eval, step_times = {}, {}, []
     tokens_seen, t_run = 0, time.time()
-    while step < total_steps:
-        t0 = time.time()
-        lr = lr_at(step, max_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
-                   min_lr_ratio=cfg.min_lr_ratio, anneal_steps=cfg.anneal_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        micro_batches = next_batch(step, total_steps)
-        n_micro = len(micro_batches)
-        loss_sum = torch.zeros((), device=dist.device)
-        extra_metrics, n_tokens, seq_len = {}, 0, 0
-        for i, batch in enumerate(micro_batches):
-            # With FSDP, reduce-scatter gradients only after the last micro-batch.
-            if hasattr(model, "set_requires_gradient_sync"):
-                model.set_requires_gradient_sync(i == n_micro - 1)
-            with autocast(cfg, dist):
-                out = loss_fn(model, batch)
-            loss, metrics = out if isinstance(out, tuple) else (out, {})
-            if cfg.debug_nan_at_step and step + 1 == cfg.debug_nan_at_step:
-                loss = loss * float("nan")  # debug: poison the loss
-            (loss / n_micro).backward()
-            loss_sum += loss.detach()
-            for k, v in metrics.items():
-                extra_metrics[k] = extra_metrics.get(k, 0.0) + float(v) / n_micro
-            if isinstance(batch, dict):
-                n_tokens += int(batch.get("n_tokens", batch["inputs"].numel() if "inputs" in batch else 0))
-                seq_len = batch["inputs"].shape[1] if "inputs" in batch else seq_len
-        # The step's loss, averaged over micro-batches and data-parallel ranks.
-        loss_t = loss_sum / n_micro
-        if dist.world_size > 1:
-            torch.distributed.all_reduce(loss_t, op=torch.distributed.ReduceOp.AVG)
-        grad_norm = parallel.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
-                                             cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        loss_v, norm_v = loss_t.item(), float(grad_norm)
-        if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
-            # §3.3.4: a bad step must not reach the weights nor a checkpoint. We stop
-            # before optimizer.step(); the latest checkpoint on disk is the last good one.
+    # §3.3.4: a cluster scheduler stops jobs with SIGTERM, a user with Ctrl-C (SIGINT);
+    # either one finishes the step in progress, saves it, and exits (see below).
+    with Interrupts() as interrupts:
+        while step < total_steps:
+            t0 = time.time()
+            lr = lr_at(step, max_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
+                       min_lr_ratio=cfg.min_lr_ratio, anneal_steps=cfg.anneal_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            micro_batches = next_batch(step, total_steps)
+            n_micro = len(micro_batches)
+            loss_sum = torch.zeros((), device=dist.device)
+            extra_metrics, n_tokens, seq_len = {}, 0, 0
+            for i, batch in enumerate(micro_batches):
+                # With FSDP, reduce-scatter gradients only after the last micro-batch.
+                if hasattr(model, "set_requires_gradient_sync"):
+                    model.set_requires_gradient_sync(i == n_micro - 1)
+                with autocast(cfg, dist):
+                    out = loss_fn(model, batch)
+                loss, metrics = out if isinstance(out, tuple) else (out, {})
+                if cfg.debug_nan_at_step and step + 1 == cfg.debug_nan_at_step:
+                    loss = loss * float("nan")  # debug: poison the loss
+                (loss / n_micro).backward()
+                loss_sum += loss.detach()
+                for k, v in metrics.items():
+                    extra_metrics[k] = extra_metrics.get(k, 0.0) + float(v) / n_micro
+                if isinstance(batch, dict):
+                    n_tokens += int(batch.get("n_tokens", batch["inputs"].numel() if "inputs" in batch else 0))
+                    seq_len = batch["inputs"].shape[1] if "inputs" in batch else seq_len
+            # The step's loss, averaged over micro-batches and data-parallel ranks.
+            loss_t = loss_sum / n_micro
+            if dist.world_size > 1:
+                torch.distributed.all_reduce(loss_t, op=torch.distributed.ReduceOp.AVG)
+            grad_norm = parallel.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
+                                                 cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            loss_v, norm_v = loss_t.item(), float(grad_norm)
+            if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
+                # §3.3.4: a bad step must not reach the weights nor a checkpoint. We stop
+                # before optimizer.step(); the latest checkpoint on disk is the last good one.
+                optimizer.zero_grad(set_to_none=True)
+                latest = checkpoint.latest_checkpoint(ckpt_dir)
+                raise NonFiniteLossError(
+                    f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient norm'} at step "
+                    f"{step + 1} (loss {loss_v}, grad norm {norm_v}); stopped without updating or "
+                    f"saving. Last good checkpoint: {latest or 'none'}. Lower --lr, check the data, "
+                    f"or resume from it with a different --seed.")
+            optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            latest = checkpoint.latest_checkpoint(ckpt_dir)
-            raise NonFiniteLossError(
-                f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient norm'} at step "
-                f"{step + 1} (loss {loss_v}, grad norm {norm_v}); stopped without updating or "
-                f"saving. Last good checkpoint: {latest or 'none'}. Lower --lr, check the data, "
-                f"or resume from it with a different --seed.")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses[step] = loss_v
+            step += 1
+            losses[step] = loss_v
 
-        # ---- speed: tokens/s, MFU, ETA -----------------------------------------------
-        dt = time.time() - t0
-        step_times.append(dt)
-        global_tokens = n_tokens * dist.dp_size
-        tokens_seen += global_tokens
-        tok_s = global_tokens / dt
-        mfu = float("nan")
-        if seq_len:
-            # 6N + attention FLOPs per token (PaLM appendix B) over the peak of all ranks.
-            mfu = flops_per_token(model_args, seq_len) * tok_s / (peak * dist.world_size)
-        if cfg.time_budget_min > 0 and len(step_times) == 3 and not start_state.get("total_steps"):
-            # Fit the run into the time budget, from the speed of steps 2-3 (step 1
-            # pays for warm-up) with 15% kept for evaluation and checkpoints.
-            per_step = sum(step_times[1:]) / 2
-            fit = int((cfg.time_budget_min * 60 - (time.time() - t_run)) * 0.85 / per_step) + step
-            fit = torch.tensor(fit, device=dist.device)
-            if dist.world_size > 1:  # every rank must agree on the schedule
-                torch.distributed.all_reduce(fit, op=torch.distributed.ReduceOp.MIN)
-            new_total = min(total_steps, max(step + 1, int(fit)))  # never longer than asked
-            if new_total != total_steps:
-                print0(f"time budget {cfg.time_budget_min} min at {per_step:.2f} s/step: "
-                       f"training {new_total} steps instead of {total_steps}")
-                total_steps = new_total
-                if cfg.anneal_steps > total_steps:
-                    print0(f"{flag('anneal_steps')} {cfg.anneal_steps} is longer than the shortened "
-                           f"run: annealing all {total_steps} steps")
-        recent = step_times[-10:]
-        eta = (total_steps - step) * sum(recent) / len(recent)
-        if step % cfg.log_every == 0 or step == total_steps:
-            logger.log(step, loss=loss_v, lr=lr, grad_norm=norm_v, tok_s=tok_s, mfu=mfu,
-                       eta_s=round(eta, 1), **extra_metrics)
+            # ---- speed: tokens/s, MFU, ETA -----------------------------------------------
+            dt = time.time() - t0
+            step_times.append(dt)
+            global_tokens = n_tokens * dist.dp_size
+            tokens_seen += global_tokens
+            tok_s = global_tokens / dt
+            mfu = float("nan")
+            if seq_len:
+                # 6N + attention FLOPs per token (PaLM appendix B) over the peak of all ranks.
+                mfu = flops_per_token(model_args, seq_len) * tok_s / (peak * dist.world_size)
+            if cfg.time_budget_min > 0 and len(step_times) == 3 and not start_state.get("total_steps"):
+                # Fit the run into the time budget, from the speed of steps 2-3 (step 1
+                # pays for warm-up) with 15% kept for evaluation and checkpoints.
+                per_step = sum(step_times[1:]) / 2
+                fit = int((cfg.time_budget_min * 60 - (time.time() - t_run)) * 0.85 / per_step) + step
+                fit = torch.tensor(fit, device=dist.device)
+                if dist.world_size > 1:  # every rank must agree on the schedule
+                    torch.distributed.all_reduce(fit, op=torch.distributed.ReduceOp.MIN)
+                new_total = min(total_steps, max(step + 1, int(fit)))  # never longer than asked
+                if new_total != total_steps:
+                    print0(f"time budget {cfg.time_budget_min} min at {per_step:.2f} s/step: "
+                           f"training {new_total} steps instead of {total_steps}")
+                    total_steps = new_total
+                    if cfg.anneal_steps > total_steps:
+                        print0(f"{flag('anneal_steps')} {cfg.anneal_steps} is longer than the shortened "
+                               f"run: annealing all {total_steps} steps")
+            recent = step_times[-10:]
+            eta = (total_steps - step) * sum(recent) / len(recent)
+            if step % cfg.log_every == 0 or step == total_steps:
+                logger.log(step, loss=loss_v, lr=lr, grad_norm=norm_v, tok_s=tok_s, mfu=mfu,
+                           eta_s=round(eta, 1), **extra_metrics)
 
-        # ---- evaluation and checkpoints ---------------------------------------------
-        if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
-            model.eval()
-            last_eval = eval_fn(model)
-            model.train()
-            logger.log(step, **last_eval)
-        stopping = cfg.stop_at_step and step == cfg.stop_at_step
-        if step % cfg.ckpt_every == 0 or step == total_steps or stopping or is_anneal_ckpt(step):
-            path = _save(cfg, ckpt_dir, step, model, optimizer, model_args, extra(), keep)
-            print0(f"checkpoint: {path}")
-        if stopping:
-            print0(f"--stop-at-step {step}: stopping here (resume continues the same schedule)")
-            logger.plot()
-            return {"step": step, "losses": losses, "last_eval": last_eval, "final_dir": None,
-                    "total_steps": total_steps, "stopped": True}
+            # ---- evaluation and checkpoints ---------------------------------------------
+            if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
+                model.eval()
+                last_eval = eval_fn(model)
+                model.train()
+                logger.log(step, **last_eval)
+            stopping = cfg.stop_at_step and step == cfg.stop_at_step
+            signum = _agreed_signal(interrupts, dist)
+            if step % cfg.ckpt_every == 0 or step == total_steps or stopping or signum or is_anneal_ckpt(step):
+                path = checkpoint.save_checkpoint(ckpt_dir, step, model, optimizer, model_args=model_args,
+                                                  extra=extra(), keep=keep)
+                print0(f"checkpoint: {path}")
+            if signum:  # every rank saved its shards at this step; each says so and exits
+                code = 128 + signum
+                print(f"[rank {dist.rank}] {signal.Signals(signum).name}: interrupted at step {step}, "
+                      f"checkpoint saved to {path}, resume with the same command (exit {code})",
+                      file=sys.stderr, flush=True)
+                logger.plot()
+                parallel.teardown_distributed()
+                raise SystemExit(code)
+            if stopping:
+                print0(f"--stop-at-step {step}: stopping here (resume continues the same schedule)")
+                logger.plot()
+                return {"step": step, "losses": losses, "last_eval": last_eval, "final_dir": None,
+                        "total_steps": total_steps, "stopped": True}
 
     final_dir = None
     if export:
@@ -838,6 +836,9 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
         final_dir = os.path.join(cfg.out, "final")
         checkpoint.export_model(model, model_args, final_dir, tokenizer_path=tokenizer_path)
         print0(f"exported {final_dir}")
+        if dist.is_main and keep > cfg.keep_checkpoints:  # the annealing checkpoints are averaged
+            checkpoint.prune(ckpt_dir, cfg.keep_checkpoints)  # in; keep --keep-checkpoints of them
+        parallel.barrier()
     logger.plot()
     return {"step": step, "losses": losses, "last_eval": last_eval, "final_dir": final_dir,
             "total_steps": total_steps, "tokens_seen": tokens_seen, "seconds": time.time() - t_run}

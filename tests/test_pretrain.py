@@ -223,8 +223,8 @@ def test_sigkill_during_checkpoint_save(data_dir, reference, tmp_path):
     committed): step 2 stays the latest checkpoint, loads, and a resumed run
     continues from it to the same result as the uninterrupted run."""
     out = str(tmp_path / "killed")
-    cmd = [sys.executable, "pretrain.py", *COMMON, "--data", data_dir, "--out", out,
-           "--debug-pause-in-save", "60"]
+    cmd = [sys.executable, os.path.join("tests", "pause_in_save.py"), "60", "4", *COMMON, "--data", data_dir,
+           "--out", out]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     seen, deadline = [], time.time() + 120
@@ -294,6 +294,15 @@ def test_anneal_averages_checkpoints(data_dir, tmp_path):
     final = final_weights(out)
     for k, v in a.state_dict().items():
         torch.testing.assert_close(final[k], (v + b.state_dict()[k]) / 2)
+    # averaged into final/: the run keeps only --keep-checkpoints (2) of its checkpoints
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["step_00000004", "step_00000006"]
+
+
+def test_finished_run_prunes_the_annealing_checkpoints(data_dir, tmp_path):
+    out = str(tmp_path / "pruned")
+    run_inprocess(data_dir, out, "--anneal-steps", "4", "--anneal-ckpt-every", "1", "--eval-every", "0",
+                  "--keep-checkpoints", "1", "--ckpt-every", "1")
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["step_00000006"]
 
 
 def test_schedule_stages():
@@ -472,3 +481,68 @@ def test_ranks_die_with_a_killed_torchrun(data_dir, tmp_path):
     ckpts = sorted(os.listdir(os.path.join(out, "checkpoints")))
     time.sleep(2)
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ckpts  # nothing written after
+
+
+# -----------------------------------------------------------------------------
+# SIGINT / SIGTERM under torchrun: save at the current step on every rank, exit
+# 130 / 143, and the resumed run equals the uninterrupted one
+
+
+def _torchrun(data_dir, out, *extra, log_dir=None):
+    logs = ["--log-dir", log_dir, "--redirects", "3"] if log_dir else []  # each rank's stdout/stderr to a file
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", *logs,
+            "--master_addr=127.0.0.1", f"--master_port={free_port()}", "pretrain.py", *COMMON,
+            "--max-steps", "150", "--ckpt-every", "1000", "--eval-every", "0", "--data", data_dir, "--out", out,
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def two_rank_reference(data_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("two_rank_reference") / "run")
+    proc = subprocess.run(_torchrun(data_dir, out), cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_saves_exits_and_resumes_exactly(data_dir, two_rank_reference, tmp_path, signum):
+    out = str(tmp_path / "interrupted")
+    # A new session: SIGINT goes to the whole group, as a terminal's Ctrl-C does;
+    # SIGTERM to torchrun alone, as a scheduler sends it (torchrun forwards it).
+    log_dir = str(tmp_path / "rank_logs")
+    agent = subprocess.Popen(_torchrun(data_dir, out, log_dir=log_dir), cwd=ROOT, env=child_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = os.path.join(out, "log.jsonl")
+    deadline = time.time() + 180
+    while time.time() < deadline and agent.poll() is None:
+        if os.path.exists(log) and sum(1 for _ in open(log)) >= 5:
+            break
+        time.sleep(0.05)
+    if signum == signal.SIGINT:
+        os.killpg(agent.pid, signal.SIGINT)
+    else:
+        agent.send_signal(signal.SIGTERM)
+    _, agent_err = agent.communicate(timeout=120)
+    code, name = 128 + signum, signal.Signals(signum).name
+    steps = set()
+    for rank in (0, 1):  # what each rank itself wrote on stderr (torchrun's own summary aside)
+        [path] = [os.path.join(d, f) for d, _, files in os.walk(log_dir) for f in files
+                  if f == "stderr.log" and os.path.basename(d) == str(rank)]
+        err = open(path).read().strip().splitlines()
+        assert len(err) <= 5 and not any("Traceback" in line for line in err), (rank, err, agent_err[-2000:])
+        [line] = [line for line in err if line.startswith(f"[rank {rank}]")]
+        assert line.startswith(f"[rank {rank}] {name}: interrupted at step ") and line.endswith(f"(exit {code})")
+        steps.add(int(line.split("interrupted at step ")[1].split(",")[0]))
+    assert len(steps) == 1  # both ranks stopped at the same step
+    step = steps.pop()
+    assert 5 <= step < 150
+    assert f"exitcode: {code}" in agent_err or f"exitcode  : {code}" in agent_err or "got signal" in agent_err
+    assert os.path.basename(checkpoint.latest_checkpoint(os.path.join(out, "checkpoints"))) == f"step_{step:08d}"
+    assert not os.path.exists(os.path.join(out, "final"))
+    proc = subprocess.run(_torchrun(data_dir, out), cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                          timeout=300)  # the same command resumes
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses_of(out) == losses_of(two_rank_reference)
+    ref_w, got_w = final_weights(two_rank_reference), final_weights(out)
+    assert all(torch.equal(got_w[k], ref_w[k]) for k in ref_w)
