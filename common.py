@@ -41,7 +41,8 @@ def rank() -> int:
 def print0(*args, **kwargs):
     """print on rank 0 only (keeps `if rank == 0` out of the logic), flushed."""
     if rank() == 0:
-        print(*args, **kwargs, flush=True)
+        kwargs.setdefault("flush", True)
+        print(*args, **kwargs)
 
 
 # -----------------------------------------------------------------------------

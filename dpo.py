@@ -28,7 +28,7 @@ What is notable here
   (the SFT model) and after DPO.
 
 Our choices (the paper's are for 8B-405B models)
-- Data: the ON-POLICY pairs that `python reward.py rejection-sample` writes to
+- Data: the ON-POLICY pairs that `python rejection.py` writes to
   out/rejection/pairs.jsonl (the default when that file exists): for each prompt, one
   of the SFT policy's own correct samples vs one of its wrong ones, as judged by the
   task checker (execution feedback, §4.3). Llama 3 collects its preference data from
@@ -44,7 +44,7 @@ Our choices (the paper's are for 8B-405B models)
   points) was as large as the effects we wanted to see.
 
 Measured on this CPU (small-15m, default tasks, 1,000 held-out prompts, one epoch at
-5e-5, ~2-3 min), on the on-policy pairs of `reward.py rejection-sample --n-prompts 4096`:
+5e-5, ~2-3 min), on the on-policy pairs of `rejection.py --n-prompts 4096`:
 - SFT model A (57.0% held-out task accuracy), 2,681 pairs: 57.0% -> 61.0% (digit
   85 -> 98%, last 67 -> 77%, the others within noise); eval_logps/chosen -0.885 ->
   -0.835. Earlier pair selections on A: 57.0% -> 64.3%
@@ -91,13 +91,13 @@ import checkpoint
 import model as M
 import parallel
 import pretrain
-from common import arg, cli, parse_config, print0
+from common import arg, cli, parse_config, print0, set_threads
 from pretrain import TrainConfig
 # Preference rows come from the same place as the reward model's (one reader and
 # validator, tasks.py): --data / --eval-data files, or generated pairs.
 from reward import load_pairs
 
-ON_POLICY_PAIRS = "out/rejection/pairs.jsonl"  # what `python reward.py rejection-sample` writes
+ON_POLICY_PAIRS = "out/rejection/pairs.jsonl"  # what `python rejection.py` writes
 
 # -----------------------------------------------------------------------------
 # 1. The loss (§4.1.4; Rafailov et al. 2023)
@@ -361,15 +361,14 @@ def run_dpo(cfg: DPOConfig) -> dict:
     from tokenizer import ChatFormat, Tokenizer
     dist = parallel.setup_distributed(tp=cfg.tp)
     pretrain.claim_output(cfg.out, dist)
-    from reward import set_threads
-    set_threads(cfg.threads, dist)
+    set_threads(cfg.threads, dist.device)
     t_start = time.time()
     os.makedirs(cfg.out, exist_ok=True)
     logger = pretrain.RunLogger(cfg.out, dist)
     logger.write_json("config.json", asdict(cfg))
     init = cfg.init or ("out/sft/final" if os.path.exists("out/sft/final/model.pt") else "out/pretrain/final")
     if not cfg.data and os.path.exists(ON_POLICY_PAIRS):
-        cfg.data = ON_POLICY_PAIRS  # reward.py rejection-sample ran: the round's own pairs (§4.2.1)
+        cfg.data = ON_POLICY_PAIRS  # rejection.py ran: the round's own pairs (§4.2.1)
     model, model_args = checkpoint.load_model(init, device=dist.device)
     tokenizer_path = checkpoint.find_tokenizer(init)
     tokenizer = Tokenizer(tokenizer_path)

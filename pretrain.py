@@ -45,7 +45,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ import checkpoint
 import parallel
 from model import ModelArgs, count_params, flops_per_token
 from common import (GPU_PEAK_BF16, Interrupts, OutputLock, UsageError, atomic_write_json, arg, cli, die_with_parent, flag,
-                    parse_config, print0, read_jsonl)
+                    parse_config, print0, read_jsonl, set_threads)
 
 # -----------------------------------------------------------------------------
 # 1. Configuration: a dataclass, overridable with --key value
@@ -859,11 +859,9 @@ def main(argv=None) -> int:
         return 0
     dist = parallel.setup_distributed(tp=cfg.tp)
     claim_output(cfg.out, dist)
-    if dist.device.type == "cpu":
-        # N ranks on C cores: C/N threads each (2 ranks on 2 cores: 1 thread each);
-        # more threads than cores makes every rank slower.
-        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
+    # N ranks on C cores: C/N threads each (2 ranks on 2 cores: 1 thread each); more
+    # threads than cores makes every rank slower.
+    set_threads(0, dist.device)
     os.makedirs(cfg.out, exist_ok=True)
     logger = RunLogger(cfg.out, dist)
     logger.write_json("config.json", asdict(cfg))

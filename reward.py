@@ -1,17 +1,15 @@
 """
-reward.py -- the reward model (§4.1.2) and rejection sampling (§4.2.2).
+reward.py -- the reward model (§4.1.2), the first step of every post-training round.
 
-Stage of the paper: the first two steps of every post-training round (§4.1: reward
-model -> rejection sampling -> SFT -> DPO). Written as a difference from pretrain.py:
-the optimizer, schedule, training loop, logging and checkpoints are imported from
-there; this file owns the reward model's data, its packed rows and its loss.
+Stage of the paper: §4.1's round is reward model -> rejection sampling (rejection.py) ->
+SFT (sft.py) -> DPO (dpo.py). Written as a difference from pretrain.py: the optimizer,
+schedule, training loop, logging and checkpoints are imported from there; this file
+owns the reward model's data, its packed rows and its loss.
 
 What is notable here
-- The reward model is the Transformer trunk of a checkpoint (the paper starts from
-  the pre-trained one; our default is the SFT model if there is one, see below) with
-  its next-token head left unused and a scalar `value_head` read at the LAST token of
-  each response -- the <|eot_id|> that closes the assistant turn, i.e. after the model
-  has read the whole response.
+- The reward model is the Transformer trunk of a checkpoint with its next-token head
+  left unused and a scalar `value_head` read at the LAST token of each response -- the
+  <|eot_id|> that closes the assistant turn, i.e. after the model has read it all.
 - The loss is Llama 2's Bradley-Terry objective without the margin term (§4.1.2):
   -log σ(r(x, y_chosen) - r(x, y_rejected)). Rows with three ranked responses
   (edited > chosen > rejected) contribute every ordered pair: 3 pairs instead of 1.
@@ -20,73 +18,36 @@ What is notable here
   prompt once and all its responses; an attention mask lets each response see only
   the prompt and itself, and its RoPE positions continue from the prompt's end, so
   each response is scored exactly as in a row of its own (tests/test_reward.py holds
-  the two to 1e-5).
-- Rejection sampling (§4.2.2): K samples per prompt from the policy with
-  sample.generate(num_samples=K) -- the prompt's KV cache is computed once and shared
-  by the K samples -- scored by the reward model in one packed row per prompt; the
-  best becomes SFT data. The task checker (tasks.py, "execution feedback" §4.3) then
-  says how often the reward model's pick is actually right, against a random sample
-  and against the best-of-K oracle.
+  the two to 1e-5). rejection.py scores K samples the same way.
 
-Our choices where the paper is silent or a 15M model differs (measured numbers are in
-the report.json each run writes):
+Our choices where the paper is silent or a 15M model differs (docs/NOTES.md has the
+measurements behind them):
 - Initialization: the paper trains the RM on the pre-trained checkpoint. Our tiny
-  pre-trained model has never seen a chat turn nor our tasks, and its loss is ~6 nats;
-  the SFT model (out/sft/final) already solves part of the tasks, so its trunk
-  "knows" more of what a correct answer is. Default: --init out/sft/final when it
-  exists, else out/pretrain/final (printed at start).
+  pre-trained model has never seen a chat turn nor our tasks; the SFT model already
+  solves part of them, so its trunk "knows" more of what a correct answer is.
+  Default: --init out/sft/final when it exists, else out/pretrain/final.
 - The value head is zero-initialized: every score starts at 0, so the first loss is
   exactly ln 2 and the trunk's first gradients are not noise from a random head.
 - Half of the generated pairs are bare answers ("9" vs "6", no edited): the form the
   SFT policy answers in, i.e. what rejection sampling will ask the RM to judge.
-- The wrong answers imitate the policy's own mistakes (tasks.py's corrupt(): for max,
-  last and larger, half the time a number that is not in the prompt at all). This was
-  the change that mattered: with only "another item of the list" as the wrong answer,
-  the RM reached 80% on held-out chosen-vs-rejected pairs yet ranked the policy's
-  correct samples above its wrong ones only 54% of the time, and its best-of-8 pick
-  was correct LESS often than a random sample (30.8% vs 32.7%).
-- 600 steps x 16 rows, each generated row seen once (300 steps: 86% / 73% below).
-- `--on-policy-prompts N` also trains on the init model's own samples, labelled by
-  the task checker (§4.2.1's "preference data from the latest models"). Off by
-  default: with 2,048 prompts (1,387 pairs) it made things worse here (held-out 76%,
-  on-policy held-out pairs 49%): a 15M trunk does not learn from those noisy pairs.
-
-Measured on this CPU (small-15m, an SFT model at 42% held-out task accuracy, default
-tasks digit/max/last/count/larger, 600 steps, 2 threads, ~4.5 min):
-- held-out pairwise accuracy 91.2% over all ordered pairs (edited > chosen > rejected,
-  and the bare pairs), margin 7.5; 82.2% on the chosen-vs-rejected (correct vs wrong)
-  pairs alone: digit 100%, larger 84%, max 84%, count 72%, last 71%. The RM judges
-  "larger" (84%) although the policy answers it right 1% of the time: a scalar
-  judgement can be easier to learn than the generation.
-- Rejection sampling, K=8, 1,024 held-out prompts with that RM: its pick is correct
-  43.8% of the time, a random sample 32.7%, the best-of-8 oracle 75.8%; it ranks a
-  correct sample above a wrong one in 70.2% of the policy's own (correct, wrong) pairs.
-- On a stronger SFT model (57% task accuracy): held-out 90.1% (chosen vs rejected
-  80.0%); rejection sampling on 4,096 prompts: pick correct 57.8%, random 49.9%,
-  oracle 85.2%.
+- The wrong answers imitate the policy's own mistakes (tasks.py's corrupt()).
+- `--on-policy-prompts N` also trains on the init model's own samples, labelled by the
+  task checker (§4.2.1's "preference data from the latest models"); off by default.
 
 Reads:  a checkpoint (--init), preference pairs (tasks.make_preference_pairs by
         default, or --data / --eval-data JSONL validated by tasks.read_preference_jsonl).
-        rejection-sample: a policy checkpoint and a reward model (out/reward/final).
 Writes: out/reward/{config.json, log.jsonl, loss.png, accuracy.png, report.json,
         checkpoints/, final/{model.pt, tokenizer.model, reward_head.pt}}.
-        rejection-sample: out/rejection/{sft_rs.jsonl (SFT JSONL: {"messages", "task",
-        "meta"}), pairs.jsonl (on-policy preference pairs for dpo.py --data),
-        report.json}.
 
 How to run
     python reward.py                                  # train the RM, held-out accuracy
     python reward.py --max-steps 50 --tasks add,larger --init out/pretrain/final
-    python reward.py rejection-sample --policy out/sft/final --reward out/reward/final --k 8
 
-Read next: sft.py (trains on out/rejection/sft_rs.jsonl in the next round), then dpo.py.
+Read next: rejection.py (the RM picks the best of K samples), then sft.py and dpo.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import collections
-import json
 import os
 import random
 import sys
@@ -101,7 +62,7 @@ import checkpoint
 import model as M
 import parallel
 import pretrain
-from common import arg, atomic_torch_save, cli, parse_config, print0
+from common import arg, atomic_torch_save, cli, parse_config, print0, set_threads
 from pretrain import TrainConfig
 
 # -----------------------------------------------------------------------------
@@ -449,14 +410,6 @@ def make_eval_fn(encoded: list[dict], batch_size: int, pad_id: int, dist):
 # 5. Training the reward model
 
 
-def set_threads(threads: int, dist=None):
-    """CPU threads: `threads` if > 0, else cores / local ranks (as pretrain.main does)."""
-    if dist is not None and dist.device.type != "cpu":
-        return
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 1) // local_ranks))
-
-
 def default_init() -> str:
     """out/sft/final when SFT has run, else the pre-trained model (see the docstring)."""
     return "out/sft/final" if os.path.exists("out/sft/final/model.pt") else "out/pretrain/final"
@@ -516,6 +469,7 @@ def sample_on_policy_pairs(policy: M.Transformer, tokenizer, cfg: RewardConfig) 
     or off-task answers) and can score them highest: its best-of-K pick was then no
     better than a random sample."""
     import tasks
+    from rejection import rejection_sample  # rejection.py imports this file: import on use
     was_training = policy.training
     policy.eval()
     out = []
@@ -537,7 +491,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     """The whole stage: load, pack, train with pretrain.train, evaluate, save. -> report."""
     dist = parallel.setup_distributed(tp=cfg.tp)
     pretrain.claim_output(cfg.out, dist)
-    set_threads(cfg.threads, dist)
+    set_threads(cfg.threads, dist.device)
     t_start = time.time()
     os.makedirs(cfg.out, exist_ok=True)
     logger = pretrain.RunLogger(cfg.out, dist)
@@ -663,166 +617,11 @@ def plot_accuracy(logger, path: str):
 
 
 # -----------------------------------------------------------------------------
-# 6. Rejection sampling (§4.2.2)
-
-
-@torch.no_grad()
-def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: int = 8,
-                     temperature: float = 0.8, top_p: float = 1.0, max_new_tokens: int = 32,
-                     batch_prompts: int = 16, seed: int = 0, log_every: int = 1) -> tuple[list[dict], list[dict], dict]:
-    """K samples per prompt from the policy, the reward model picks the best.
-
-    examples: task examples ({"messages" (the last one, the reference answer, is
-              dropped), "task", "meta"}) or prompts ({"prompt": [messages]}).
-    -> (sft_rows, pairs, report):
-       sft_rows: {"messages": prompt + [the pick], "task", "meta": {..., "reward"}} -- the
-                 SFT JSONL format (§4.2.2: the pick becomes fine-tuning data);
-       pairs:    on-policy preference rows (chosen = the best-scored CORRECT sample,
-                 rejected = the best-scored WRONG one: a hard negative), where a prompt
-                 has both -- the checker is the judge here, not the reward model;
-       report:   pick_correct (the RM's pick passes the checker), random_correct (a
-                 random sample does: the mean over samples), oracle_correct (best of K:
-                 any sample does), and timings."""
-    import sample
-    import tasks
-    chat = chat_format(tokenizer)
-    prompts = [e["prompt"] if "prompt" in e else e["messages"][:-1] for e in examples]
-    sft_rows, pairs = [], []
-    n_checked = pick = random_hits = oracle = 0
-    sample_pairs = []  # (correct sample scored above wrong sample) for every such pair
-    stats_total = {"prefill_s": 0.0, "decode_s": 0.0, "new_tokens": 0, "score_s": 0.0}
-    t0 = time.time()
-    for start in range(0, len(prompts), batch_prompts):
-        batch = prompts[start:start + batch_prompts]
-        stats = {}
-        # §4.2.2: one prefill per prompt, its KV cache copied to the K rows that sample.
-        samples = sample.generate(policy, chat.tokenizer, [chat.encode_dialog_prompt(p) for p in batch],
-                                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                  seed=seed + start, num_samples=k, stats=stats)
-        for key in ("prefill_s", "decode_s", "new_tokens"):
-            stats_total[key] += stats[key]
-        t_score = time.time()
-        texts_of = [[chat.tokenizer.decode(ids) for ids in samples[i * k:(i + 1) * k]] for i in range(len(batch))]
-        if reward_model is None:  # no judge yet: every sample scores 0, the "pick" is sample 0 (random)
-            scores_of = [[0.0] * k for _ in batch]
-        else:
-            scores_of = score_prompts(reward_model, chat, batch, texts_of)  # one packed row per prompt
-        for i, prompt in enumerate(batch):
-            example = examples[start + i]
-            texts, scores = texts_of[i], scores_of[i]  # the K samples and their rewards
-            best = max(range(k), key=lambda j: scores[j])
-            row = {"messages": list(prompt) + [{"role": "assistant", "content": texts[best]}],
-                   "task": example.get("task"), "meta": {**example.get("meta", {}), "reward": scores[best], "k": k}}
-            if example.get("meta"):
-                correct = [tasks.check_response(example, t) for t in texts]
-                n_checked += 1
-                pick += correct[best]
-                random_hits += sum(correct) / k
-                oracle += any(correct)
-                row["meta"]["checker"] = correct[best]
-                right = [j for j in range(k) if correct[j] and texts[j].strip()]
-                wrong = [j for j in range(k) if not correct[j] and texts[j].strip()]
-                # The RM's own pairwise accuracy on the policy's samples (what picking needs).
-                sample_pairs += [scores[c] > scores[r] for c in right for r in wrong]
-                if right and wrong:  # on-policy pair for DPO (§4.1.4 uses the latest policy's samples)
-                    # chosen: the RM's favourite correct sample; rejected: the policy's most
-                    # frequent wrong answer -- the mistake greedy decoding tends to make, which
-                    # is the one DPO should push down (ties go to the RM's score).
-                    seen = collections.Counter(" ".join(texts[j].split()) for j in wrong)
-                    c = max(right, key=lambda j: scores[j])
-                    r = max(wrong, key=lambda j: (seen[" ".join(texts[j].split())], scores[j]))
-                    if " ".join(texts[c].split()) != " ".join(texts[r].split()):
-                        pairs.append({"task": example.get("task"), "prompt": list(prompt), "chosen": texts[c],
-                                      "rejected": texts[r], "meta": example.get("meta", {})})
-            sft_rows.append(row)
-        stats_total["score_s"] += time.time() - t_score
-        done = min(start + batch_prompts, len(prompts))
-        if log_every and (start // batch_prompts) % log_every == 0:
-            elapsed = time.time() - t0
-            msg = (f"rejection sampling: {done}/{len(prompts)} prompts, {elapsed:.0f}s, "
-                   f"eta {elapsed / done * (len(prompts) - done):.0f}s")
-            if n_checked:
-                msg += (f" | pick correct {pick / n_checked:.1%}, random {random_hits / n_checked:.1%}, "
-                        f"oracle {oracle / n_checked:.1%}")
-            print0(msg, flush=True)
-    n = max(1, n_checked)
-    report = {"prompts": len(prompts), "k": k, "temperature": temperature, "top_p": top_p,
-              "checked": n_checked, "pick_correct": pick / n, "random_correct": random_hits / n,
-              "oracle_correct": oracle / n, "pairs": len(pairs), "seconds": round(time.time() - t0, 1),
-              "rm_accuracy_on_samples": sum(sample_pairs) / max(1, len(sample_pairs)),
-              "rm_sample_pairs": len(sample_pairs),
-              "generate_tokens_per_s": round(stats_total["new_tokens"]
-                                             / max(1e-9, stats_total["prefill_s"] + stats_total["decode_s"]), 1),
-              "score_seconds": round(stats_total["score_s"], 1)}
-    return sft_rows, pairs, report
-
-
-def rejection_sample_main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="reward.py rejection-sample",
-                                     description="Rejection sampling (§4.2.2): K samples per prompt, "
-                                                 "the reward model picks.")
-    parser.add_argument("--policy", default="",
-                        help="the policy checkpoint (default: out/sft/final, else out/pretrain/final)")
-    parser.add_argument("--reward", default="out/reward/final", help="the reward model (python reward.py writes it)")
-    parser.add_argument("--k", type=int, default=8, help="samples per prompt (§4.2.2: 10 to 30)")
-    parser.add_argument("--prompts", default="",
-                        help="SFT JSONL whose prompts to sample (default: generated task prompts)")
-    parser.add_argument("--n-prompts", type=int, default=128, help="generated task prompts (tasks.make_examples)")
-    parser.add_argument("--split", default="train", help="tasks.py split of the generated prompts (train | val)")
-    parser.add_argument("--tasks", default="", help="comma-separated subset of tasks.py's tasks")
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="sampling temperature (our choice: diverse samples)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus; 1 = off")
-    parser.add_argument("--max-new-tokens", type=int, default=24,
-                        help="per sample (task answers are a few tokens)")
-    parser.add_argument("--batch-prompts", type=int, default=16, help="prompts per generate call (x K rows)")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores; 1 on a busy machine)")
-    parser.add_argument("--out-dir", "--out", dest="out", default="out/rejection", help="output folder")
-    args = parser.parse_args(argv)
-    print(json.dumps(vars(args)))
-    import quantize
-    import sample
-    import tasks
-    set_threads(args.threads)
-    policy_path = args.policy or default_init()
-    policy, tokenizer = sample.load_for_inference(policy_path, device="cpu" if not torch.cuda.is_available() else None)
-    quantize.fuse_for_decoding(policy)  # inference only from here on: fewer matmuls per step
-    reward_model, _ = load_reward_model(args.reward, device=next(policy.parameters()).device)
-    if args.prompts:
-        examples, _ = tasks.read_sft_jsonl(args.prompts)
-    else:
-        examples = tasks.make_examples(args.n_prompts, args.seed, tasks=args.tasks or None, split=args.split)
-    print(f"policy {policy_path}, reward model {args.reward}: {len(examples)} prompts x {args.k} samples")
-    sft_rows, pairs, report = rejection_sample(policy, reward_model, tokenizer, examples, k=args.k,
-                                               temperature=args.temperature, top_p=args.top_p,
-                                               max_new_tokens=args.max_new_tokens,
-                                               batch_prompts=args.batch_prompts, seed=args.seed)
-    os.makedirs(args.out, exist_ok=True)
-    tasks.write_jsonl(sft_rows, os.path.join(args.out, "sft_rs.jsonl"))
-    tasks.write_jsonl(pairs, os.path.join(args.out, "pairs.jsonl"))
-    report = {"policy": policy_path, "reward": args.reward, **report,
-              "files": {"sft": os.path.join(args.out, "sft_rs.jsonl"), "pairs": os.path.join(args.out, "pairs.jsonl")}}
-    with open(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"summary: the reward model's pick is correct {report['pick_correct']:.1%} of the time; a random "
-          f"sample {report['random_correct']:.1%}; best-of-{args.k} oracle {report['oracle_correct']:.1%}; it ranks "
-          f"a correct sample above a wrong one in {report['rm_accuracy_on_samples']:.1%} of "
-          f"{report['rm_sample_pairs']} such pairs. Wrote {len(sft_rows)} SFT rows and {len(pairs)} on-policy pairs to {args.out}")
-    return report
-
-
-# -----------------------------------------------------------------------------
 # 7. Command line
 
 
 @cli
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "rejection-sample":
-        return rejection_sample_main(argv[1:])
-    if argv and argv[0] == "train":
-        argv = argv[1:]
     return train_reward_model(parse_config(RewardConfig, argv))
 
 

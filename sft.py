@@ -62,7 +62,7 @@ import model as M
 import parallel
 import pretrain
 import tasks as T
-from common import UsageError, arg, cli, parse_config, print0
+from common import UsageError, arg, cli, parse_config, print0, set_threads
 from pretrain import TrainConfig
 from sample import generate
 from tokenizer import ChatFormat, Tokenizer
@@ -357,20 +357,6 @@ def plot_report(report: dict, log_records: list[dict], path: str):
 # 6. The SFT run
 
 
-def cpu_threads(requested: int = 0) -> int:
-    """Threads per rank on CPU: as pretrain.py, cores / local ranks -- unless other
-    processes already keep the cores busy (1-minute load average >= cores): then 1.
-    Measured on the 2-core machine with another job running: small-15m at 2 threads
-    ~170-230 tokens/s (the two threads wait on each other whenever one is descheduled),
-    at 1 thread several times more."""
-    if requested > 0:
-        return requested
-    cores = os.cpu_count() or 1
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 0.5
-    return 1 if busy else max(1, cores // local_ranks)
-
-
 def load_data(cfg: SFTConfig, tokenizer) -> tuple[list, list, dict]:
     """(train examples, held-out examples, {"skipped": ...}) from JSONL or tasks.py.
     Conversations longer than seq_len are reported and skipped (they fit no row)."""
@@ -400,8 +386,7 @@ def main(argv=None):
     cfg = parse_config(SFTConfig, argv)
     dist = parallel.setup_distributed(tp=cfg.tp)
     pretrain.claim_output(cfg.out, dist)
-    if dist.device.type == "cpu":
-        torch.set_num_threads(cpu_threads(cfg.threads))
+    set_threads(cfg.threads, dist.device)
     os.makedirs(cfg.out, exist_ok=True)
     logger = pretrain.RunLogger(cfg.out, dist)
     logger.write_json("config.json", asdict(cfg))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import checkpoint
 import model as M
+import rejection
 import reward as R
 
 
@@ -214,12 +215,22 @@ def test_tiny_reward_model_learns_and_round_trips(tmp_path, tiny_ckpt, chat):
     import tasks
     policy, _ = checkpoint.load_model(tiny_ckpt)
     examples = tasks.make_examples(3, seed=0, tasks=["larger"])
-    sft_rows, pairs, rs = R.rejection_sample(policy.eval(), rm, chat.tokenizer, examples, k=4, max_new_tokens=6,
+    sft_rows, pairs, rs = rejection.rejection_sample(policy.eval(), rm, chat.tokenizer, examples, k=4, max_new_tokens=6,
                                              batch_prompts=2, log_every=0)
     assert len(sft_rows) == 3 and rs["checked"] == 3
     for row, ex in zip(sft_rows, examples):
         assert row["messages"][:-1] == ex["messages"][:-1] and row["messages"][-1]["role"] == "assistant"
     assert 0 <= rs["random_correct"] <= rs["oracle_correct"] <= 1 and rs["pick_correct"] <= rs["oracle_correct"]
+
+    # The same from the command line (rejection.py), and a bad flag is one line, exit 2.
+    out = tmp_path / "rejection"
+    cli_report = rejection.main(["--init", tiny_ckpt, "--reward", report["final"], "--n-prompts", "4", "--k", "2",
+                                 "--max-new-tokens", "4", "--out", str(out), "--threads", "1"])
+    assert cli_report["prompts"] == 4 and cli_report["k"] == 2
+    assert (out / "sft_rs.jsonl").exists() and (out / "pairs.jsonl").exists() and (out / "report.json").exists()
+    with pytest.raises(SystemExit) as bad:
+        rejection.main(["--k", "0"])
+    assert bad.value.code == 2
 
 
 def test_on_policy_pairs_from_the_policys_own_samples(monkeypatch, tiny_ckpt, chat):

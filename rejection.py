@@ -1,0 +1,194 @@
+"""
+rejection.py -- rejection sampling (§4.2.2), the second step of every post-training round.
+
+§4.2.2: "For each prompt collected during human annotation we sample K (typically between
+10 and 30) outputs from the latest chat model policy ... and use our reward model to select
+the best candidate". Here:
+- K samples per prompt from the policy with sample.generate(num_samples=K): the prompt's
+  KV cache is computed once and shared by the K rows that sample.
+- The reward model (reward.py) scores the K samples of a prompt in ONE packed row (the
+  prompt once, each response seeing only the prompt and itself).
+- The pick becomes SFT data (sft_rs.jsonl, for the next round's sft.py). The task
+  checker (tasks.py, the "execution feedback" of §4.3) says how often the pick is right,
+  against a random sample and against the best-of-K oracle, and where a prompt has both
+  a correct and a wrong sample it gives an on-policy preference pair for dpo.py
+  (chosen: the RM's favourite correct sample; rejected: the policy's most frequent wrong
+  answer, the mistake greedy decoding tends to make).
+
+Reads:  a policy checkpoint (--init) and a reward model (--reward, out/reward/final);
+        prompts from tasks.py (default) or an SFT JSONL (--data).
+Writes: OUT/{sft_rs.jsonl (SFT JSONL: {"messages", "task", "meta"}), pairs.jsonl
+        (preference JSONL for dpo.py --data), report.json}.
+Run:    python rejection.py --init out/sft/final --reward out/reward/final --k 8
+Next:   dpo.py (trains on OUT/pairs.jsonl), sft.py (the next round's SFT data).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+
+import torch
+
+import quantize
+import reward as R
+import sample
+import tasks
+from common import OutputLock, atomic_write_json, cli, print0, set_threads
+
+
+@torch.no_grad()
+def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: int = 8,
+                     temperature: float = 0.8, top_p: float = 1.0, max_new_tokens: int = 32,
+                     batch_prompts: int = 16, seed: int = 0, log_every: int = 1) -> tuple[list[dict], list[dict], dict]:
+    """K samples per prompt from the policy, the reward model picks the best.
+
+    examples: task examples ({"messages" (the last one, the reference answer, is
+              dropped), "task", "meta"}) or prompts ({"prompt": [messages]}).
+    -> (sft_rows, pairs, report):
+       sft_rows: {"messages": prompt + [the pick], "task", "meta": {..., "reward"}} -- the
+                 SFT JSONL format (§4.2.2: the pick becomes fine-tuning data);
+       pairs:    on-policy preference rows (chosen = the best-scored CORRECT sample,
+                 rejected = the best-scored WRONG one: a hard negative), where a prompt
+                 has both -- the checker is the judge here, not the reward model;
+       report:   pick_correct (the RM's pick passes the checker), random_correct (a
+                 random sample does: the mean over samples), oracle_correct (best of K:
+                 any sample does), and timings."""
+    chat = R.chat_format(tokenizer)
+    prompts = [e["prompt"] if "prompt" in e else e["messages"][:-1] for e in examples]
+    sft_rows, pairs = [], []
+    n_checked = pick = random_hits = oracle = 0
+    sample_pairs = []  # (correct sample scored above wrong sample) for every such pair
+    stats_total = {"prefill_s": 0.0, "decode_s": 0.0, "new_tokens": 0, "score_s": 0.0}
+    t0 = time.time()
+    for start in range(0, len(prompts), batch_prompts):
+        batch = prompts[start:start + batch_prompts]
+        stats = {}
+        # §4.2.2: one prefill per prompt, its KV cache copied to the K rows that sample.
+        samples = sample.generate(policy, chat.tokenizer, [chat.encode_dialog_prompt(p) for p in batch],
+                                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  seed=seed + start, num_samples=k, stats=stats)
+        for key in ("prefill_s", "decode_s", "new_tokens"):
+            stats_total[key] += stats[key]
+        t_score = time.time()
+        texts_of = [[chat.tokenizer.decode(ids) for ids in samples[i * k:(i + 1) * k]] for i in range(len(batch))]
+        if reward_model is None:  # no judge yet: every sample scores 0, the "pick" is sample 0 (random)
+            scores_of = [[0.0] * k for _ in batch]
+        else:
+            scores_of = R.score_prompts(reward_model, chat, batch, texts_of)  # one packed row per prompt
+        for i, prompt in enumerate(batch):
+            example = examples[start + i]
+            texts, scores = texts_of[i], scores_of[i]  # the K samples and their rewards
+            best = max(range(k), key=lambda j: scores[j])
+            row = {"messages": list(prompt) + [{"role": "assistant", "content": texts[best]}],
+                   "task": example.get("task"), "meta": {**example.get("meta", {}), "reward": scores[best], "k": k}}
+            if example.get("meta"):
+                correct = [tasks.check_response(example, t) for t in texts]
+                n_checked += 1
+                pick += correct[best]
+                random_hits += sum(correct) / k
+                oracle += any(correct)
+                row["meta"]["checker"] = correct[best]
+                right = [j for j in range(k) if correct[j] and texts[j].strip()]
+                wrong = [j for j in range(k) if not correct[j] and texts[j].strip()]
+                # The RM's own pairwise accuracy on the policy's samples (what picking needs).
+                sample_pairs += [scores[c] > scores[r] for c in right for r in wrong]
+                if right and wrong:  # on-policy pair for DPO (§4.1.4 uses the latest policy's samples)
+                    # chosen: the RM's favourite correct sample; rejected: the policy's most
+                    # frequent wrong answer -- the mistake greedy decoding tends to make, which
+                    # is the one DPO should push down (ties go to the RM's score).
+                    seen = collections.Counter(" ".join(texts[j].split()) for j in wrong)
+                    c = max(right, key=lambda j: scores[j])
+                    r = max(wrong, key=lambda j: (seen[" ".join(texts[j].split())], scores[j]))
+                    if " ".join(texts[c].split()) != " ".join(texts[r].split()):
+                        pairs.append({"task": example.get("task"), "prompt": list(prompt), "chosen": texts[c],
+                                      "rejected": texts[r], "meta": example.get("meta", {})})
+            sft_rows.append(row)
+        stats_total["score_s"] += time.time() - t_score
+        done = min(start + batch_prompts, len(prompts))
+        if log_every and (start // batch_prompts) % log_every == 0:
+            elapsed = time.time() - t0
+            msg = (f"rejection sampling: {done}/{len(prompts)} prompts, {elapsed:.0f}s, "
+                   f"eta {elapsed / done * (len(prompts) - done):.0f}s")
+            if n_checked:
+                msg += (f" | pick correct {pick / n_checked:.1%}, random {random_hits / n_checked:.1%}, "
+                        f"oracle {oracle / n_checked:.1%}")
+            print0(msg, flush=True)
+    n = max(1, n_checked)
+    report = {"prompts": len(prompts), "k": k, "temperature": temperature, "top_p": top_p,
+              "checked": n_checked, "pick_correct": pick / n, "random_correct": random_hits / n,
+              "oracle_correct": oracle / n, "pairs": len(pairs), "seconds": round(time.time() - t0, 1),
+              "rm_accuracy_on_samples": sum(sample_pairs) / max(1, len(sample_pairs)),
+              "rm_sample_pairs": len(sample_pairs),
+              "generate_tokens_per_s": round(stats_total["new_tokens"]
+                                             / max(1e-9, stats_total["prefill_s"] + stats_total["decode_s"]), 1),
+              "score_seconds": round(stats_total["score_s"], 1)}
+    return sft_rows, pairs, report
+
+
+
+@cli
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="Rejection sampling (§4.2.2): K samples per prompt from the "
+                                                 "policy, the reward model picks; writes SFT rows and DPO pairs.")
+    parser.add_argument("--init", default="",
+                        help="the policy checkpoint (default: out/sft/final, else out/pretrain/final)")
+    parser.add_argument("--reward", default="out/reward/final", help="the reward model (python reward.py writes it)")
+    parser.add_argument("--k", type=int, default=8, help="samples per prompt (§4.2.2: 10 to 30)")
+    parser.add_argument("--data", default="",
+                        help="SFT JSONL whose prompts to sample (default: generated task prompts)")
+    parser.add_argument("--n-prompts", type=int, default=4096, help="generated task prompts (tasks.make_examples)")
+    parser.add_argument("--split", default="train", help="tasks.py split of the generated prompts (train | val)")
+    parser.add_argument("--tasks", default="", help="comma-separated subset of tasks.py's tasks")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="sampling temperature (our choice: diverse samples)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus; 1 = off")
+    parser.add_argument("--max-new-tokens", type=int, default=24,
+                        help="per sample (task answers are a few tokens)")
+    parser.add_argument("--batch-prompts", type=int, default=16, help="prompts per generate call (x K rows)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = the cores / ranks rule)")
+    parser.add_argument("--out", default="out/rejection", help="output folder")
+    args = parser.parse_args(argv)
+    for name in ("k", "n_prompts", "batch_prompts", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    print(json.dumps(vars(args)))
+    set_threads(args.threads)
+    OutputLock(args.out).acquire()
+    policy_path = args.init or R.default_init()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    policy, tokenizer = sample.load_for_inference(policy_path, device=device)
+    quantize.fuse_for_decoding(policy)  # inference only from here on: fewer matmuls per step
+    reward_model, _ = R.load_reward_model(args.reward, device=next(policy.parameters()).device)
+    if args.data:
+        examples, _ = tasks.read_sft_jsonl(args.data)
+    else:
+        examples = tasks.make_examples(args.n_prompts, args.seed, tasks=args.tasks or None, split=args.split)
+    if len(examples) < 100:
+        print(f"note: {len(examples)} prompts are too few for the pick rates below to mean much")
+    print(f"policy {policy_path}, reward model {args.reward}: {len(examples)} prompts x {args.k} samples")
+    sft_rows, pairs, report = rejection_sample(policy, reward_model, tokenizer, examples, k=args.k,
+                                               temperature=args.temperature, top_p=args.top_p,
+                                               max_new_tokens=args.max_new_tokens,
+                                               batch_prompts=args.batch_prompts, seed=args.seed)
+    tasks.write_jsonl(sft_rows, os.path.join(args.out, "sft_rs.jsonl"))
+    tasks.write_jsonl(pairs, os.path.join(args.out, "pairs.jsonl"))
+    report = {"policy": policy_path, "reward": args.reward, **report,
+              "files": {"sft": os.path.join(args.out, "sft_rs.jsonl"), "pairs": os.path.join(args.out, "pairs.jsonl")}}
+    atomic_write_json(os.path.join(args.out, "report.json"), report)
+    print(f"summary: the reward model's pick is correct {report['pick_correct']:.1%} of the time; a random "
+          f"sample {report['random_correct']:.1%}; best-of-{args.k} oracle {report['oracle_correct']:.1%}; it ranks "
+          f"a correct sample above a wrong one in {report['rm_accuracy_on_samples']:.1%} of "
+          f"{report['rm_sample_pairs']} such pairs. Wrote {len(sft_rows)} SFT rows and {len(pairs)} on-policy pairs "
+          f"to {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    rc = main()
+    sys.exit(rc if isinstance(rc, int) else 0)  # 2: a usage error (common.cli)
