@@ -216,9 +216,8 @@ def _train_setup(model_name: str, batch: int, seq_len: int, device: str):
 
 
 def _peak_flops(dtype, device: str) -> tuple[float, str]:
-    import pretrain
-    from parallel import setup_distributed
-    return pretrain.peak_flops(setup_distributed(device=device), dtype)
+    import common
+    return common.peak_flops(device, dtype)
 
 
 def measure_peak(dtype: str, device: str = "cpu") -> dict:

@@ -568,7 +568,7 @@ def quality_training_data(seed=0, max_good=1500, is_code=None):
 
 
 # ----------------------------------------------------------------------------
-# 4. Synthetic documents (speed measurements: bench.py, data.py --bench-minhash)
+# 4. Synthetic documents (speed measurements: bench.py --only minhash)
 
 
 def synthetic_documents(n_docs=2000, doc_bytes=4096, seed=0):

@@ -359,6 +359,9 @@ class DPOConfig(TrainConfig):
 def run_dpo(cfg: DPOConfig) -> dict:
     import tasks
     from tokenizer import ChatFormat, Tokenizer
+    if (done := pretrain.finished_run(cfg.out)) is not None:  # keep a finished run's record
+        print0(f"{cfg.out} is a finished run (report.json); nothing to do -- use a new --out for a new run")
+        return done
     dist = parallel.setup_distributed(tp=cfg.tp)
     pretrain.claim_output(cfg.out, dist)
     set_threads(cfg.threads, dist.device)
@@ -455,7 +458,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
     trajectory = [{"step": r["step"], "logps/chosen": r["logps/chosen"], "logps/rejected": r["logps/rejected"]}
                   for r in records if "logps/chosen" in r]
     report = {
-        "init": init, "beta": cfg.beta, "nll_coef": cfg.nll_coef, "mask_format_tokens": cfg.mask_format_tokens,
+        "status": "done", "init": init, "beta": cfg.beta, "nll_coef": cfg.nll_coef, "mask_format_tokens": cfg.mask_format_tokens,
         "data": cfg.data or "generated", "lr": cfg.lr, "steps": result["step"], "total_steps": result["total_steps"],
         "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "skipped_lines": (skipped + eval_skipped)[:100],
         "task_accuracy_before": accuracy_before, "task_accuracy_after": accuracy_after,

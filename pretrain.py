@@ -52,9 +52,10 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
+import common
 import parallel
 from model import ModelArgs, count_params, flops_per_token
-from common import (GPU_PEAK_BF16, Interrupts, OutputLock, UsageError, atomic_write_json, arg, cli, die_with_parent, flag,
+from common import (Interrupts, OutputLock, UsageError, atomic_write_json, arg, cli, die_with_parent, flag,
                     parse_config, print0, read_jsonl, set_threads)
 
 # -----------------------------------------------------------------------------
@@ -459,21 +460,9 @@ def build_optimizer(model, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.9
 
 
 def train_dtype(cfg: TrainConfig, dist) -> torch.dtype:
-    """bf16 autocast where the hardware has bf16 units, fp32 elsewhere. Measured on
-    this project's 2-core AMD EPYC (avx512_bf16), small-15m, seq 256: a 1024² matmul
-    runs at ~95 GFLOP/s in fp32 and ~205-220 in bf16 (one thread); a training step of
-    8 rows, one thread, ~900 tokens/s in fp32 vs ~1,400 in bf16; 2 ranks (torchrun,
-    one thread each) ~1,100 vs ~1,600-2,500 tokens/s, with the same losses to 4
-    digits over the first 10 steps. So bf16 is the default wherever it exists."""
-    if cfg.dtype in ("bf16", "fp32"):
-        return torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
-    if dist.device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        flags = ""
-    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+    """--dtype auto: bf16 autocast where the hardware has bf16 units (a GPU, or a CPU
+    with avx512_bf16 / AMX, where bf16 matmuls run ~2x faster), fp32 elsewhere."""
+    return common.auto_dtype(cfg.dtype, dist.device)
 
 
 def autocast(cfg: TrainConfig, dist):
@@ -481,29 +470,6 @@ def autocast(cfg: TrainConfig, dist):
     precision; §3.3 trains in BF16)."""
     dtype = train_dtype(cfg, dist)
     return torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=(dtype == torch.bfloat16))
-
-
-def peak_flops(dist, dtype: torch.dtype) -> tuple[float, str]:
-    """Peak FLOP/s of one rank's device, for MFU. CUDA: the datasheet bf16 peak (989
-    TFLOP/s for an H100; §3.3 reports 38-43% BF16 MFU against it). CPU: there is no
-    datasheet figure worth trusting, so we time a 1024x1024 matmul in the training
-    dtype with this process's threads (~0.2 s) -- an achievable peak, which makes CPU
-    MFU optimistic-looking compared to GPU MFU against a datasheet."""
-    if dist.device.type == "cuda":
-        name = torch.cuda.get_device_name(dist.device)
-        for key, value in GPU_PEAK_BF16.items():  # dense bf16 datasheet FLOP/s
-            if key in name.lower():
-                return value, f"{name} datasheet bf16 peak"
-        return float("nan"), f"{name}: unknown peak"
-    n = 1024
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b  # warm-up
-    reps, t0 = 8, time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    rate = 2 * n ** 3 * reps / (time.perf_counter() - t0)
-    return rate, f"measured {n}x{n} {str(dtype).replace('torch.', '')} matmul, {torch.get_num_threads()} thread(s)"
 
 
 # -----------------------------------------------------------------------------
@@ -688,7 +654,7 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
     if start_state.get("data") is not None and hasattr(next_batch, "load_state_dict"):
         next_batch.load_state_dict(start_state["data"])
     dtype = train_dtype(cfg, dist)
-    peak, peak_how = peak_flops(dist, dtype)
+    peak, peak_how = common.peak_flops(dist.device, dtype)  # for MFU
     print0(f"training: steps {step} -> {total_steps}, {str(dtype).replace('torch.', '')} autocast, "
            f"{dist.world_size} rank(s); MFU peak per rank {peak / 1e9:,.0f} GFLOP/s ({peak_how})")
     if cfg.anneal_steps > total_steps:  # lr_at clips it the same way: the LR never goes negative

@@ -489,6 +489,9 @@ def sample_on_policy_pairs(policy: M.Transformer, tokenizer, cfg: RewardConfig) 
 
 def train_reward_model(cfg: RewardConfig) -> dict:
     """The whole stage: load, pack, train with pretrain.train, evaluate, save. -> report."""
+    if (done := pretrain.finished_run(cfg.out)) is not None:  # keep a finished run's record
+        print0(f"{cfg.out} is a finished run (report.json); nothing to do -- use a new --out for a new run")
+        return done
     dist = parallel.setup_distributed(tp=cfg.tp)
     pretrain.claim_output(cfg.out, dist)
     set_threads(cfg.threads, dist.device)
@@ -566,7 +569,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
         encoded, _ = encode_rows(chat, on_policy_eval, model_args.max_seq_len)
         per_task["on_policy"] = make_eval_fn(encoded, cfg.batch_size, pad_id, dist)(reward_model)
     report = {
-        "init": init, "steps": result["step"], "total_steps": result["total_steps"],
+        "status": "done", "init": init, "steps": result["step"], "total_steps": result["total_steps"],
         "on_policy_sampling": on_policy_report,
         "train_rows": len(train_encoded), "train_pairs": n_pairs, "eval_rows": len(eval_encoded),
         "skipped_lines": skipped[:50] + eval_skipped[:50], "after": result["last_eval"],

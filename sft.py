@@ -384,6 +384,9 @@ def load_data(cfg: SFTConfig, tokenizer) -> tuple[list, list, dict]:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_config(SFTConfig, argv)
+    if (done := pretrain.finished_run(cfg.out)) is not None:  # keep a finished run's record
+        print0(f"{cfg.out} is a finished run (report.json); nothing to do -- use a new --out for a new run")
+        return done
     dist = parallel.setup_distributed(tp=cfg.tp)
     pretrain.claim_output(cfg.out, dist)
     set_threads(cfg.threads, dist.device)
