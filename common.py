@@ -491,3 +491,113 @@ class Interrupts(contextlib.AbstractContextManager):
             signal.signal(s, old)
         self._old = {}
         return False
+
+
+# -----------------------------------------------------------------------------
+# 8. Runs: the logger (print + JSONL + PNG), a finished run's record, claiming OUT
+
+
+class RunLogger:
+    """One line per log call on rank 0, the same record appended to OUT/log.jsonl,
+    and plot() draws OUT/loss.png from the whole log (surviving restarts: a resumed
+    run appends, and for a step logged twice the later record wins)."""
+
+    def __init__(self, out_dir: str, dist):
+        self.out_dir, self.dist = out_dir, dist
+        self.path = os.path.join(out_dir, "log.jsonl")
+        if dist.is_main:
+            os.makedirs(out_dir, exist_ok=True)
+
+    def log(self, step: int, **metrics):
+        if not self.dist.is_main:
+            return
+        record = {"step": step, "time": round(time.time(), 3), **metrics}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        parts = [f"step {step:5d}"]
+        for k, v in metrics.items():
+            if k == "eta_s":
+                k, v = "eta", f"{int(v) // 60}m{int(v) % 60:02d}s"
+            elif k == "tok_s":
+                k, v = "tok/s", f"{v:,.0f}"
+            elif isinstance(v, float):
+                v = f"{v:.2e}" if k == "lr" else f"{v:.1%}" if k == "mfu" else f"{v:.4f}"
+            parts.append(f"{k} {v}")
+        print(" | ".join(parts), flush=True)
+
+    def records(self) -> list[dict]:
+        if not os.path.exists(self.path):
+            return []
+        # A run killed mid-write can leave half a last line: skip what does not parse.
+        return [r for _, r, error in read_jsonl(self.path) if error is None and isinstance(r, dict)]
+
+    def plot(self, keys=("loss", "val_loss", "val_loss_avg"), path=None, title=None, ylabel="loss (nats/token)"):
+        """PNG of the given metrics against step (rank 0); a key may be (key, label)."""
+        if not self.dist.is_main:
+            return None
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        labels = dict(k if isinstance(k, tuple) else (k, k) for k in keys)
+        series = {k: {} for k in labels}
+        for r in self.records():
+            for k in labels:
+                if r.get(k) is not None:
+                    series[k][r["step"]] = r[k]  # later records win
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for k, points in series.items():
+            if points:
+                steps = sorted(points)
+                ax.plot(steps, [points[s] for s in steps], marker="o" if len(steps) < 30 else None,
+                        markersize=3, label=labels[k])
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title or os.path.basename(os.path.abspath(self.out_dir)))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        path = path or os.path.join(self.out_dir, "loss.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def write_json(self, name: str, obj: dict):
+        if self.dist.is_main:  # atomic: a killed run never leaves half a report
+            atomic_write_json(os.path.join(self.out_dir, name), obj)
+
+
+def finished_run(out: str) -> dict | None:
+    """The saved report of a finished run in `out` (OUT/final exists and
+    OUT/report.json says "done"), else None. A stage's main calls it first so that
+    re-running a finished command says so and leaves its record intact."""
+    path = os.path.join(out, "report.json")
+    if not (os.path.isdir(os.path.join(out, "final")) and os.path.isfile(path)):
+        return None
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return None  # unreadable: not a finished record, the run may redo it
+    return report if isinstance(report, dict) and report.get("status") == "done" else None
+
+
+def claim_output(out: str, dist) -> None:
+    """Called by every stage's main right after setup_distributed, before anything is
+    written: rank 0 locks OUT (common.OutputLock; a second run on the same folder
+    stops with the first one's pid, on every rank), and ranks launched by torchrun
+    ask to die with it (common.die_with_parent: a killed torchrun must not leave its
+    ranks training and writing checkpoints)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_WORLD_SIZE" in os.environ:
+        die_with_parent()
+    error = ""
+    if dist.is_main:
+        try:
+            OutputLock(out).acquire()
+        except UsageError as e:
+            error = str(e)
+    if dist.world_size > 1:  # every rank must stop, not only rank 0
+        message = [error]
+        torch.distributed.broadcast_object_list(message, src=0)
+        error = message[0]
+    if error:
+        raise UsageError(error)

@@ -43,21 +43,7 @@ Our choices (the paper's are for 8B-405B models)
 - Task accuracy on 1,000 held-out prompts: with 200, its standard error (~3.5
   points) was as large as the effects we wanted to see.
 
-Measured on this CPU (small-15m, default tasks, 1,000 held-out prompts, one epoch at
-5e-5, ~2-3 min), on the on-policy pairs of `rejection.py --n-prompts 4096`:
-- SFT model A (57.0% held-out task accuracy), 2,681 pairs: 57.0% -> 61.0% (digit
-  85 -> 98%, last 67 -> 77%, the others within noise); eval_logps/chosen -0.885 ->
-  -0.835. Earlier pair selections on A: 57.0% -> 64.3%
-  (2,639 pairs) and -> 59.8% (666 pairs).
-- SFT model B (42.0%, a weaker pre-training run), 2,825 pairs: 42.0% -> 41.8%, i.e.
-  unchanged within the ±1.6-point standard error (also at lr 2e-4: 42.0% -> 42.0%);
-  eval_logps/chosen -1.340 -> -1.177. DPO sharpens what the policy can already do
-  (digit 59 -> 64%), it does not teach a skill the policy lacks (larger: 1% -> 4%).
-- Offline pairs (1,600 generated, chatty chosen/rejected), 100 steps: 47.0% -> 48.5%
-  on one SFT model and 59.5% -> 57.5% on another (200 prompts): they teach a style the
-  policy does not use. With --nll-coef 0 (plain DPO) on them: eval_logps/chosen
-  -1.623 -> -1.919 and task accuracy 47.0% -> 35.5% -- the fall that §4.1.4's NLL
-  term is there to prevent.
+What DPO gave on which pairs, measured: docs/NOTES.md.
 
 Reads:  a checkpoint (--init; default out/sft/final, else out/pretrain/final),
         preference pairs (generated, or --data / --eval-data JSONL validated by
@@ -82,7 +68,7 @@ import os
 import sys
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -91,11 +77,11 @@ import checkpoint
 import model as M
 import parallel
 import pretrain
-from common import arg, cli, parse_config, print0, set_threads
+from common import arg, cli, finished_run, parse_config, print0
 from pretrain import TrainConfig
 # Preference rows come from the same place as the reward model's (one reader and
 # validator, tasks.py): --data / --eval-data files, or generated pairs.
-from reward import load_pairs
+from reward import default_init, load_pairs
 
 ON_POLICY_PAIRS = "out/rejection/pairs.jsonl"  # what `python rejection.py` writes
 
@@ -193,7 +179,7 @@ def encode_pairs(chat, rows: list[dict], mask_format_tokens: bool, max_seq_len: 
     return out, dropped
 
 
-def make_batch(pairs: list[dict], ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, pad_id: int, device) -> dict:
+def pair_batch(pairs: list[dict], ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, pad_id: int, device) -> dict:
     """n pairs -> one batch of 2n sequences (chosen first, then rejected: one forward pass
     for both) + the pairs' stored reference log-probs (n,) each."""
     batch = collate_sequences([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id, device)
@@ -215,7 +201,7 @@ def reference_logps(model, pairs: list[dict], pad_id: int, device, batch_size: i
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
         zeros = torch.zeros(len(chunk))
-        batch = make_batch(chunk, zeros, zeros, pad_id, device)
+        batch = pair_batch(chunk, zeros, zeros, pad_id, device)
         with (amp() if amp else torch.autocast(device.type, enabled=False)):
             logps = sequence_logps(token_logps(model, batch), batch["logp_mask"]).float().cpu()  # (2n,)
         chosen.append(logps[:len(chunk)])
@@ -265,7 +251,7 @@ class PairBatches:
     def __call__(self, step: int, total_steps: int) -> list[dict]:
         start = (step * self.dist.dp_size + self.dist.dp_rank) * self.batch_size
         idx = [self._index(g) for g in range(start, start + self.batch_size)]
-        return [make_batch([self.pairs[i] for i in idx], self.ref_chosen[idx], self.ref_rejected[idx],
+        return [pair_batch([self.pairs[i] for i in idx], self.ref_chosen[idx], self.ref_rejected[idx],
                            self.pad_id, self.dist.device)]
 
 
@@ -280,7 +266,7 @@ def make_eval_fn(pairs, ref_chosen, ref_rejected, batch_size, pad_id, dist, beta
         sums = torch.zeros(len(keys) + 1, dtype=torch.float64, device=dist.device)
         for i in range(0, len(idx), batch_size):
             chunk = idx[i:i + batch_size]
-            batch = make_batch([pairs[j] for j in chunk], ref_chosen[chunk], ref_rejected[chunk], pad_id, dist.device)
+            batch = pair_batch([pairs[j] for j in chunk], ref_chosen[chunk], ref_rejected[chunk], pad_id, dist.device)
             loss, m = dpo_loss_fn(model, batch, beta, nll_coef)
             values = [loss.item()] + [m[k] for k in keys[1:]] + [1.0]
             sums += torch.tensor(values, dtype=torch.float64, device=dist.device) * len(chunk)
@@ -350,26 +336,17 @@ class DPOConfig(TrainConfig):
     weight_decay: float = arg(0.0, "AdamW weight decay (fine-tuning: none)")
     eval_every: int = arg(25, "held-out DPO metrics every N steps")
     ckpt_every: int = arg(100, "checkpoint every N steps")
-    tp: int = arg(1, "tensor-parallel degree (GPUs); the rest is FSDP data parallel")
-    threads: int = arg(0, "CPU threads per rank (0 = cores / local ranks, pretrain.py's rule). On a machine "
-                          "shared with other jobs use 1: measured here, a DPO step took 2.7 s with 1 thread "
-                          "and 15 s with 2 (busy-waiting threads of an oversubscribed CPU)")
 
 
 def run_dpo(cfg: DPOConfig) -> dict:
     import tasks
     from tokenizer import ChatFormat, Tokenizer
-    if (done := pretrain.finished_run(cfg.out)) is not None:  # keep a finished run's record
-        print0(f"{cfg.out} is a finished run (report.json); nothing to do -- use a new --out for a new run")
-        return done
-    dist = parallel.setup_distributed(tp=cfg.tp)
-    pretrain.claim_output(cfg.out, dist)
-    set_threads(cfg.threads, dist.device)
+    started = pretrain.start_run(cfg)
+    if started is None:  # a finished run: its record is kept
+        return finished_run(cfg.out)
+    dist, logger = started
     t_start = time.time()
-    os.makedirs(cfg.out, exist_ok=True)
-    logger = pretrain.RunLogger(cfg.out, dist)
-    logger.write_json("config.json", asdict(cfg))
-    init = cfg.init or ("out/sft/final" if os.path.exists("out/sft/final/model.pt") else "out/pretrain/final")
+    init = cfg.init or default_init()
     if not cfg.data and os.path.exists(ON_POLICY_PAIRS):
         cfg.data = ON_POLICY_PAIRS  # rejection.py ran: the round's own pairs (§4.2.1)
     model, model_args = checkpoint.load_model(init, device=dist.device)
@@ -418,12 +395,6 @@ def run_dpo(cfg: DPOConfig) -> dict:
         parallel.parallelize(model, dist)
     model.train()
     optimizer = pretrain.build_optimizer(model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
-    ckpt_dir = os.path.join(cfg.out, "checkpoints")
-    start_state = None
-    latest = checkpoint.latest_checkpoint(ckpt_dir) if cfg.resume else None
-    if latest:
-        start_state = checkpoint.load_checkpoint(latest, model, optimizer)
-        print0(f"resuming from {latest} (step {start_state['step']})")
 
     loss_fn = lambda m, b: dpo_loss_fn(m, b, cfg.beta, cfg.nll_coef)  # noqa: E731
     next_batch = PairBatches(train_pairs, ref_chosen, ref_rejected, cfg.batch_size, tokenizer.pad_id, dist, cfg.seed)
@@ -432,15 +403,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
     model.eval()
     eval_before = eval_fn(model)  # the policy == the reference: eval_rewards/* = 0, DPO loss ln 2
     model.train()
-    try:
-        result = pretrain.train(cfg, dist, model, optimizer, next_batch, loss_fn, eval_fn=eval_fn,
-                                ckpt_dir=ckpt_dir, model_args=model_args, start_state=start_state, logger=logger,
-                                tokenizer_path=tokenizer_path)
-    except pretrain.NonFiniteLossError as e:  # as pretrain and sft: one line, the last good checkpoint named
-        print0(f"STOPPED: {e}")
-        logger.write_json("report.json", {"status": "non-finite loss", "message": str(e)})
-        parallel.teardown_distributed()
-        sys.exit(3)
+    result = pretrain.train(cfg, dist, model, optimizer, next_batch, loss_fn, eval_fn=eval_fn,
+                            model_args=model_args, logger=logger, tokenizer_path=tokenizer_path)
 
     if result.get("stopped"):  # --stop-at-step: the checkpoint is written; run again to resume
         parallel.teardown_distributed()

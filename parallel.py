@@ -121,6 +121,18 @@ def barrier():
 # 2. Building a parallel model: meta device -> parallelize -> materialize -> init
 
 
+def copy_full_into(param: torch.Tensor, full: torch.Tensor):
+    """Copy a full (unsharded) tensor into a parameter that may be a DTensor shard
+    (FSDP / tensor parallel): each rank keeps only its own slice. model.py's
+    init_weights calls it, so a model initializes the same way in every layout."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    if isinstance(param, DTensor):
+        local = distribute_tensor(full.to(param.device), param.device_mesh, param.placements)
+        param.to_local().copy_(local.to_local())
+    else:
+        param.copy_(full.to(param.dtype))
+
+
 def build_model(args: ModelArgs, dist: Dist, *, seed: int = 0, param_dtype="fp32",
                 activation_checkpointing: bool = False, compile: bool = False,
                 reshard_after_forward: bool = True) -> Transformer:

@@ -55,14 +55,12 @@ import checkpoint
 import common
 import parallel
 from model import ModelArgs, count_params, flops_per_token
-from common import (Interrupts, OutputLock, UsageError, atomic_write_json, arg, cli, die_with_parent, flag,
-                    parse_config, print0, read_jsonl, set_threads)
+from common import (Interrupts, RunLogger, UsageError, arg, claim_output, cli, finished_run, flag, parse_config,
+                    print0, set_threads)
+from loader import DEFAULT_DATA, PackedLoader, TokenStream, ensure_data, make_batch, split_record
 
 # -----------------------------------------------------------------------------
 # 1. Configuration: a dataclass, overridable with --key value
-
-
-DEFAULT_DATA = "out/data"  # the one data folder pretrain.py builds on demand
 
 
 @dataclass
@@ -92,6 +90,12 @@ class TrainConfig:
     stop_at_step: int = arg(0, "debug: stop after this step (with a checkpoint), as if "
                                 "interrupted; resuming continues the same schedule")
     debug_nan_at_step: int = arg(0, "debug: make the loss NaN at this step (tests the stop)")
+    # Where and how wide: the same flags in every training script (parallel.py).
+    device: str = arg("", "cpu | cuda (default: cuda if available)")
+    threads: int = arg(0, "CPU threads per rank (0 = cores / local ranks; 1 on a machine shared with other jobs)")
+    tp: int = arg(1, "tensor-parallel degree (GPUs); the rest is FSDP data parallel")
+    activation_checkpointing: bool = arg(False, "recompute blocks in backward (saves memory)")
+    compile: bool = arg(False, "torch.compile each block (GPU)")
 
     def validate(self):
         """Reject values the loop cannot run with, naming the flag (UsageError)."""
@@ -108,6 +112,8 @@ class TrainConfig:
             raise UsageError(f"--lr must be > 0 (got {self.lr!r})")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UsageError(f"--min-lr-ratio must be in [0, 1] (got {self.min_lr_ratio!r})")
+        if self.tp <= 0 or self.threads < 0:
+            raise UsageError(f"--tp must be > 0 and --threads >= 0 (got {self.tp!r}, {self.threads!r})")
 
 
 @dataclass
@@ -146,13 +152,10 @@ class PretrainConfig(TrainConfig):
     anneal_data_fraction: float = arg(0.3, "share of annealing rows from data.py's 'anneal' split "
                                            "(§3.1.3: 30% new data, 70% default mix)")
     eval_tokens: int = arg(32768, "held-out tokens per evaluation (global)")
-    tp: int = arg(1, "tensor-parallel degree (GPUs); the rest is FSDP data parallel")
-    activation_checkpointing: bool = arg(False, "recompute blocks in backward (saves memory)")
-    compile: bool = arg(False, "torch.compile each block (GPU)")
 
     def validate(self):
         super().validate()
-        for name in ("seq_len", "batch_size", "tokens_per_step", "eval_tokens", "tp", "long_context_seq_len"):
+        for name in ("seq_len", "batch_size", "tokens_per_step", "eval_tokens", "long_context_seq_len"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{flag(name)} must be > 0 (got {getattr(self, name)!r})")
         if self.long_context_steps < 0:
@@ -226,186 +229,7 @@ def longest_seq_len(cfg: PretrainConfig) -> int:
 
 
 # -----------------------------------------------------------------------------
-# 3. Data: packed windows over the token shards
-
-
-def ensure_data(data_dir: str, dist) -> dict:
-    """meta.json of data.py's output. Only the default folder is built on demand
-    (rank 0 builds, the others wait); any other incomplete folder is a UsageError."""
-    meta_path = os.path.join(data_dir, "meta.json")
-
-    def read_meta() -> dict:
-        try:
-            with open(meta_path) as f:
-                meta = json.load(f)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{meta_path}: unreadable ({e}); rebuild with `python data.py --out {data_dir}`")
-        if not isinstance(meta, dict):
-            raise UsageError(f"{meta_path}: not a data.py meta.json (a JSON object expected)")
-        return meta
-
-    def complete():
-        if not os.path.exists(meta_path):
-            return False
-        tok = read_meta().get("tokenizer")
-        return not tok or os.path.exists(tok)
-
-    if not complete() and os.path.normpath(data_dir) != os.path.normpath(DEFAULT_DATA):
-        # A folder the user named is theirs: never build over their shards.
-        raise UsageError(f"--data {data_dir}: incomplete data folder ({meta_path} or its tokenizer "
-                         f"is missing, e.g. an interrupted build); rebuild it with "
-                         f"`python data.py --out {data_dir} ...` or omit --data")
-    if not complete():
-        if dist.is_main:
-            print(f"{meta_path} or its tokenizer is missing: building the corpus, tokenizer and "
-                  f"shards with data.py (once; later runs reuse them)", flush=True)
-            import data  # data.py prints its own progress
-            data.build(data_dir)
-        if dist.world_size > 1:
-            torch.distributed.barrier()
-    return read_meta()
-
-
-def split_record(meta: dict, split: str) -> dict | None:
-    """meta.json's record of a split: "train" and "val" live under "splits", the
-    optional "anneal" split (§3.1.3) at the top level."""
-    return meta.get("splits", {}).get(split) or (meta.get(split) if split == "anneal" else None)
-
-
-class TokenStream:
-    """The shards of one split as one long read-only token stream (np.memmap, so only
-    the windows we touch are read from disk). Shard files hold uint32 ids, each
-    document as [bos] + tokens + [eos] (data.py)."""
-
-    def __init__(self, data_dir: str, meta: dict, split: str):
-        record = split_record(meta, split)
-        if record is None:
-            raise KeyError(f"{data_dir}/meta.json has no split {split!r}")
-        files = record["files"]
-        dtype = np.dtype(meta.get("dtype", "uint32"))
-        self.shards = [np.memmap(os.path.join(data_dir, f), dtype=dtype, mode="r") for f in files]
-        self.starts = np.cumsum([0] + [len(s) for s in self.shards])  # shard offsets
-        self.n_tokens = int(self.starts[-1])
-
-    def read(self, start: int, end: int) -> np.ndarray:
-        """Tokens [start, end) of the concatenated shards."""
-        out, i = [], int(np.searchsorted(self.starts, start, side="right") - 1)
-        while start < end:
-            local = start - self.starts[i]
-            take = min(end - start, len(self.shards[i]) - local)
-            out.append(np.asarray(self.shards[i][local:local + take], dtype=np.int64))
-            start, i = start + take, i + 1
-        return np.concatenate(out)
-
-
-def make_batch(rows: np.ndarray, bos_id: int, device) -> dict:
-    """(B, T+1) windows of the stream -> the batch a model trains on.
-    inputs  (B, T): tokens 0..T-1;  targets (B, T): tokens 1..T (next token).
-    doc_ids (B, T): document index inside each row, +1 at every bos. The model uses
-      it for the §3.2 document mask and to restart RoPE positions at each document.
-      Row [x y eos bos a b] -> doc_ids [0 0 0 1 1 1]: the partial document the window
-      starts in is document 0.
-    Targets equal to bos are ignored (-100): that is the eos -> bos prediction across
-    a document boundary. It is trivial (bos always follows eos), but it is the one
-    target that belongs to another document than its input; masking it makes the
-    loss a pure within-document loss. A document's first real token is still a target: it is
-    predicted from bos alone, exactly as if the document were trained unpacked."""
-    rows = torch.from_numpy(rows)
-    inputs, targets = rows[:, :-1], rows[:, 1:].clone()
-    doc_ids = torch.cumsum((inputs == bos_id).long(), dim=1)
-    targets[targets == bos_id] = -100
-    return {"inputs": inputs.to(device), "targets": targets.to(device), "doc_ids": doc_ids.to(device)}
-
-
-def _divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
-
-
-class ShuffledWindows:
-    """The stream cut into non-overlapping windows of T+1 tokens (targets are the
-    inputs shifted by one, so neighbouring windows share one token), visited in an
-    order drawn from (seed, T, epoch): every window once per epoch. window(k, T) is
-    the k-th window of that sequence -- a pure function of k, which is what makes the
-    loader resumable from one number."""
-
-    def __init__(self, stream: TokenStream, seed: int):
-        self.stream, self.seed = stream, seed
-        self._key, self._order = None, None
-
-    def window(self, k: int, T: int) -> np.ndarray:
-        n_windows = (self.stream.n_tokens - 1) // T
-        if n_windows < 1:
-            raise ValueError(f"a split of {self.stream.n_tokens} tokens is too short for seq_len {T}")
-        epoch, i = divmod(k, n_windows)
-        if self._key != (T, epoch):
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + T * 1_009 + epoch)
-            self._key, self._order = (T, epoch), torch.randperm(n_windows, generator=gen).numpy()
-        start = int(self._order[i]) * T
-        return self.stream.read(start, start + T + 1)
-
-
-class PackedLoader:
-    """Training batches: deterministic, resumable, each rank reads only its slice.
-
-    A step takes the next `rows_per_step = tokens_per_step / seq_len` windows of the
-    shuffled sequence (ShuffledWindows); rank r takes the r-th contiguous block of
-    them and splits it into micro-batches (gradient accumulation). The position is
-    the count of windows consumed (at the current seq_len), saved in every checkpoint:
-    a resumed run reads exactly the windows the uninterrupted run would have read,
-    whatever the number of ranks (with fewer ranks, each accumulates more
-    micro-batches of the same rows, so the step's gradient is the same).
-
-    Annealing (§3.4.3 "upsample data sources of very high quality"; §3.1.3 anneals on
-    a 30% new / 70% default mix): during the last anneal_steps, a fraction
-    anneal_data_fraction of each step's rows comes from data.py's "anneal" split (the
-    top-quality code and math documents), spread evenly over the step's rows.
-
-    Called as loader(step, total_steps) -> list of micro-batch dicts for that step."""
-
-    def __init__(self, cfg: PretrainConfig, stream: TokenStream, bos_id: int, dist,
-                 anneal_stream: TokenStream | None = None):
-        self.cfg, self.bos_id, self.dist = cfg, bos_id, dist
-        self.main = ShuffledWindows(stream, cfg.seed)
-        self.anneal = ShuffledWindows(anneal_stream, cfg.seed + 1) if anneal_stream is not None else None
-        self.seq_len, self.rows_done, self.anneal_rows_done = None, 0, 0
-
-    def state_dict(self) -> dict:
-        return {"seq_len": self.seq_len, "rows_done": self.rows_done, "anneal_rows_done": self.anneal_rows_done}
-
-    def load_state_dict(self, state: dict):
-        self.seq_len, self.rows_done = state["seq_len"], state["rows_done"]
-        self.anneal_rows_done = state.get("anneal_rows_done", 0)
-
-    def __call__(self, step: int, total_steps: int) -> list[dict]:
-        cfg = self.cfg
-        T, tokens_per_step = stage_at(cfg, step, total_steps)
-        if T != self.seq_len:  # a new stage: a fresh order of windows of the new length
-            self.seq_len, self.rows_done, self.anneal_rows_done = T, 0, 0
-        dp, rank = self.dist.dp_size, self.dist.rank // self.dist.tp_size
-        rows_per_step = max(dp, tokens_per_step // T // dp * dp)
-        rows_per_rank = rows_per_step // dp
-        # Where each of the step's rows comes from: (source, index in that source).
-        frac = cfg.anneal_data_fraction if (self.anneal is not None and cfg.anneal_steps > 0
-                                            and step >= total_steps - cfg.anneal_steps) else 0.0
-        sources, n_main, n_anneal = [], 0, 0
-        for j in range(rows_per_step):
-            if int((j + 1) * frac) > int(j * frac):  # evenly spread, e.g. 3 rows in 10
-                sources.append((self.anneal, self.anneal_rows_done + n_anneal))
-                n_anneal += 1
-            else:
-                sources.append((self.main, self.rows_done + n_main))
-                n_main += 1
-        mine = sources[rank * rows_per_rank:(rank + 1) * rows_per_rank]  # this rank's block
-        # micro-batch rows: --batch-size at --seq-len, fewer when sequences are longer,
-        # and a divisor of rows_per_rank so that all micro-batches are the same size.
-        micro = _divisor_at_most(rows_per_rank, max(1, cfg.batch_size * cfg.seq_len // T))
-        batches = []
-        for m in range(0, rows_per_rank, micro):
-            rows = np.stack([src.window(k, T) for src, k in mine[m:m + micro]])  # (micro, T+1)
-            batches.append(make_batch(rows, self.bos_id, self.dist.device))
-        self.rows_done += n_main
-        self.anneal_rows_done += n_anneal
-        return batches
+# 3. The loss, and the held-out loss (the data loader is loader.py)
 
 
 def lm_loss(model, batch: dict) -> torch.Tensor:
@@ -473,120 +297,7 @@ def autocast(cfg: TrainConfig, dist):
 
 
 # -----------------------------------------------------------------------------
-# 5. Logging: print + JSONL + PNG
-
-
-class RunLogger:
-    """One line per log call on rank 0, the same record appended to OUT/log.jsonl,
-    and plot() draws OUT/loss.png from the whole log (surviving restarts: a resumed
-    run appends, and for a step logged twice the later record wins)."""
-
-    def __init__(self, out_dir: str, dist):
-        self.out_dir, self.dist = out_dir, dist
-        self.path = os.path.join(out_dir, "log.jsonl")
-        if dist.is_main:
-            os.makedirs(out_dir, exist_ok=True)
-
-    def log(self, step: int, **metrics):
-        if not self.dist.is_main:
-            return
-        record = {"step": step, "time": round(time.time(), 3), **metrics}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        parts = [f"step {step:5d}"]
-        for k, v in metrics.items():
-            if k == "eta_s":
-                k, v = "eta", f"{int(v) // 60}m{int(v) % 60:02d}s"
-            elif k == "tok_s":
-                k, v = "tok/s", f"{v:,.0f}"
-            elif isinstance(v, float):
-                v = f"{v:.2e}" if k == "lr" else f"{v:.1%}" if k == "mfu" else f"{v:.4f}"
-            parts.append(f"{k} {v}")
-        print(" | ".join(parts), flush=True)
-
-    def records(self) -> list[dict]:
-        if not os.path.exists(self.path):
-            return []
-        # A run killed mid-write can leave half a last line: skip what does not parse.
-        return [r for _, r, error in read_jsonl(self.path) if error is None and isinstance(r, dict)]
-
-    def plot(self, keys=("loss", "val_loss", "val_loss_avg"), path=None, title=None):
-        """PNG of the given metrics against step (rank 0)."""
-        if not self.dist.is_main:
-            return None
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        series = {k: {} for k in keys}
-        for r in self.records():
-            for k in keys:
-                if r.get(k) is not None:
-                    series[k][r["step"]] = r[k]  # later records win
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for k, points in series.items():
-            if points:
-                steps = sorted(points)
-                ax.plot(steps, [points[s] for s in steps], marker="o" if len(steps) < 30 else None,
-                        markersize=3, label=k)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats/token)")
-        ax.set_title(title or os.path.basename(os.path.abspath(self.out_dir)))
-        ax.grid(alpha=0.3)
-        ax.legend()
-        path = path or os.path.join(self.out_dir, "loss.png")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
-
-    def write_json(self, name: str, obj: dict):
-        if self.dist.is_main:  # atomic: a killed run never leaves half a report
-            atomic_write_json(os.path.join(self.out_dir, name), obj)
-
-
-def finished_run(out: str) -> dict | None:
-    """The saved report of a finished run in `out` (OUT/final exists and
-    OUT/report.json says "done"), else None. A stage's main calls it first so that
-    re-running a finished command says so and leaves its record intact."""
-    path = os.path.join(out, "report.json")
-    if not (os.path.isdir(os.path.join(out, "final")) and os.path.isfile(path)):
-        return None
-    try:
-        with open(path) as f:
-            report = json.load(f)
-    except (OSError, ValueError):
-        return None  # unreadable: not a finished record, the run may redo it
-    return report if isinstance(report, dict) and report.get("status") == "done" else None
-
-
-def claim_output(out: str, dist) -> None:
-    """Called by every stage's main right after setup_distributed, before anything is
-    written: rank 0 locks OUT (common.OutputLock; a second run on the same folder
-    stops with the first one's pid, on every rank), and ranks launched by torchrun
-    ask to die with it (common.die_with_parent: a killed torchrun must not leave its
-    ranks training and writing checkpoints)."""
-    if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_WORLD_SIZE" in os.environ:
-        die_with_parent()
-    error = ""
-    if dist.is_main:
-        try:
-            OutputLock(out).acquire()
-        except UsageError as e:
-            error = str(e)
-    if dist.world_size > 1:  # every rank must stop, not only rank 0
-        message = [error]
-        torch.distributed.broadcast_object_list(message, src=0)
-        error = message[0]
-    if error:
-        raise UsageError(error)
-
-
-# -----------------------------------------------------------------------------
 # 6. The training loop (shared by pretrain, sft, reward, dpo)
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 def _agreed_signal(interrupts, dist) -> int:
@@ -606,9 +317,27 @@ def _step_dir(ckpt_dir: str, step: int) -> str:
     return os.path.join(ckpt_dir, f"step_{step:08d}")  # checkpoint.save_checkpoint's naming
 
 
+def start_run(cfg: TrainConfig):
+    """What every training stage does first -> (dist, logger), or None when cfg.out
+    holds a finished run (its record is kept; a new run needs a new --out). Then:
+    processes and device mesh (parallel.py), OUT locked against a second run, CPU
+    threads (N ranks on C cores: C/N each; more threads than cores slows every rank),
+    and the config saved as OUT/config.json."""
+    done = finished_run(cfg.out)
+    if done is not None:
+        print0(f"{cfg.out} is a finished run ({done.get('steps')} steps, final model in "
+               f"{done.get('final', os.path.join(cfg.out, 'final'))}); nothing to do -- use a new --out for a new run")
+        return None
+    dist = parallel.setup_distributed(tp=cfg.tp, device=cfg.device or None)
+    claim_output(cfg.out, dist)
+    set_threads(cfg.threads, dist.device)
+    logger = RunLogger(cfg.out, dist)
+    logger.write_json("config.json", asdict(cfg))
+    return dist, logger
+
+
 def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval_fn=None,
-          ckpt_dir: str, model_args: ModelArgs, start_state: dict | None = None,
-          logger: RunLogger | None = None, tokenizer_path: str | None = None,
+          model_args: ModelArgs, logger: RunLogger | None = None, tokenizer_path: str | None = None,
           export: bool = True) -> dict:
     """The training loop. Contract (what sft.py / reward.py / dpo.py rely on):
 
@@ -631,21 +360,25 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
                  ranks (FSDP averages over data-parallel ranks).
     eval_fn      optional (model) -> {name: float}, called on every rank (collectives
                  allowed) every cfg.eval_every steps and at the end, under no_grad.
-    ckpt_dir     checkpoints go to ckpt_dir/step_XXXXXXXX (checkpoint.save_checkpoint),
-                 every cfg.ckpt_every steps and at the end; `extra` holds the data
-                 position, the total step count and the config.
     model_args   saved with checkpoints and the export.
-    start_state  the dict checkpoint.load_checkpoint returned (step + extra) to resume
-                 from, or None for a fresh start (the caller loads the weights).
+    Checkpoints go to OUT/checkpoints/step_XXXXXXXX (checkpoint.save_checkpoint) every
+    cfg.ckpt_every steps and at the end, with the data position, the total step count
+    and the config; with cfg.resume the latest intact one is loaded first (weights,
+    optimizer, RNG, data position), so a stopped run continues exactly.
     Returns {"step", "losses" {step: loss}, "last_eval", "final_dir", "total_steps"}.
-    A non-finite loss or gradient norm raises NonFiniteLossError before the optimizer
-    step: nothing is updated and nothing is written, so the last checkpoint is good.
+    A non-finite loss or gradient norm stops the run before the optimizer step (one
+    line, OUT/report.json says so, exit code 3): nothing is updated and no checkpoint
+    is written, so the last checkpoint on disk is good.
     At the end, if export: with cfg.anneal_steps, the checkpoints saved during
     annealing are averaged (Polyak, §3.4.3) into the model; then the model is exported
     to OUT/final (model.pt + tokenizer.model) via checkpoint.export_model."""
     cfg.validate()  # configs built in code get the same checks as the command line
     logger = logger or RunLogger(cfg.out, dist)
-    start_state = start_state or {}
+    ckpt_dir = os.path.join(cfg.out, "checkpoints")
+    latest = checkpoint.latest_checkpoint(ckpt_dir) if cfg.resume else None
+    start_state = checkpoint.load_checkpoint(latest, model, optimizer) if latest else {}
+    if latest:
+        print0(f"resuming from {latest} (step {start_state['step']})")
     step = int(start_state.get("step", 0))  # optimizer steps already done
     total_steps = int(start_state.get("total_steps", cfg.max_steps))
     if start_state.get("total_steps") and total_steps != cfg.max_steps:
@@ -716,11 +449,14 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
                 # before optimizer.step(); the latest checkpoint on disk is the last good one.
                 optimizer.zero_grad(set_to_none=True)
                 latest = checkpoint.latest_checkpoint(ckpt_dir)
-                raise NonFiniteLossError(
-                    f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient norm'} at step "
-                    f"{step + 1} (loss {loss_v}, grad norm {norm_v}); stopped without updating or "
-                    f"saving. Last good checkpoint: {latest or 'none'}. Lower --lr, check the data, "
-                    f"or resume from it with a different --seed.")
+                message = (f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient norm'} at step "
+                           f"{step + 1} (loss {loss_v}, grad norm {norm_v}); stopped without updating or "
+                           f"saving. Last good checkpoint: {latest or 'none'}. Lower --lr, check the data, "
+                           f"or resume from it with a different --seed.")
+                print0(f"STOPPED: {message}")
+                logger.write_json("report.json", {"status": "non-finite loss", "message": message})
+                parallel.teardown_distributed()
+                raise SystemExit(3)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -818,19 +554,10 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
 def main(argv=None) -> int:
     """Pre-train (§3.4); returns the exit code (0 done, 2 usage error, 3 non-finite loss)."""
     cfg = parse_config(PretrainConfig, argv)
-    done = finished_run(cfg.out)
-    if done is not None:  # keep the finished run's record; a new run needs a new --out
-        print0(f"{cfg.out} is a finished run ({done.get('steps')} steps, final model in "
-               f"{done.get('final')}); nothing to do -- use a new --out for a new run")
+    started = start_run(cfg)
+    if started is None:
         return 0
-    dist = parallel.setup_distributed(tp=cfg.tp)
-    claim_output(cfg.out, dist)
-    # N ranks on C cores: C/N threads each (2 ranks on 2 cores: 1 thread each); more
-    # threads than cores makes every rank slower.
-    set_threads(0, dist.device)
-    os.makedirs(cfg.out, exist_ok=True)
-    logger = RunLogger(cfg.out, dist)
-    logger.write_json("config.json", asdict(cfg))
+    dist, logger = started
     t_start = time.time()
 
     # ---- data: build if missing, then the train and held-out streams -------------
@@ -866,25 +593,11 @@ def main(argv=None) -> int:
            f"{dist.dp_size} data-parallel rank(s) x {cfg.batch_size}-row micro-batches "
            f"x {max(1, rows // dist.dp_size // max(1, cfg.batch_size))} accumulation steps")
 
-    # ---- resume -----------------------------------------------------------------
-    ckpt_dir = os.path.join(cfg.out, "checkpoints")
-    start_state = None
-    latest = checkpoint.latest_checkpoint(ckpt_dir) if cfg.resume else None
-    if latest:
-        start_state = checkpoint.load_checkpoint(latest, model, optimizer)
-        print0(f"resuming from {latest} (step {start_state['step']})")
-
-    loader = PackedLoader(cfg, train_stream, meta["bos_id"], dist, anneal_stream)
+    loader = PackedLoader(cfg, train_stream, meta["bos_id"], dist, anneal_stream,
+                          stage=lambda step, total: stage_at(cfg, step, total))
     eval_fn = make_eval_fn(cfg, val_stream, meta["bos_id"], dist)
-    try:
-        result = train(cfg, dist, model, optimizer, loader, lm_loss, eval_fn=eval_fn, ckpt_dir=ckpt_dir,
-                       model_args=model_args, start_state=start_state, logger=logger,
-                       tokenizer_path=meta.get("tokenizer"))
-    except NonFiniteLossError as e:
-        print0(f"STOPPED: {e}")
-        logger.write_json("report.json", {"status": "non-finite loss", "message": str(e)})
-        parallel.teardown_distributed()
-        sys.exit(3)
+    result = train(cfg, dist, model, optimizer, loader, lm_loss, eval_fn=eval_fn, model_args=model_args,
+                   logger=logger, tokenizer_path=meta.get("tokenizer"))
 
     # ---- summary ------------------------------------------------------------------
     losses = result["losses"]

@@ -52,7 +52,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -62,7 +62,7 @@ import checkpoint
 import model as M
 import parallel
 import pretrain
-from common import arg, atomic_torch_save, cli, parse_config, print0, set_threads
+from common import arg, atomic_torch_save, cli, finished_run, parse_config, print0
 from pretrain import TrainConfig
 
 # -----------------------------------------------------------------------------
@@ -321,7 +321,7 @@ def make_packed(encoded: dict, rng: random.Random | None) -> tuple[dict, list[tu
     return packed, [(slot_of[a], slot_of[b]) for a, b in ranking_pairs(len(order))]
 
 
-def make_batch(encoded_rows: list[dict], pad_id: int, device, rng: random.Random | None) -> dict:
+def preference_batch(encoded_rows: list[dict], pad_id: int, device, rng: random.Random | None) -> dict:
     """Collate packed rows and list their ranked pairs as (row, better slot, worse slot),
     plus each pair's kind: 1 = the pair involving only chosen and rejected (correctness),
     0 = a pair with the edited response (form)."""
@@ -374,7 +374,7 @@ class PreferenceBatches:
         start = (step * self.dist.dp_size + self.dist.dp_rank) * self.batch_size
         rows = [self.encoded[self._row(g)] for g in range(start, start + self.batch_size)]
         rng = random.Random(f"{self.seed}:shuffle:{start}")
-        return [make_batch(rows, self.pad_id, self.dist.device, rng)]
+        return [preference_batch(rows, self.pad_id, self.dist.device, rng)]
 
 
 def make_eval_fn(encoded: list[dict], batch_size: int, pad_id: int, dist):
@@ -389,7 +389,7 @@ def make_eval_fn(encoded: list[dict], batch_size: int, pad_id: int, dist):
         sums = torch.zeros(4, dtype=torch.float64, device=dist.device)  # loss, right, margin, pairs
         cr = torch.zeros(2, dtype=torch.float64, device=dist.device)  # chosen>rejected right, n
         for i in range(0, len(mine), batch_size):
-            batch = make_batch(mine[i:i + batch_size], pad_id, dist.device, None)
+            batch = preference_batch(mine[i:i + batch_size], pad_id, dist.device, None)
             better, worse = pair_scores(reward_model, batch)
             gap = (better - worse).double()
             sums += torch.stack([F.softplus(-gap).sum(), (gap > 0).double().sum(), gap.sum(),
@@ -441,10 +441,6 @@ class RewardConfig(TrainConfig):
     weight_decay: float = arg(0.0, "AdamW weight decay (fine-tuning: none)")
     eval_every: int = arg(50, "held-out accuracy every N steps")
     ckpt_every: int = arg(100, "checkpoint every N steps")
-    tp: int = arg(1, "tensor-parallel degree (GPUs); the rest is FSDP data parallel")
-    threads: int = arg(0, "CPU threads per rank (0 = cores / local ranks, pretrain.py's rule). On a machine "
-                          "shared with other jobs use 1: measured here, a DPO step took 2.7 s with 1 thread "
-                          "and 15 s with 2 (busy-waiting threads of an oversubscribed CPU)")
 
 
 def load_pairs(cfg: RewardConfig, split: str) -> tuple[list[dict], list[dict]]:
@@ -489,16 +485,11 @@ def sample_on_policy_pairs(policy: M.Transformer, tokenizer, cfg: RewardConfig) 
 
 def train_reward_model(cfg: RewardConfig) -> dict:
     """The whole stage: load, pack, train with pretrain.train, evaluate, save. -> report."""
-    if (done := pretrain.finished_run(cfg.out)) is not None:  # keep a finished run's record
-        print0(f"{cfg.out} is a finished run (report.json); nothing to do -- use a new --out for a new run")
-        return done
-    dist = parallel.setup_distributed(tp=cfg.tp)
-    pretrain.claim_output(cfg.out, dist)
-    set_threads(cfg.threads, dist.device)
+    started = pretrain.start_run(cfg)
+    if started is None:  # a finished run: its record is kept
+        return finished_run(cfg.out)
+    dist, logger = started
     t_start = time.time()
-    os.makedirs(cfg.out, exist_ok=True)
-    logger = pretrain.RunLogger(cfg.out, dist)
-    logger.write_json("config.json", asdict(cfg))
     init = cfg.init or default_init()
     trunk, model_args = checkpoint.load_model(init, device=dist.device)
     tokenizer_path = checkpoint.find_tokenizer(init)
@@ -533,25 +524,12 @@ def train_reward_model(cfg: RewardConfig) -> dict:
         fully_shard(reward_model, mesh=dist.mesh["dp"])
     reward_model.train()
     optimizer = pretrain.build_optimizer(reward_model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
-    ckpt_dir = os.path.join(cfg.out, "checkpoints")
-    start_state = None
-    latest = checkpoint.latest_checkpoint(ckpt_dir) if cfg.resume else None
-    if latest:
-        start_state = checkpoint.load_checkpoint(latest, reward_model, optimizer)
-        print0(f"resuming from {latest} (step {start_state['step']})")
 
     pad_id = chat.tokenizer.pad_id
     eval_fn = make_eval_fn(eval_encoded, cfg.batch_size, pad_id, dist)
     next_batch = PreferenceBatches(train_encoded, cfg.batch_size, pad_id, dist, cfg.seed)
-    try:
-        result = pretrain.train(cfg, dist, reward_model, optimizer, next_batch, rm_loss_fn, eval_fn=eval_fn,
-                                ckpt_dir=ckpt_dir, model_args=model_args, start_state=start_state,
-                                logger=logger, export=False)
-    except pretrain.NonFiniteLossError as e:  # as pretrain and sft: one line, the last good checkpoint named
-        print0(f"STOPPED: {e}")
-        logger.write_json("report.json", {"status": "non-finite loss", "message": str(e)})
-        parallel.teardown_distributed()
-        sys.exit(3)
+    result = pretrain.train(cfg, dist, reward_model, optimizer, next_batch, rm_loss_fn, eval_fn=eval_fn,
+                            model_args=model_args, logger=logger, export=False)
     if result.get("stopped"):  # --stop-at-step: the checkpoint is written; run again to resume
         parallel.teardown_distributed()
         return {"status": "stopped", "steps": result["step"], "total_steps": result["total_steps"]}
@@ -584,7 +562,9 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     }
     logger.write_json("report.json", report)
     if dist.is_main:
-        plot_accuracy(logger, os.path.join(cfg.out, "accuracy.png"))
+        logger.plot((("accuracy", "train batch"), ("val_accuracy", "held-out, all pairs"),
+                     ("val_accuracy_chosen_rejected", "held-out, chosen vs rejected")),
+                    path=os.path.join(cfg.out, "accuracy.png"), title="reward model (§4.1.2)", ylabel="pairwise accuracy")
         print0(f"held-out pairwise accuracy {result['last_eval']['val_accuracy']:.1%}"
                f" (chosen vs rejected {result['last_eval']['val_accuracy_chosen_rejected']:.1%}), "
                f"margin {result['last_eval']['val_margin']:.2f}")
@@ -593,30 +573,6 @@ def train_reward_model(cfg: RewardConfig) -> dict:
                    f"  margin {m['margin']:.2f}")
     parallel.teardown_distributed()
     return report
-
-
-def plot_accuracy(logger, path: str):
-    """accuracy.png: training-batch and held-out pairwise accuracy against step."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    records = logger.records()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("accuracy", "train batch"), ("val_accuracy", "held-out, all pairs"),
-                       ("val_accuracy_chosen_rejected", "held-out, chosen vs rejected")):
-        points = {r["step"]: r[key] for r in records if r.get(key) is not None}
-        if points:
-            steps = sorted(points)
-            ax.plot(steps, [points[s] for s in steps], label=label, marker="o" if len(steps) < 30 else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel("pairwise accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title("reward model (§4.1.2)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # -----------------------------------------------------------------------------

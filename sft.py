@@ -52,7 +52,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +60,10 @@ import torch.nn.functional as F
 import checkpoint
 import model as M
 import parallel
+import loader
 import pretrain
 import tasks as T
-from common import UsageError, arg, cli, parse_config, print0, set_threads
+from common import arg, cli, finished_run, parse_config, print0, UsageError
 from pretrain import TrainConfig
 from sample import generate
 from tokenizer import ChatFormat, Tokenizer
@@ -103,10 +104,6 @@ class SFTConfig(TrainConfig):
     tokens_per_step: int = arg(2048, "global tokens per optimizer step (rows = this / seq_len)")
     eval_max_new_tokens: int = arg(16, "greedy tokens generated per held-out prompt")
     eval_batch_size: int = arg(128, "prompts per generate() call")
-    threads: int = arg(0, "CPU threads per rank; 0 = auto (cores / ranks, or 1 if the machine is busy)")
-    tp: int = arg(1, "tensor-parallel degree (GPUs)")
-    activation_checkpointing: bool = arg(False, "recompute blocks in backward (saves memory)")
-    compile: bool = arg(False, "torch.compile each block (GPU)")
 
 
 # -----------------------------------------------------------------------------
@@ -214,7 +211,7 @@ class ConversationLoader:
         packed = pack_rows(step_convs, cfg.seq_len, self.pad_id)  # (rows_per_step, T) each
         per_rank = rows_per_step // dp
         mine = {k: v[rank * per_rank:(rank + 1) * per_rank] for k, v in packed.items() if k != "n_tokens"}
-        micro = pretrain._divisor_at_most(per_rank, cfg.batch_size)
+        micro = loader.divisor_at_most(per_rank, cfg.batch_size)
         batches = []
         for m in range(0, per_rank, micro):
             batch = {k: v[m:m + micro].to(dist.device) for k, v in mine.items()}
@@ -384,15 +381,10 @@ def load_data(cfg: SFTConfig, tokenizer) -> tuple[list, list, dict]:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_config(SFTConfig, argv)
-    if (done := pretrain.finished_run(cfg.out)) is not None:  # keep a finished run's record
-        print0(f"{cfg.out} is a finished run (report.json); nothing to do -- use a new --out for a new run")
-        return done
-    dist = parallel.setup_distributed(tp=cfg.tp)
-    pretrain.claim_output(cfg.out, dist)
-    set_threads(cfg.threads, dist.device)
-    os.makedirs(cfg.out, exist_ok=True)
-    logger = pretrain.RunLogger(cfg.out, dist)
-    logger.write_json("config.json", asdict(cfg))
+    started = pretrain.start_run(cfg)
+    if started is None:  # a finished run: its record is kept
+        return finished_run(cfg.out)
+    dist, logger = started
     t_start = time.time()
 
     # ---- the pre-trained model and its tokenizer --------------------------------
@@ -441,23 +433,9 @@ def main(argv=None):
     model.train()
     optimizer = pretrain.build_optimizer(model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
 
-    # ---- resume, then train with pretrain.train ---------------------------------
-    ckpt_dir = os.path.join(cfg.out, "checkpoints")
-    start_state = None
-    latest = checkpoint.latest_checkpoint(ckpt_dir) if cfg.resume else None
-    if latest:
-        start_state = checkpoint.load_checkpoint(latest, model, optimizer)
-        print0(f"resuming from {latest} (step {start_state['step']})")
     loader = ConversationLoader(cfg, train_rendered, tokenizer.pad_id, dist)
-    try:
-        result = pretrain.train(cfg, dist, model, optimizer, loader, sft_loss, eval_fn=eval_fn,
-                                ckpt_dir=ckpt_dir, model_args=model_args, start_state=start_state,
-                                logger=logger, tokenizer_path=tokenizer_path)
-    except pretrain.NonFiniteLossError as e:
-        print0(f"STOPPED: {e}")
-        logger.write_json("report.json", {"status": "non-finite loss", "message": str(e)})
-        parallel.teardown_distributed()
-        sys.exit(3)
+    result = pretrain.train(cfg, dist, model, optimizer, loader, sft_loss, eval_fn=eval_fn,
+                            model_args=model_args, logger=logger, tokenizer_path=tokenizer_path)
     after = result["last_eval"]
     if eval_fn is not None and not after:  # e.g. a run resumed after its last step
         model.eval()

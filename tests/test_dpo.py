@@ -118,7 +118,7 @@ def test_step_zero_loss_is_ln2(chat):
             for i in range(6)]
     pairs, _ = D.encode_pairs(chat, rows, True, 256)
     ref_c, ref_r = D.reference_logps(model, pairs, chat.tokenizer.pad_id, torch.device("cpu"), batch_size=4)
-    batch = D.make_batch(pairs, ref_c, ref_r, chat.tokenizer.pad_id, "cpu")  # another padding length
+    batch = D.pair_batch(pairs, ref_c, ref_r, chat.tokenizer.pad_id, "cpu")  # another padding length
     loss, metrics = D.dpo_loss_fn(model, batch, beta=0.1, nll_coef=0.2)
     assert metrics["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert metrics["rewards/margins"] == pytest.approx(0.0, abs=1e-5)

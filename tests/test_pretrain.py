@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import checkpoint
+import loader
 import common
 import pretrain
 from tests.conftest import ROOT
@@ -133,7 +134,7 @@ def test_lr_schedule():
 def test_make_batch_doc_ids_and_boundary_mask():
     #            partial doc | doc 1                | doc 2
     row = np.array([[7, 8, EOS, BOS, 1, 2, EOS, BOS, 5]])
-    b = pretrain.make_batch(row, BOS, "cpu")
+    b = loader.make_batch(row, BOS, "cpu")
     assert b["inputs"].tolist() == [[7, 8, EOS, BOS, 1, 2, EOS, BOS]]
     assert b["doc_ids"].tolist() == [[0, 0, 0, 1, 1, 1, 1, 2]]
     # eos -> bos (the prediction across a boundary) is ignored; the first real token
@@ -155,7 +156,7 @@ def test_loader_ranks_split_the_same_rows(data_dir):
     cfg = common.parse_config(pretrain.PretrainConfig, COMMON[:8])  # seq 32, batch 4, 256 tok
     with open(os.path.join(data_dir, "meta.json")) as f:
         meta = json.load(f)
-    stream = pretrain.TokenStream(data_dir, meta, "train")
+    stream = loader.TokenStream(data_dir, meta, "train")
 
     class D:  # the fields of parallel.Dist the loader reads
         def __init__(self, rank, world):
@@ -164,14 +165,14 @@ def test_loader_ranks_split_the_same_rows(data_dir):
     def rows(loader, step):
         return torch.cat([b["inputs"] for b in loader(step, 6)])
 
-    one = pretrain.PackedLoader(cfg, stream, BOS, D(0, 1))
-    two = [pretrain.PackedLoader(cfg, stream, BOS, D(r, 2)) for r in range(2)]
+    one = loader.PackedLoader(cfg, stream, BOS, D(0, 1))
+    two = [loader.PackedLoader(cfg, stream, BOS, D(r, 2)) for r in range(2)]
     for step in range(3):
         assert torch.equal(rows(one, step), torch.cat([rows(two[0], step), rows(two[1], step)]))
     assert one.state_dict() == {"seq_len": 32, "rows_done": 24, "anneal_rows_done": 0}
     # the schedule stages: a longer sequence length means fewer, longer rows
     cfg.seq_len_schedule = "0:32,1:64"
-    grow = pretrain.PackedLoader(cfg, stream, BOS, D(0, 1))
+    grow = loader.PackedLoader(cfg, stream, BOS, D(0, 1), stage=lambda s, n: pretrain.stage_at(cfg, s, n))
     assert rows(grow, 0).shape == (8, 32) and rows(grow, 1).shape == (4, 64)
 
 
@@ -327,10 +328,10 @@ def test_missing_data_is_built_first(tmp_path, monkeypatch):
         is_main, world_size = True, 1
 
     target = str(tmp_path / "fresh")
-    monkeypatch.setattr(pretrain, "DEFAULT_DATA", target)  # only the default folder is built
-    meta = pretrain.ensure_data(target, D())
+    monkeypatch.setattr(loader, "DEFAULT_DATA", target)  # only the default folder is built
+    meta = loader.ensure_data(target, D())
     assert calls == [target] and meta["vocab_size"] == VOCAB
-    pretrain.ensure_data(target, D())  # complete now: not built again
+    loader.ensure_data(target, D())  # complete now: not built again
     assert calls == [target]
 
 
@@ -399,15 +400,15 @@ def test_incomplete_data_folder_is_left_untouched(tmp_path, capsys):
 def test_finished_run_reads_only_done_runs(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    assert pretrain.finished_run(str(out)) is None
+    assert common.finished_run(str(out)) is None
     (out / "report.json").write_text(json.dumps({"status": "done", "steps": 6}))
-    assert pretrain.finished_run(str(out)) is None  # no final/ yet
+    assert common.finished_run(str(out)) is None  # no final/ yet
     (out / "final").mkdir()
-    assert pretrain.finished_run(str(out)) == {"status": "done", "steps": 6}
+    assert common.finished_run(str(out)) == {"status": "done", "steps": 6}
     (out / "report.json").write_text(json.dumps({"status": "stopped"}))
-    assert pretrain.finished_run(str(out)) is None
+    assert common.finished_run(str(out)) is None
     (out / "report.json").write_text("{not json")
-    assert pretrain.finished_run(str(out)) is None
+    assert common.finished_run(str(out)) is None
 
 
 def test_rerunning_a_finished_run_keeps_its_report(data_dir, tmp_path, capsys):

@@ -96,7 +96,7 @@ def test_shuffled_packed_row_keeps_the_ranking(chat):
         ranks = [lengths_by_rank.index(n) for n in slot_len]  # rank of the response in each slot
         assert sorted(ranks) == [0, 1, 2]
         assert [(ranks[a], ranks[b]) for a, b in pairs] == R.ranking_pairs(3)
-    batch = R.make_batch(encoded, chat.tokenizer.pad_id, "cpu", None)
+    batch = R.preference_batch(encoded, chat.tokenizer.pad_id, "cpu", None)
     assert batch["pair_is_chosen_rejected"].tolist() == [False, False, True]
 
 
