@@ -31,14 +31,14 @@ so we use a much higher learning rate (1e-3, as pre-training's scale suggests).
 
 Reads:  a pre-trained checkpoint (--init: this project's model.pt, a checkpoint.py
         distributed checkpoint, Meta's consolidated.*.pth or a Hugging Face folder)
-        and its tokenizer.model; data from tasks.py or --train-jsonl/--val-jsonl.
+        and its tokenizer.model; data from tasks.py or --data/--eval-data.
 Writes: out/sft/{config.json, log.jsonl, loss.png, report.json, report.png,
         checkpoints/step_XXXXXXXX/, final/model.pt + tokenizer.model}.
 
 How to run
     python sft.py                                         # default tasks, out/pretrain/final
     torchrun --standalone --nproc_per_node=2 sft.py       # 2 ranks, FSDP (gloo on CPU)
-    python sft.py --train-jsonl my_chats.jsonl --val-jsonl my_val.jsonl --init DIR
+    python sft.py --data my_chats.jsonl --eval-data my_val.jsonl --init DIR
     python sft.py --tasks sort,reverse --max-steps 200
     python checkpoint.py average out/sft_a/final out/sft_b/final --out out/sft_avg
 
@@ -79,8 +79,8 @@ class SFTConfig(TrainConfig):
     init: str = arg("out/pretrain/final", "the pre-trained checkpoint to start from (any format)")
     tokenizer: str = arg("", "tokenizer.model (default: the one next to --init)")
     # Data: the built-in checked tasks, or your own conversations.
-    train_jsonl: str = arg("", "SFT conversations {'messages': [...]} (default: tasks.py's tasks)")
-    val_jsonl: str = arg("", "held-out conversations for accuracy (default: tasks.py's held-out split)")
+    data: str = arg("", "SFT conversations {'messages': [...]} (default: tasks.py's tasks)")
+    eval_data: str = arg("", "held-out conversations for accuracy (default: tasks.py's held-out split)")
     tasks: str = arg("", "comma-separated subset of tasks.py's tasks (default: all)")
     n_train: int = arg(20000, "generated training conversations")
     n_eval: int = arg(250, "generated held-out conversations (accuracy is measured on these)")
@@ -359,19 +359,19 @@ def load_data(cfg: SFTConfig, tokenizer) -> tuple[list, list, dict]:
     Conversations longer than seq_len are reported and skipped (they fit no row)."""
     quiet = int(os.environ.get("RANK", "0")) != 0
     skipped = {}
-    if cfg.train_jsonl:
-        train, skipped["train"] = T.read_sft_jsonl(cfg.train_jsonl, cfg.seq_len, tokenizer, verbose=not quiet)
+    if cfg.data:
+        train, skipped["train"] = T.read_sft_jsonl(cfg.data, cfg.seq_len, tokenizer, verbose=not quiet)
     else:
         train = T.make_examples(cfg.n_train, cfg.seed, tasks=cfg.tasks or None, split="train")
-    if cfg.val_jsonl:
-        val, skipped["val"] = T.read_sft_jsonl(cfg.val_jsonl, cfg.seq_len, tokenizer, verbose=not quiet)
-    elif cfg.train_jsonl:
+    if cfg.eval_data:
+        val, skipped["val"] = T.read_sft_jsonl(cfg.eval_data, cfg.seq_len, tokenizer, verbose=not quiet)
+    elif cfg.data:
         val = []  # your data, no held-out file: no accuracy
     else:
         val = T.make_examples(cfg.n_eval, cfg.seed, tasks=cfg.tasks or None, split="val")
     summary = {k: T.summarize_skipped(v) for k, v in skipped.items()}
     if not train:
-        raise UsageError(f"{cfg.train_jsonl or 'the generated tasks'}: no usable training conversations "
+        raise UsageError(f"{cfg.data or 'the generated tasks'}: no usable training conversations "
                          f"({(summary.get('train') or {}).get('skipped', 0)} rows skipped: "
                          f"{(summary.get('train') or {}).get('by_kind', {})})")
     return train, val, summary

@@ -49,7 +49,7 @@ How to run
     python tasks.py                                            # out/tasks, 20,000 + 500
     python tasks.py --out out/tasks --n-train 20000 --n-eval 500 --seed 0 --tasks sort,reverse
     python tasks.py --digits 2 --max-len 8                   # harder problems (Difficulty)
-    python sft.py --train-jsonl out/tasks/sft_train.jsonl --val-jsonl out/tasks/sft_val.jsonl
+    python sft.py --data out/tasks/sft_train.jsonl --eval-data out/tasks/sft_val.jsonl
 
 Read next: sft.py (trains on these conversations), then reward.py and dpo.py (the
 preference pairs).

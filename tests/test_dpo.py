@@ -3,7 +3,6 @@ gradients), ln 2 at step 0 when the policy is the reference, the masks (which to
 count in the log-probs with and without masking the formatting tokens), sequence
 log-probs against a plain forward, and a tiny end-to-end DPO run with bad lines in its
 data (reported with line numbers and skipped). Tiny models, byte tokenizer: seconds."""
-import base64
 import json
 import math
 
@@ -13,25 +12,7 @@ import torch
 import dpo as D
 import checkpoint
 import model as M
-
-
-def tiny_args(**kw):
-    base = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, multiple_of=32, max_seq_len=256)
-    return M.ModelArgs(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def tok_path(tmp_path_factory):
-    """A byte-level tokenizer with only the 256 single bytes: 256 + 256 specials = 512."""
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
-    path.write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256)))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def chat(tok_path):
-    from tokenizer import ChatFormat, Tokenizer
-    return ChatFormat(Tokenizer(tok_path))
+from tests.conftest import tiny_args
 
 
 def tiny_model(seed=0):

@@ -3,7 +3,6 @@ accuracy/margin on a toy case, the three-way ranking as ordered pairs, the packe
 (prompt + shuffled responses in one sequence) scoring exactly like separate rows, bad
 preference lines reported with line numbers, a tiny end-to-end reward-model training
 (save, load) and rejection sampling. Tiny models and a byte-level tokenizer: seconds."""
-import base64
 import json
 import math
 
@@ -13,27 +12,9 @@ import torch.nn.functional as F
 
 import checkpoint
 import model as M
+from tests.conftest import tiny_args
 import rejection
 import reward as R
-
-
-def tiny_args(**kw):
-    base = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, multiple_of=32, max_seq_len=256)
-    return M.ModelArgs(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def tok_path(tmp_path_factory):
-    """A byte-level tokenizer with only the 256 single bytes: 256 + 256 specials = 512."""
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
-    path.write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256)))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def chat(tok_path):
-    from tokenizer import ChatFormat, Tokenizer
-    return ChatFormat(Tokenizer(tok_path))
 
 
 def random_reward_model(seed=0):

@@ -12,13 +12,13 @@ import torch
 import bench
 import checkpoint
 import model as M
+from tests.conftest import tiny_args as conftest_tiny_args
 import quantize as Q
 import sample as S
 
 
 def tiny_args(**kw):
-    base = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, multiple_of=32, max_seq_len=64)
-    return M.ModelArgs(**{**base, **kw})
+    return conftest_tiny_args(**{'max_seq_len': 64, **kw})
 
 
 def tiny_model(seed=0, **kw):
@@ -27,20 +27,6 @@ def tiny_model(seed=0, **kw):
     with torch.no_grad():  # sharper logits than N(0, 0.02): no near-ties in argmax
         m.output.weight.mul_(20)
     return m
-
-
-@pytest.fixture(scope="module")
-def tok_path(tmp_path_factory):
-    """A byte-level tokenizer with only the 256 single bytes: 256 + 256 specials = 512."""
-    path = tmp_path_factory.mktemp("tok") / "bytes.model"
-    path.write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256)))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tok(tok_path):
-    from tokenizer import Tokenizer
-    return Tokenizer(tok_path)
 
 
 @torch.no_grad()

@@ -3,7 +3,6 @@ packing without attention across conversations (packed loss == separate losses),
 the resumable loader, a tiny end-to-end SFT run (loss falls, accuracy is measured
 before and after, report written, bad JSONL rows counted), and model averaging
 (§4.1.5). A byte-level tokenizer and tiny models written here: well under a minute."""
-import base64
 import json
 import os
 
@@ -13,27 +12,10 @@ import torch.nn.functional as F
 
 import checkpoint
 import model as M
+from tests.conftest import tiny_args
 import sft
 import tasks as T
-from tokenizer import ChatFormat, Tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok_path(tmp_path_factory):
-    """A byte-level tokenizer with only the 256 single bytes: 256 + 256 specials = 512."""
-    path = tmp_path_factory.mktemp("tok") / "bytes.model"
-    path.write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256)))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tok(tok_path):
-    return Tokenizer(tok_path)
-
-
-def tiny_args(**kw):
-    base = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, multiple_of=32, max_seq_len=256)
-    return M.ModelArgs(**{**base, **kw})
+from tokenizer import ChatFormat
 
 
 def tiny_model(seed=0, **kw):
@@ -149,7 +131,7 @@ def test_tiny_sft_run_end_to_end(tmp_path, tok_path):
     val_path = str(tmp_path / "val.jsonl")
     T.write_jsonl(T.make_examples(12, seed=0, tasks="larger", split="val"), val_path)
     out = str(tmp_path / "sft")
-    report = sft.main(["--init", init, "--out", out, "--train-jsonl", train_path, "--val-jsonl", val_path,
+    report = sft.main(["--init", init, "--out", out, "--data", train_path, "--eval-data", val_path,
                        "--max-steps", "24", "--time-budget-min", "0", "--seq-len", "128",
                        "--tokens-per-step", "512", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "3",
                        "--eval-every", "0", "--ckpt-every", "100", "--eval-max-new-tokens", "6",
@@ -182,7 +164,7 @@ def test_no_usable_rows_is_one_line_and_exit_2(tmp_path, tok_path, capsys):
         f.write(b"\xff\xfe not utf-8\n")
         f.write(b"[" * 100_000 + b"\n")  # deeper than any JSON reader recurses
     capsys.readouterr()
-    rc = sft.main(["--init", init, "--out", str(tmp_path / "sft"), "--train-jsonl", train_path,
+    rc = sft.main(["--init", init, "--out", str(tmp_path / "sft"), "--data", train_path,
                    "--max-steps", "2", "--time-budget-min", "0", "--seq-len", "128"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
