@@ -160,7 +160,7 @@ def test_loader_ranks_split_the_same_rows(data_dir):
 
     class D:  # the fields of parallel.Dist the loader reads
         def __init__(self, rank, world):
-            self.rank, self.dp_size, self.tp_size, self.device = rank, world, 1, torch.device("cpu")
+            self.rank, self.dp_rank, self.dp_size, self.tp_size, self.device = rank, rank, world, 1, torch.device("cpu")
 
     def rows(loader, step):
         return torch.cat([b["inputs"] for b in loader(step, 6)])
