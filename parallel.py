@@ -354,7 +354,7 @@ def shard_for_inference(model: Transformer, pp: int = 1):
     same token."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if pp < 1 or world_size % pp:
-        raise ValueError(f"--pp {pp} must divide the number of processes ({world_size})")
+        raise ValueError(f"--pp {pp} needs a multiple of {pp} processes (torchrun), got {world_size}")
     dist = setup_distributed(tp=world_size // pp, pp=pp)
     if pp > 1:
         model = pipeline_for_inference(model, dist)
