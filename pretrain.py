@@ -173,7 +173,8 @@ class PretrainConfig(TrainConfig):
             raise UsageError(f"--long-context-steps must be >= 0 (got {self.long_context_steps!r})")
         if not 0 <= self.anneal_data_fraction <= 1:
             raise UsageError(f"--anneal-data-fraction must be in [0, 1] (got {self.anneal_data_fraction!r})")
-        lens = [v for _, v in parse_schedule(self.seq_len_schedule, self.seq_len)] + [self.long_context_seq_len]
+        lens = [v for _, v in parse_schedule(self.seq_len_schedule, self.seq_len)]
+        lens += [self.long_context_seq_len] if self.long_context_steps > 0 else []
         if self.cp > 1 and any(n % (2 * self.cp) for n in lens):
             raise UsageError(f"--cp {self.cp}: every sequence length must be divisible by 2·cp = {2 * self.cp} "
                              f"(got {sorted(set(lens))})")

@@ -280,6 +280,7 @@ def _worker(rank, world, port, out_dir):
     pp_root = os.path.join(out_dir, "ckpt_pp")
     m, _ = _train_layout(res, "pp2", d, args, save_at=SAVE_AT, ckpt=pp_root)
     res["pp2_layers"] = sorted(m.layers)
+    checkpoint.export_model(m, args, os.path.join(out_dir, "export_pp"))  # the stages gathered on rank 0
     m, _ = _train_layout(res, "pp2_interleaved", d, args, pp_schedule="Interleaved1F1B")
     res["pp2_interleaved_stages"] = [(s, sorted(st.layers), st.tok_embeddings is not None, st.output is not None)
                                      for s, st in zip(m.pipeline.stage_ids, m.pipeline.stages)]
@@ -327,7 +328,8 @@ def reference():
     """The single-process run every layout is held to (losses and grad norms)."""
     single = parallel.Dist(0, 0, 1, torch.device("cpu"), None, 1, 1, None)
     res = {}
-    _train_layout(res, "ref", single, ModelArgs(**TINY))
+    m, _ = _train_layout(res, "ref", single, ModelArgs(**TINY))
+    res["ref_final"] = m.state_dict()
     return res
 
 
@@ -496,8 +498,12 @@ def test_layouts_of_8_ranks_match_one_process(tmp_path, reference):
             _assert_close_rel(r[f"{name}_norm"], reference["ref_norm"])
 
 
-def test_pipeline_checkpoint_resumes_on_one_rank_and_across_layouts(two_ranks):
+def test_pipeline_checkpoint_resumes_on_one_rank_and_across_layouts(two_ranks, reference):
     out, results = two_ranks
+    exported, _ = checkpoint.load_model(os.path.join(out, "export_pp"))  # both stages' weights
+    assert set(exported.state_dict()) == set(reference["ref_final"])
+    for k, v in reference["ref_final"].items():
+        torch.testing.assert_close(exported.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
     path = os.path.join(out, "ckpt_pp", f"step_{SAVE_AT:08d}")
     args = ModelArgs(**TINY)
     one = parallel.Dist(0, 0, 1, torch.device("cpu"), None, 1, 1, None)
