@@ -25,8 +25,7 @@ Checkpoints of sharded models (save_checkpoint, load_checkpoint, export_model) a
 checkpoint.py: parameter names are the same in every layout, so a run saved with one
 layout resumes on another. The memory / step-time arithmetic of a layout is plan.py.
 
-Reads:  torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
-Writes: nothing.
+Reads:  torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT). Writes: nothing.
 Run:    imported by pretrain.py (every dimension), sft.py / reward.py / dpo.py (FSDP and
         TP) and sample.py (TP and PP), launched e.g. as
         torchrun --standalone --nproc_per_node 8 pretrain.py --tp 2 --cp 2 --pp 2  (CPU: gloo)
@@ -77,10 +76,6 @@ class Dist:
         return self.rank == 0
 
     # Rank r sits at mesh position (dp, pp, cp, tp) with r = ((dp·PP + pp)·CP + cp)·TP + tp.
-    @property
-    def tp_rank(self) -> int:
-        return self.rank % self.tp_size
-
     @property
     def cp_rank(self) -> int:
         return self.rank // self.tp_size % self.cp_size
@@ -411,12 +406,11 @@ def apply_fsdp(model: Transformer, dp_mesh, *, param_dtype="fp32", reshard_after
     reshard_after_forward (--reshard-after-forward): False keeps each block's gathered
     weights from its forward to its backward, as the paper does (§3.3.2: "we do not
     reshard after forward computation to avoid an extra all-gather") -- affordable
-    there because with PP 16 and TP 8 a rank holds only 1/128 of the model, and with
-    pipeline micro-batches True would all-gather every block again for every
-    micro-batch. True frees them after the forward and gathers again in backward
-    (ZeRO-3): the least memory, for a model that does not fit otherwise. The root is
-    never resharded: its parameters (embeddings, output) are needed again at once by
-    the backward.
+    there, where with PP 16 and TP 8 a rank holds 1/128 of the model, and with pipeline
+    micro-batches True would gather every block again for every micro-batch. True
+    frees them after the forward and gathers again in backward (ZeRO-3): the least
+    memory, for a model that does not fit otherwise. The root is never resharded: its
+    parameters (embeddings, output) are needed again at once by the backward.
 
     With dp_size 1 (pure TP or PP) this still runs, on a 1-rank mesh: nothing is
     sharded, but the mixed-precision policy and the DTensor bookkeeping stay the same."""
@@ -450,29 +444,24 @@ def context_parallel_indices(seq_len: int, cp: int, cp_rank: int) -> torch.Tenso
 def context_parallel_batch(batch: dict, dist) -> dict:
     """This rank's share of a packed batch (loader.make_batch: inputs, targets,
     doc_ids (B, T)) under context parallelism; the batch itself when cp_size is 1.
-
-    Every rank reads the whole rows (they are small: token ids) and keeps its
-    T/cp positions (context_parallel_indices). What the model then needs comes from
-    the whole row, so nothing but keys and values is ever communicated:
-      inputs, targets (B, T/cp)   this rank's tokens
-      positions (B, T/cp)         RoPE positions from the WHOLE row's doc_ids: they
-                                  restart at every document (§3.2), wherever the
-                                  document began
-      attn_mask (B, T/cp, T)      causal + same-document, for the local queries
-                                  against all T keys in the order the all-gather
-                                  returns them (rank 0's chunks, rank 1's, ...):
-                                  key j is visible to query i iff its global
-                                  position is <= i's and it is in i's document.
-                                  This is why the paper all-gathers K and V instead
-                                  of passing them round a ring: any mask works.
-      loss_scale                  cp / (targets of the whole rows): lm_loss sums the
-                                  local token losses times this, so the mean over
-                                  the CP ranks (FSDP averages gradients over dp x cp)
-                                  is the mean over the whole rows, however unevenly
-                                  the ignored targets fall.
-      seq_len                     T, for the MFU's attention FLOPs.
-    (B, T/cp, T) booleans is O(T²/cp) memory: fine for 8K-token rows; the 128K stage
-    wants FlexAttention's block mask here, which this file does not build yet.)"""
+    Every rank reads the whole rows (token ids: small) and keeps its T/cp positions;
+    what the model needs comes from the whole row, so only keys and values travel:
+      inputs, targets (B, T/cp)  this rank's tokens
+      positions (B, T/cp)        RoPE positions from the WHOLE row's doc_ids: they
+                                 restart at every document (§3.2), wherever it began
+      attn_mask (B, T/cp, T)     causal + same-document, local queries against all T
+                                 keys in the all-gather's order (rank 0's chunks,
+                                 rank 1's, ...): key j is visible to query i iff its
+                                 global position is <= i's and it is in i's document.
+                                 Why the paper all-gathers K and V instead of passing
+                                 them round a ring: any mask works.
+      loss_scale                 cp / (targets of the whole rows): lm_loss sums the
+                                 local token losses times this, so the mean over the
+                                 CP ranks (FSDP averages gradients over dp x cp) is
+                                 the whole rows' mean, however the ignored targets fall.
+      seq_len                    T, for the MFU's attention FLOPs.
+    The dense mask is O(T²/cp) memory: fine at 8K tokens; the 128K stage wants
+    FlexAttention's block mask here, which this file does not build yet."""
     cp = getattr(dist, "cp_size", 1)
     if cp == 1:
         return batch
@@ -567,19 +556,16 @@ def _keep_stage(model: Transformer, layers: range, first: bool, last: bool) -> T
 def build_pipeline(args: ModelArgs, dist: Dist, *, seed: int, schedule: str = "1F1B", n_microbatches: int = 0,
                    stages_per_rank: int = 0, **parallel_kw) -> Transformer:
     """This rank's part of a pipeline-parallel model (build_model with dist.pp_size > 1).
-
     The layers are split into pp_size·v stages (pipeline_layers); rank p of the "pp"
     group holds stages p, p + pp, p + 2·pp, ... (v > 1: the interleaved schedule,
     Narayanan et al. 2021, which the paper uses and tunes). Each stage is a
     Transformer that keeps only its layers (the first also tok_embeddings, the last
     norm and output), built on the meta device and parallelized over "tp", "cp" and
     "dp" x "cp" like a whole model, then initialized with the same per-name seeds.
-
-    Returned: one Transformer holding all of this rank's stages' modules under the
-    whole model's names -- what the optimizer, clip_grad_norm_, checkpoints and the
-    export see -- with .pipeline, the Pipeline that runs the stages (pretrain.train
-    calls pipeline.step instead of the forward and backward).
-
+    Returned: one Transformer holding this rank's stages' modules under the whole
+    model's names -- what the optimizer, clip_grad_norm_, checkpoints and the export
+    see -- with .pipeline, the Pipeline that runs the stages (pretrain.train calls
+    pipeline.step instead of the forward and backward).
     Tied embeddings (Llama 3.2 1B/3B) are refused: the one matrix would live on the
     first and the last stage, and their gradients would have to be summed across
     stages every step (Megatron does this; we do not)."""
@@ -682,20 +668,18 @@ class Pipeline:
             schedule.step(*args, target=target, losses=losses, return_outputs=False, **model_inputs(batch))
         else:
             schedule.eval(*args, target=target, losses=losses, **model_inputs(batch))
-        if self.is_last:
-            loss = torch.stack(losses).sum().detach().float() / (grad_scale or 1.0)
-        else:
-            loss = torch.zeros((), device=self.device)
+        loss = (torch.stack(losses).sum().detach().float() / (grad_scale or 1.0) if self.is_last
+                else torch.zeros((), device=self.device))
         torch_dist.broadcast(loss, src=self.last_rank, group=self.group)
         return loss
 
 
 # Decoding through pipeline stages (sample.py --pp): §6.1 serves 405B in BF16 on two
-# 8-GPU nodes, tensor parallel inside a node and pipeline parallel across the two.
-# No schedule is needed to decode one batch: each stage waits for the previous one's
-# hidden states. The stage boundaries are modules that stand in for the parts a stage
-# lacks, so sample.generate runs the stage unchanged: tok_embeddings receives, norm
-# sends, output receives the last stage's logits (which every rank then samples from).
+# 8-GPU nodes, tensor parallel inside a node and pipeline parallel across the two. One
+# batch needs no schedule: each stage waits for the previous one's hidden states. The
+# stage boundaries are modules standing in for the parts a stage lacks, so
+# sample.generate runs a stage unchanged: tok_embeddings receives, norm sends, output
+# receives the last stage's logits (which every rank then samples from).
 
 
 def pipeline_for_inference(model: Transformer, dist: Dist) -> Transformer:
