@@ -142,7 +142,8 @@ def setup_distributed(tp: int = 1, device: Optional[str] = None, *, cp: int = 1,
 
 
 def teardown_distributed():
-    if _distributed():
+    if _distributed():  # leave together: a rank that exits while another still talks to
+        torch_dist.barrier()  # it (gloo threads alive) aborts, "terminate called without ..."
         torch_dist.destroy_process_group()
 
 
@@ -185,9 +186,8 @@ def build_model(args: ModelArgs, dist: Dist, *, seed: int = 0, param_dtype="fp32
          single-process init; it also recomputes the RoPE buffer freqs_cis, which
          to_empty left as garbage (Transformer._apply recomputes it too).
 
-    With dist.pp_size > 1 each of this rank's pipeline stages is built that way, and
-    the result is the rank's part of the model (build_pipeline).
-    Build the optimizer AFTER this returns: it must hold the sharded parameters."""
+    With dist.pp_size > 1 each of this rank's pipeline stages is built that way
+    (build_pipeline). Build the optimizer AFTER this returns: it must hold the shards."""
     kw = dict(param_dtype=param_dtype, activation_checkpointing=activation_checkpointing, compile=compile,
               reshard_after_forward=reshard_after_forward)
     if dist.pp_size > 1:
@@ -341,12 +341,11 @@ def apply_tensor_parallel(model: Transformer, tp_mesh, *, sequence_parallel: boo
 
 
 def shard_for_inference(model: Transformer, pp: int = 1):
-    """With WORLD_SIZE > 1 (torchrun): the model split into pp pipeline stages (§6.1
-    serves 405B with pipeline parallelism across two nodes) and each stage tensor
-    parallel over the remaining WORLD_SIZE / pp ranks, without sequence parallel, for
-    a model too large for one device (sample.py). Returns (model, dist).
-    Every rank ends with the same full logits, so with one seed every rank samples the
-    same token."""
+    """With WORLD_SIZE > 1 (torchrun), for a model too large for one device (sample.py):
+    pp pipeline stages (§6.1 serves 405B pipelined across two nodes), each tensor
+    parallel over the other WORLD_SIZE / pp ranks, without sequence parallel. Returns
+    (model, dist). Every rank ends with the same full logits: with one seed, every rank
+    samples the same token."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if pp < 1 or world_size % pp:
         raise ValueError(f"--pp {pp} needs a multiple of {pp} processes (torchrun), got {world_size}")
@@ -589,6 +588,10 @@ def build_pipeline(args: ModelArgs, dist: Dist, *, seed: int, schedule: str = "1
             stage = _keep_stage(Transformer(args), range(starts[s], starts[s] + counts[s]),
                                 first=s == 0, last=s == n_stages - 1)
         stages.append(_materialize(parallelize(stage, dist, **parallel_kw), dist, seed))
+        if not stage.layers and stage.output is None and dist.tp_size > 1:
+            # An embedding-only stage would send TP's reduce-scatter still in flight (an
+            # async tensor nothing waits on): complete it first (clone waits).
+            stage.register_forward_hook(lambda module, args, out: out.clone())
     with torch.device("meta"):
         part = Transformer(args)  # a shell: every module below is one of the stages'
     part.layers = nn.ModuleDict({k: layer for stage in stages for k, layer in stage.layers.items()})
@@ -598,16 +601,13 @@ def build_pipeline(args: ModelArgs, dist: Dist, *, seed: int, schedule: str = "1
     return part
 
 
-MODEL_INPUTS = ("doc_ids", "positions", "attn_mask")  # the batch entries Transformer.forward takes
-
-
 def model_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    """The entries of a batch (make_batch's, context_parallel_batch's) that Transformer.forward takes."""
+    return {k: batch[k] for k in ("doc_ids", "positions", "attn_mask") if k in batch}
 
 
 class Pipeline:
     """Runs this rank's stages with a torch.distributed.pipelining schedule.
-
     step(batch, grad_scale) pushes one batch through all stages as n_microbatches
     micro-batches (the paper's N, --pp-microbatches): the first stage embeds them and
     sends activations on, the last computes the loss and starts the backward, and
@@ -617,9 +617,8 @@ class Pipeline:
     sends). The loss is summed per micro-batch and scaled here (scale_grads=False),
     so the gradients are exactly those of one process's mean loss over the batch.
     Returns that loss on every rank of the "pp" group (broadcast from the last stage).
-
-    A schedule, with its stages, is built per batch shape (the first step infers
-    the shapes of the activations sent between stages)."""
+    A schedule, with its stages, is built per batch shape (its first step infers the
+    shapes of the activations sent between stages)."""
 
     def __init__(self, stages: list, stage_ids: list, n_stages: int, dist: Dist, schedule_cls, n_microbatches: int):
         self.stages, self.stage_ids, self.n_stages = stages, stage_ids, n_stages
@@ -707,7 +706,7 @@ class _ReceiveActivations(nn.Module):
 
 class _SendActivations(nn.Module):
     """In place of norm on an earlier stage: send the hidden states on (decoding
-    sends only the last position's, (N, dim) into the next stage's (N, 1, dim))."""
+    sends only the last position's, (N, dim), into the next stage's (N, 1, dim))."""
 
     def __init__(self, dst: int):
         super().__init__()
