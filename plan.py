@@ -157,7 +157,7 @@ def plan(model: str = "llama3.1-405b", gpus: int = 16384, tp: int = 8, pp: int =
     # recomputed at full size.
     act_ckpt = per_layer_ckpt * in_flight_layers + per_layer_full
     logits = 4 * tokens_micro * args.vocab_size // tp  # fp32 logits on the last stage
-    static = weights_bf16 + master_fp32 + grads_fp32 + optimizer + grads_accumulated
+    static = weights_bf16 + master_fp32 + grads_fp32 + optimizer  # (+ grads_accumulated while a step runs)
 
     tokens_per_step = seqs_per_step * seq_len
     flops_token = flops_per_token(args, seq_len)
@@ -173,7 +173,8 @@ def plan(model: str = "llama3.1-405b", gpus: int = 16384, tp: int = 8, pp: int =
         optimizer_bytes_total=8 * n_total, master_bytes_total=4 * n_total,
         activation_bytes_per_layer=per_layer_full, activation_bytes_per_layer_ckpt=per_layer_ckpt,
         activation_bytes=act_full, activation_bytes_ckpt=act_ckpt, logits_bytes=logits,
-        total_bytes=static + act_full + logits, total_bytes_ckpt=static + act_ckpt + logits,
+        total_bytes=static + grads_accumulated + act_full + logits,
+        total_bytes_ckpt=static + grads_accumulated + act_ckpt + logits,
         sequences_per_step=seqs_per_step, sequences_per_dp_rank=seqs_per_step / dp,
         microbatches_per_dp_rank=seqs_per_step / dp / micro_batch,
         tokens_per_step=tokens_per_step, flops_per_token=flops_token, step_flops=step_flops,

@@ -173,13 +173,13 @@ class PretrainConfig(TrainConfig):
             raise UsageError(f"--long-context-steps must be >= 0 (got {self.long_context_steps!r})")
         if not 0 <= self.anneal_data_fraction <= 1:
             raise UsageError(f"--anneal-data-fraction must be in [0, 1] (got {self.anneal_data_fraction!r})")
+        if self.cp <= 0 or self.pp <= 0:
+            raise UsageError(f"--cp and --pp must be > 0 (got {self.cp!r}, {self.pp!r})")
         lens = [v for _, v in parse_schedule(self.seq_len_schedule, self.seq_len)]
         lens += [self.long_context_seq_len] if self.long_context_steps > 0 else []
         if self.cp > 1 and any(n % (2 * self.cp) for n in lens):
             raise UsageError(f"--cp {self.cp}: every sequence length must be divisible by 2·cp = {2 * self.cp} "
                              f"(got {sorted(set(lens))})")
-        if self.cp <= 0 or self.pp <= 0:
-            raise UsageError(f"--cp and --pp must be > 0 (got {self.cp!r}, {self.pp!r})")
         if self.pp_microbatches < 0 or self.pp_stages_per_rank < 0:
             raise UsageError("--pp-microbatches and --pp-stages-per-rank must be >= 0")
         if self.pp > 1:
@@ -383,7 +383,9 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
 
     cfg          a TrainConfig (or a dataclass extending it): max_steps, lr, schedule,
                  clipping, dtype, logging/eval/checkpoint cadence, out_dir, debug knobs.
-    model        the (possibly FSDP-sharded) model, on dist.device, in fp32.
+    model        the (possibly FSDP-sharded) model, on dist.device, in fp32; with
+                 pipeline parallel (a .pipeline, parallel.build_pipeline) the schedule
+                 runs each micro-batch's forward and backward (lm_loss only).
     optimizer    e.g. build_optimizer(model, cfg.lr, ...); its LR is set every step.
     next_batch   callable (step, total_steps) -> list of micro-batches (any objects
                  loss_fn understands) for optimizer step `step` (0-based); the list
