@@ -360,6 +360,7 @@ def meta_reference_model(monkeypatch):
     monkeypatch.delitem(sys.modules, "llama_models.llama3.model", raising=False)
     from llama_models.llama3.args import ModelArgs as MetaArgs
     from llama_models.llama3.model import Transformer as MetaTransformer
+    del sys.modules["llama_models.llama3.model"]  # built on the stand-ins: not for later imports
     return MetaArgs, MetaTransformer
 
 
@@ -434,3 +435,48 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, tok, capsys):
     T.save_bpe({bytes([i]): i for i in range(256)}, other)
     assert run_cli(ckpt, "--to", "hf", tmp_path / "o", "--tokenizer", other) == 2
     assert "not the tokenizer" in capsys.readouterr().err
+
+
+# -----------------------------------------------------------------------------
+# llama.cpp itself, where llama-cpp-python is installed (not in the test extra: it
+# compiles llama.cpp, ~6-20 minutes on 2 cores)
+
+
+def llama_cpp_model(path, kv_f32=True):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp.llama as L
+    params = llama_cpp.llama_model_default_params()
+    # Without llama.cpp's extra buffer types (AMX, repacked weights): on a VM whose CPU
+    # reports AMX but does not let a process use its tiles, q8_0 matmuls die of SIGILL.
+    params.use_extra_bufts = False
+    original = L.llama_cpp.llama_model_default_params
+    L.llama_cpp.llama_model_default_params = lambda: params
+    try:  # f32 KV cache (type 0): llama.cpp's default f16 cache alone moves logits by ~1e-3
+        return llama_cpp.Llama(str(path), n_ctx=256, n_threads=2, verbose=False, logits_all=True,
+                               **({"type_k": 0, "type_v": 0} if kv_f32 else {}))
+    finally:
+        L.llama_cpp.llama_model_default_params = original
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "q8_0"])
+def test_gguf_runs_in_llama_cpp(tmp_path, tok, dtype):
+    pytest.importorskip("llama_cpp")
+    m, args, ckpt = saved(tmp_path, tok, use_scaled_rope=True, rope_original_max_seq_len=32)
+    E.export(ckpt, "gguf", str(tmp_path / "m.gguf"), dtype=dtype)
+    llm = llama_cpp_model(tmp_path / "m.gguf")
+    for text in HARD_STRINGS:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text), text[:40]
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == tok.encode(text, bos=True, allowed_special="all")
+    for prompt in ([tok.bos_id] + tok.encode("def main():"), T.ChatFormat(tok).encode_dialog_prompt(DIALOGS[1])):
+        ours = S.generate(m, tok, [prompt], max_new_tokens=16, temperature=0, include_stop=True)[0]
+        llm.reset()
+        llm.eval(prompt + ours)
+        theirs = torch.tensor(llm.scores[:len(prompt) + len(ours)])
+        with torch.no_grad():
+            logits = m(torch.tensor([prompt + ours]))[0]
+        # logits up to ~14: fp32 the same computation up to float rounding (4e-6 seen); fp16
+        # weights 7e-3; q8_0 (llama.cpp also rounds the activations to 8 bits for it) 0.14
+        assert (theirs - logits).abs().max() < {"fp32": 1e-4, "fp16": 0.02, "q8_0": 0.3}[dtype]
+        if dtype == "fp32":
+            greedy = [int(t) for t, _ in zip(llm.generate(prompt, temp=0.0, top_k=1, reset=True), range(len(ours)))]
+            assert greedy == ours
