@@ -967,12 +967,16 @@ def main(argv=None):
         raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
     if cli_args.command == "export":
         outs = [x for x in [cli_args.out_path, cli_args.out, *extra] if x is not None]
+        if len(outs) > 1 and cli_args.to is None and outs[0] in ("hf", "gguf", "meta"):
+            raise UsageError(f"missing --to: write --to {outs[0]} {' '.join(outs[1:])}")
         if len(outs) > 1:
             raise UsageError(f"one OUT expected, got {outs}")
         from export import export
         out = export(cli_args.ckpt, cli_args.to, outs[0] if outs else None, tokenizer_path=cli_args.tokenizer,
                      dtype=cli_args.dtype, max_shard_mb=cli_args.max_shard_mb)
-        print(f"exported {cli_args.ckpt} -> {out} ({cli_args.to}, {cli_args.dtype})")
+        print(f"exported {cli_args.ckpt} -> {out} ({cli_args.to}, {cli_args.dtype}); next: " + {
+            "hf": f"AutoModelForCausalLM.from_pretrained({out!r}), AutoTokenizer.from_pretrained({out!r})",
+            "gguf": f"llama-cli -m {out} -cnv", "meta": f"load_model({out!r}) or Meta's llama-models"}[cli_args.to])
     elif cli_args.command == "average":
         out = average_checkpoints(cli_args.paths, cli_args.out, tokenizer_path=cli_args.tokenizer)
         print(f"§4.1.5 average of {len(cli_args.paths)} checkpoints -> {out}/model.pt")

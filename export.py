@@ -504,7 +504,7 @@ def export(ckpt: str, to: Optional[str], out: Optional[str], *, tokenizer_path: 
     tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(out))}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         if to == "gguf":
-            name = os.path.basename(os.path.normpath(os.path.abspath(ckpt)))
+            name = "/".join(os.path.abspath(ckpt).split(os.sep)[-2:])  # "sft/final"
             save_gguf(sd, args, tok, tmp, dtype, name)
         else:
             os.makedirs(tmp)

@@ -421,6 +421,7 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, tok, capsys):
              ((tmp_path / "nowhere", "--to", "hf", tmp_path / "o"), "checkpoint not found"),
              ((ckpt, "--to", "hf", tmp_path / "o", "--tokenizer", tmp_path / "no.model"), "tokenizer not found"),
              ((ckpt, "--to", "hf", tmp_path / "o", tmp_path / "p"), "one OUT expected"),
+             ((ckpt, "gguf", tmp_path / "o.gguf"), "missing --to: write --to gguf"),
              ((ckpt, "--to", "hf", tmp_path / "o", "--bogus"), "unrecognized arguments")]
     for argv, message in cases:
         assert run_cli(*argv) == 2, argv
