@@ -976,7 +976,7 @@ def main(argv=None):
                      dtype=cli_args.dtype, max_shard_mb=cli_args.max_shard_mb)
         print(f"exported {cli_args.ckpt} -> {out} ({cli_args.to}, {cli_args.dtype}); next: " + {
             "hf": f"AutoModelForCausalLM.from_pretrained({out!r}), AutoTokenizer.from_pretrained({out!r})",
-            "gguf": f"llama-cli -m {out} -cnv", "meta": f"load_model({out!r}) or Meta's llama-models"}[cli_args.to])
+            "gguf": f"llama-cli -m {out}", "meta": f"load_model({out!r}) or Meta's llama-models"}[cli_args.to])
     elif cli_args.command == "average":
         out = average_checkpoints(cli_args.paths, cli_args.out, tokenizer_path=cli_args.tokenizer)
         print(f"§4.1.5 average of {len(cli_args.paths)} checkpoints -> {out}/model.pt")
