@@ -90,14 +90,32 @@ def check_rmsnorm(ns):
         got = ns.rmsnorm(x, weight, eps)
         assert got.shape == x.shape, f"rmsnorm: shape {tuple(got.shape)}, expected {tuple(x.shape)}"
         _close(got, expected, f"rmsnorm(x of shape {shape}, eps={eps})")
-    # bf16 input: the project normalizes in fp32 and casts back before the weight.
-    x = torch.randn(4, 32, generator=gen).bfloat16()
-    norm = model.RMSNorm(32)
-    got = ns.rmsnorm(x, norm.weight.detach(), 1e-5)
-    expected = norm(x).detach()  # bf16 normalized values times the fp32 weight: fp32
-    assert got.dtype == expected.dtype, f"rmsnorm of a bf16 input with an fp32 weight: dtype {got.dtype}, " \
-        f"expected {expected.dtype} (normalize in fp32, cast back to x's dtype, then multiply by the weight)"
-    _close(got, expected, "rmsnorm of a bf16 input (compute in fp32)", atol=1e-2, rtol=1e-2)
+    # bf16 input: the project normalizes in fp32, casts back to bf16, THEN multiplies by the
+    # (fp32) weight. Compared EXACTLY: every correct order of the fp32 operations (rsqrt or
+    # 1/sqrt, mean or sum/n, F.rms_norm) rounds to the same bf16 values, while normalizing
+    # in bf16 or never casting back is off by about one bf16 step (~0.4%) -- inside any
+    # tolerance loose enough for bf16, so a tolerance would let both mistakes through.
+    for weight in (torch.ones(32), torch.randn(32, generator=gen)):  # unit weight first: see below
+        x = (torch.randn(4, 32, generator=gen) * 3).bfloat16()
+        norm = model.RMSNorm(32)
+        with torch.no_grad():
+            norm.weight.copy_(weight)
+            expected = norm(x)  # bf16 normalized values times the fp32 weight: fp32
+        got = ns.rmsnorm(x, weight, 1e-5)
+        assert got.dtype == expected.dtype, (
+            f"rmsnorm of a bf16 input with an fp32 weight: dtype {got.dtype}, expected {expected.dtype} "
+            f"(normalize in fp32, cast back to x's dtype, then multiply by the weight)")
+        if torch.equal(got, expected):
+            continue
+        n_diff, worst = int((got != expected).sum()), float((got - expected).abs().max())
+        if not torch.equal(got, got.bfloat16().float()) and bool((weight == 1).all()):
+            mistake = ("with a weight of ones your values are not bf16 numbers: the normalized values were "
+                       "never cast back to x's dtype (.type_as(x)) before the weight")
+        else:
+            mistake = ("the normalized values differ at bf16 precision: normalizing in bf16 (x.pow(2).mean() "
+                       "on the bf16 input) instead of in float32 (x.float())?")
+        raise AssertionError(f"rmsnorm of a bf16 input: {n_diff} of {got.numel()} values differ from model.RMSNorm "
+                             f"(largest difference {worst:.4g}; compared exactly): {mistake}")
 
 
 # -----------------------------------------------------------------------------
@@ -124,6 +142,7 @@ def check_rope(ns):
                                   low_freq_factor=low, high_freq_factor=high, original_max_seq_len=orig)
         expected = model.rope_frequencies(args)
         assert got.shape == (hd // 2,), f"rope_frequencies: shape {tuple(got.shape)}, expected ({hd // 2},)"
+        assert got.dtype == torch.float32, f"rope_frequencies must return float32 (compute in float64), got {got.dtype}"
         _close(got.float(), expected, f"rope_frequencies(head_dim={hd}, scaled={scaled}, factor={factor})",
                atol=0.0, rtol=1e-5)
 
@@ -138,6 +157,7 @@ def check_rope(ns):
     expected = model.apply_rotary_emb(x, table[positions])
     got = ns.apply_rope(x, freqs, positions)
     assert got.shape == x.shape, f"apply_rope: shape {tuple(got.shape)}, expected {tuple(x.shape)}"
+    assert got.dtype == x.dtype, f"apply_rope must return x's dtype ({x.dtype}), got {got.dtype}"
     _close(got, expected, "apply_rope (rotate interleaved pairs (x[2i], x[2i+1]) by position·freq[i])")
     # A rotation keeps lengths; relative positions: <R(m)q, R(n)k> depends on m - n only.
     q, k = torch.randn(1, 1, 1, hd, generator=gen), torch.randn(1, 1, 1, hd, generator=gen)
@@ -205,6 +225,9 @@ def check_document_mask(ns):
     examples += [_random_doc_ids(gen, B, T, d) for B, T, d in [(3, 16, 4), (2, 33, 8), (1, 1, 1), (4, 64, 1)]]
     for doc_ids in examples:
         pos = ns.positions_from_doc_ids(doc_ids)
+        assert pos.dtype == doc_ids.dtype == torch.long, (
+            f"positions_from_doc_ids must return integer positions (torch.long, like doc_ids), got {pos.dtype}: "
+            f"float positions crash later, where they index the RoPE table and the KV cache")
         assert torch.equal(pos, model.positions_from_doc_ids(doc_ids)), (
             f"positions_from_doc_ids({doc_ids.tolist()}) = {pos.tolist()}, expected "
             f"{model.positions_from_doc_ids(doc_ids).tolist()}")
@@ -373,6 +396,11 @@ def check_fsdp_memory(ns):
 # 10. The reward model's loss (§4.1.2): closed form here + reward.reward_loss
 
 
+_NAIVE_LOGSIGMOID = ("torch.log(torch.sigmoid(z)) is -inf in float32 once z < -88.7 (σ(z) rounds to 0; "
+                     "at z = -50 it is still -50), and its gradient is nan there: use F.logsigmoid(z), "
+                     "which is finite for every z")
+
+
 def _preference_scores(seed, n=64):
     gen = torch.Generator().manual_seed(seed)
     chosen = torch.randn(n, generator=gen) * 3
@@ -389,6 +417,8 @@ def check_reward_loss(ns):
     c, r = chosen.clone().requires_grad_(), rejected.clone().requires_grad_()
     got = ns.reward_loss(c, r)
     assert got.dim() == 0, f"reward_loss must return a scalar, got shape {tuple(got.shape)}"
+    assert torch.isfinite(got), (f"reward_loss = {float(got.detach())} for float32 scores with gaps of -100 ... +100: "
+                                 f"{_NAIVE_LOGSIGMOID}")
     z = (chosen - rejected).double()
     expected = torch.where(z > 0, torch.log1p(torch.exp(-z)), -z + torch.log1p(torch.exp(z))).mean()
     _close(got.double(), expected, "reward_loss vs the closed form mean(-log σ(r_chosen - r_rejected))")
@@ -441,6 +471,20 @@ def check_dpo(ns):
         grad_chosen, grad_rejected = ns.dpo_loss_grad(pc, pr, rc, rr, beta=beta)
         _close(grad_chosen, grad_cf, "dpo_loss_grad: dL/dπc (closed form)")
         _close(grad_rejected, -grad_cf, "dpo_loss_grad: dL/dπr (closed form)")
+    # float32, β = 0.1, sequence log-probs of long responses: β·Δ = -120, -90, +120, 0. The naive
+    # -log(sigmoid(βΔ)) gives inf (and a nan gradient) for the first two; the loss is 120 and 90.
+    pc = torch.tensor([-1300.0, -1000.0, -100.0, -40.0])
+    pr, ref = torch.tensor([-100.0, -100.0, -1300.0, -40.0]), torch.full((4,), -100.0)
+    pc_ = pc.clone().requires_grad_()
+    losses, _, _ = ns.dpo_loss(pc_, pr, ref, ref, beta=0.1)
+    assert torch.isfinite(losses).all(), f"dpo_loss = {losses.tolist()} for β·Δ = [-120, -90, 120, 0] in float32: " \
+        f"{_NAIVE_LOGSIGMOID}"
+    losses_cf, _, _, grad_cf = _dpo_closed_form(pc.double(), pr.double(), ref.double(), ref.double(), 0.1)
+    _close(losses.double(), losses_cf, "dpo_loss in float32 for β·Δ = [-120, -90, 120, 0]")
+    losses.sum().backward()
+    assert torch.isfinite(pc_.grad).all(), f"autograd through your dpo_loss gives {pc_.grad.tolist()}: " \
+        f"{_NAIVE_LOGSIGMOID}"
+    _close(pc_.grad.double(), grad_cf, "autograd dL/dπc of your float32 dpo_loss for β·Δ = [-120, -90, 120, 0]")
     # Policy = reference: Δ = 0, every loss is log 2 and the gradient is ∓β/2.
     z = torch.full((3,), -5.0)
     losses, _, _ = ns.dpo_loss(z, z, z, z, beta=0.1)
@@ -472,6 +516,14 @@ def check_sampling(ns):
     _close(got, torch.tensor([[5 / 8, 3 / 8, 0.0, 0.0]]), "top_p=0.7 on [0.5, 0.3, 0.15, 0.05]")
     got = ns.sampling_distribution(logits, temperature=1.0, top_p=1.0, top_k=3)
     _close(got, torch.tensor([[0.5, 0.3, 0.15, 0.0]]) / 0.95, "top_k=3 on [0.5, 0.3, 0.15, 0.05]")
+    # The order matters: top-k first, then top-p on the RENORMALIZED top-k probabilities.
+    order = torch.tensor([[0.4, 0.3, 0.2, 0.1]]).log()
+    got = ns.sampling_distribution(order, temperature=1.0, top_p=0.5, top_k=2)
+    assert torch.allclose(got, torch.tensor([[1.0, 0.0, 0.0, 0.0]]), atol=1e-5), (
+        f"top_k=2, top_p=0.5 on [0.4, 0.3, 0.2, 0.1]: got {[round(v, 4) for v in got[0].tolist()]}, expected "
+        f"[1, 0, 0, 0]. top-k comes first: [4/7, 3/7], and the mass before the second token (4/7) already "
+        f"exceeds 0.5, so only the first survives. Applying top-p before top-k keeps [0.4, 0.3] and gives "
+        f"[4/7, 3/7, 0, 0]")
     got = ns.sampling_distribution(logits[:, [2, 0, 3, 1]], temperature=0.0, top_p=0.9)
     _close(got, torch.tensor([[0.0, 1.0, 0.0, 0.0]]), "temperature 0 is greedy: all mass on the argmax")
 

@@ -160,14 +160,10 @@ def learn_merges(texts, n_merges):
             break
         # most frequent; ties: smallest (bytes of a, bytes of b)
         a, b = min(pairs, key=lambda p: (-pairs[p], token_bytes[p[0]], token_bytes[p[1]]))
-        merged = token_bytes[a] + token_bytes[b]
-        if merged in token_bytes:  # the same bytes made another way: reuse that token
-            new_id = token_bytes.index(merged)
-        else:
-            new_id = len(token_bytes)
-            token_bytes.append(merged)
-            new_tokens.append(merged)
-        words = [merge_pair(w, a, b, new_id) for w in words]
+        merged = token_bytes[a] + token_bytes[b]  # always new bytes (docs/NOTES.md proves it)
+        token_bytes.append(merged)
+        new_tokens.append(merged)
+        words = [merge_pair(w, a, b, len(token_bytes) - 1) for w in words]
     return new_tokens
 
 
