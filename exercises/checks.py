@@ -5,7 +5,8 @@ Stage: classroom (see exercises/README.md for the statements, docs/TEACHING.md f
 order). Every `check_<name>(ns)` takes a namespace `ns` -- the student's exercise module,
 or exercises/solutions.py, or any object with the right attributes -- and compares its
 functions with the project's own implementation (model.py, tokenizer.py, dedup.py,
-pretrain.py, parallel.py, sample.py, reward.py, dpo.py) on seeded random inputs. A
+pretrain.py, plan.py, sample.py, reward.py, dpo.py) on seeded random inputs, or with a
+closed form / numpy's least squares where the project has no code (exercise 14). A
 mismatch raises AssertionError with a message that says what differed; a skeleton
 that was not filled in raises its NotImplementedError.
 
@@ -18,7 +19,10 @@ Next:   exercises/test_exercises.py (the pytest entry points), exercises/solutio
 Tolerances (documented once, used everywhere): float32 results are compared with
 `torch.testing.assert_close(..., atol=1e-5, rtol=1e-5)` (TOL below): the same maths in
 a different order differs in the last bits, never more. Integer results (masks,
-positions, token ids, byte counts, MinHash signatures) must be exactly equal. The one
+positions, token ids, byte counts, MinHash signatures) must be exactly equal, and so
+must RMSNorm's bf16 output: the mistakes of that exercise are one bf16 step off, which
+any bf16-sized tolerance would forgive, while every correct formula rounds to the same
+bf16 values. The losses are also run in float32 where -log(sigmoid(x)) overflows. The one
 statistical check (exercise 12, sampling) compares frequencies over 40,000 seeded draws
 with the student's probabilities at atol 0.02 -- about 8 standard deviations of the
 worst-case sampling noise (sqrt(0.25/40,000) = 0.0025) -- and is also held to an exact
@@ -542,3 +546,132 @@ def check_sampling(ns):
         assert not ((freq > 0) & (probs == 0)).any(), f"sample_next draws tokens to which you give probability 0 {where}"
         _close(probs, freq, f"your probabilities vs sample_next's frequencies over {n_draws} draws {where}",
                atol=0.02, rtol=0.0)
+
+
+# -----------------------------------------------------------------------------
+# 13. The DPO formatting-token mask (§4.1.4) vs tokenizer.ChatFormat.encode_dialog and
+#     dpo.encode_pair_response; the summed log-probabilities vs their closed form
+
+_DIALOGS = [
+    [{"role": "user", "content": "Add 2 and 3."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Sort 3 1 2"}],
+    [{"role": "user", "content": "  <|eot_id|> is plain text here  "}, {"role": "assistant", "content": ""}],
+]
+
+
+def _small_chat():
+    """A ChatFormat over a small BPE trained here (multi-token roles and contents), so that
+    no download is needed; the tokenizer file lives in a temporary folder."""
+    import tempfile
+
+    import tokenizer
+    texts = ["user assistant system Add 2 and 3. Sort the numbers. Hello! Be brief.\n\n"] * 4
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/tokenizer.model"
+        tokenizer.save_bpe(tokenizer.train_bpe(texts, tokenizer.NUM_BYTE_TOKENS + tokenizer.NUM_SPECIAL_TOKENS + 40),
+                           path)
+        return tokenizer.ChatFormat(tokenizer.Tokenizer(path))
+
+
+def _mask_diff(got, expected, tokens, chat):
+    """The first differing token, shown with its text: '"\\n\\n" (index 4): yours True, expected False'."""
+    i = next(i for i, (g, e) in enumerate(zip(got, expected)) if g != e)
+    return f"{chat.tokenizer.decode([tokens[i]])!r} (index {i}): yours {got[i]}, expected {expected[i]}"
+
+
+def check_dpo_mask(ns):
+    chat = _small_chat()
+    for messages in _DIALOGS:
+        for generation_prompt in (False, True):
+            expected = chat.encode_dialog(messages, add_generation_prompt=generation_prompt)
+            tokens, mask = ns.dialog_format_mask(chat, messages, add_generation_prompt=generation_prompt)
+            where = f"{[m['role'] for m in messages]}, add_generation_prompt={generation_prompt}"
+            assert list(tokens) == expected.tokens, f"dialog_format_mask({where}): tokens differ from ChatFormat's"
+            assert [bool(m) for m in mask] == expected.format_mask, (
+                f"dialog_format_mask({where}): format mask differs at "
+                f"{_mask_diff([bool(m) for m in mask], expected.format_mask, tokens, chat)} -- bos, every header "
+                f"token (the role and the \"\\n\\n\" too) and every <|eot_id|> are formatting tokens")
+
+    dpo = project_module("dpo", ": the comparison with dpo.encode_pair_response runs as soon as it does")
+    for messages in _DIALOGS[:2]:
+        for response in ("5", "The sorted list is 1 2 3.", ""):
+            for mask_format in (True, False):
+                expected = dpo.encode_pair_response(chat, messages, response, mask_format_tokens=mask_format)
+                tokens, mask = ns.dpo_logp_mask(chat, messages, response, mask_format_tokens=mask_format)
+                assert list(tokens) == expected["tokens"], "dpo_logp_mask: tokens differ from dpo.encode_pair_response's"
+                mask = [bool(m) for m in mask]
+                assert mask == expected["logp_mask"], (
+                    f"dpo_logp_mask(response {response!r}, mask_format_tokens={mask_format}): differs at "
+                    f"{_mask_diff(mask, expected['logp_mask'], tokens, chat)} -- the response's own tokens only "
+                    f"(the assistant header belongs to the prompt), without its <|eot_id|> when masking")
+
+    # Summed log-probs: position t of the logits predicts token t+1, so the mask of token t+1
+    # goes with logits[:, t]. Closed form here; random logits, tokens and masks.
+    gen = torch.Generator().manual_seed(13)
+    N, T, V = 3, 9, 11
+    tokens = torch.randint(0, V, (N, T), generator=gen)
+    logits = torch.randn(N, T - 1, V, generator=gen) * 2
+    mask = torch.rand(N, T, generator=gen) < 0.6
+    mask[:, 0] = True  # never predicted: must not count
+    expected = (logits.log_softmax(-1).gather(-1, tokens[:, 1:, None]).squeeze(-1) * mask[:, 1:]).sum(-1)
+    got = ns.sequence_logp(logits, tokens, mask)
+    assert got.shape == (N,), f"sequence_logp: shape {tuple(got.shape)}, expected ({N},)"
+    _close(got, expected, "sequence_logp: sum over t >= 1 of mask[t] · log softmax(logits[t-1])[tokens[t]] "
+                          "(the logits at position t-1 predict token t: shift the mask with the targets)")
+
+
+# -----------------------------------------------------------------------------
+# 14. The scaling-law fit (§3.2.1): synthetic IsoFLOPs curves made from a known law,
+#     and numpy's least-squares fits as the reference for noisy ones
+
+_ALPHA, _A = 0.53, 0.29  # §3.2.1: N*(C) = A·C^α, the compute-optimal number of training tokens
+_BUDGETS = np.array([6e18, 1e19, 3e19, 6e19, 1e20, 3e20, 6e20, 1e21, 3e21, 1e22])  # FLOPs, the paper's range
+
+
+def _isoflops_curves(noise: float, seed: int):
+    """For every budget: token counts spread unevenly around the optimum (a wider span
+    above it) and losses = a parabola in log10(tokens) around it, plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    offsets = np.array([-0.8, -0.45, -0.2, 0.05, 0.3, 0.6, 1.0])  # log10(tokens / optimum)
+    curves = []
+    for c in _BUDGETS:
+        tokens = _A * c ** _ALPHA * 10 ** offsets
+        losses = 2.0 + 40.0 * c ** -0.1 + 0.25 * offsets ** 2 + noise * rng.standard_normal(len(offsets))
+        curves.append((tokens, losses))
+    return curves
+
+
+def check_scaling_law(ns):
+    # Exact parabolas: the optimum and the loss there come back to 1e-9.
+    optima = []
+    for c, (tokens, losses) in zip(_BUDGETS, _isoflops_curves(0.0, 0)):
+        got_tokens, got_loss = ns.isoflops_minimum(tokens, losses)
+        truth = _A * c ** _ALPHA
+        assert math.isclose(got_tokens, truth, rel_tol=1e-9), (
+            f"isoflops_minimum at C = {c:.0e}: {got_tokens:.6g} tokens, expected {truth:.6g} (the losses are an exact "
+            f"parabola in log10(tokens): fit a second-degree polynomial in log tokens, return its vertex)")
+        assert math.isclose(got_loss, 2.0 + 40.0 * c ** -0.1, rel_tol=1e-9), \
+            f"isoflops_minimum at C = {c:.0e}: the fitted loss at the vertex is {got_loss}, expected {2 + 40 * c ** -0.1}"
+        optima.append(got_tokens)
+    A, alpha = ns.fit_power_law(_BUDGETS, np.array(optima))
+    assert math.isclose(alpha, _ALPHA, rel_tol=1e-9) and math.isclose(A, _A, rel_tol=1e-7), (
+        f"fit_power_law on exact optima: (A, α) = ({A}, {alpha}), expected ({_A}, {_ALPHA}) -- a line in log-log, "
+        f"and A itself (not log A)")
+
+    # Noisy measurements: the same least squares as numpy's polyfit.
+    for seed in (1, 2):
+        optima = []
+        for tokens, losses in _isoflops_curves(0.02, seed):
+            a, b, c = np.polyfit(np.log10(tokens), losses, 2)
+            expected = 10 ** (-b / (2 * a))
+            got_tokens, _ = ns.isoflops_minimum(tokens, losses)
+            assert math.isclose(got_tokens, expected, rel_tol=1e-6), (
+                f"isoflops_minimum on noisy losses: {got_tokens:.6g} tokens, the least-squares parabola in "
+                f"log10(tokens) has its vertex at {expected:.6g} (not the smallest measured point)")
+            optima.append(expected)
+        slope, intercept = np.polyfit(np.log10(_BUDGETS), np.log10(optima), 1)
+        A, alpha = ns.fit_power_law(_BUDGETS, np.array(optima))
+        assert math.isclose(alpha, slope, rel_tol=1e-6) and math.isclose(A, 10 ** intercept, rel_tol=1e-5), (
+            f"fit_power_law on noisy optima: (A, α) = ({A:.6g}, {alpha:.6g}), least squares in log-log gives "
+            f"({10 ** intercept:.6g}, {slope:.6g})")
