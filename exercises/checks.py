@@ -247,7 +247,7 @@ def check_document_mask(ns):
 # 5. SwiGLU, its width and the parameter count (§3.2, Table 3) vs model.FeedForward,
 #    ModelArgs.ffn_hidden_dim and model.count_params
 
-OFFICIAL_PARAMS = {  # SPEC.md: counted from the reference configurations
+OFFICIAL_PARAMS = {  # counted from Meta's reference configurations (params.json)
     "llama3-8b": 8_030_261_248, "llama3-70b": 70_553_706_496, "llama3.1-405b": 405_853_388_800,
     "llama3.2-1b": 1_235_814_400, "llama3.2-3b": 3_212_749_824,
 }
@@ -593,19 +593,6 @@ def check_dpo_mask(ns):
                 f"{_mask_diff([bool(m) for m in mask], expected.format_mask, tokens, chat)} -- bos, every header "
                 f"token (the role and the \"\\n\\n\" too) and every <|eot_id|> are formatting tokens")
 
-    dpo = project_module("dpo", ": the comparison with dpo.encode_pair_response runs as soon as it does")
-    for messages in _DIALOGS[:2]:
-        for response in ("5", "The sorted list is 1 2 3.", ""):
-            for mask_format in (True, False):
-                expected = dpo.encode_pair_response(chat, messages, response, mask_format_tokens=mask_format)
-                tokens, mask = ns.dpo_logp_mask(chat, messages, response, mask_format_tokens=mask_format)
-                assert list(tokens) == expected["tokens"], "dpo_logp_mask: tokens differ from dpo.encode_pair_response's"
-                mask = [bool(m) for m in mask]
-                assert mask == expected["logp_mask"], (
-                    f"dpo_logp_mask(response {response!r}, mask_format_tokens={mask_format}): differs at "
-                    f"{_mask_diff(mask, expected['logp_mask'], tokens, chat)} -- the response's own tokens only "
-                    f"(the assistant header belongs to the prompt), without its <|eot_id|> when masking")
-
     # Summed log-probs: position t of the logits predicts token t+1, so the mask of token t+1
     # goes with logits[:, t]. Closed form here; random logits, tokens and masks.
     gen = torch.Generator().manual_seed(13)
@@ -619,6 +606,19 @@ def check_dpo_mask(ns):
     assert got.shape == (N,), f"sequence_logp: shape {tuple(got.shape)}, expected ({N},)"
     _close(got, expected, "sequence_logp: sum over t >= 1 of mask[t] · log softmax(logits[t-1])[tokens[t]] "
                           "(the logits at position t-1 predict token t: shift the mask with the targets)")
+
+    dpo = project_module("dpo", ": the comparison with dpo.encode_pair_response runs as soon as it does")
+    for messages in _DIALOGS[:2]:
+        for response in ("5", "The sorted list is 1 2 3.", ""):
+            for mask_format in (True, False):
+                expected = dpo.encode_pair_response(chat, messages, response, mask_format_tokens=mask_format)
+                tokens, mask = ns.dpo_logp_mask(chat, messages, response, mask_format_tokens=mask_format)
+                assert list(tokens) == expected["tokens"], "dpo_logp_mask: tokens differ from dpo.encode_pair_response's"
+                mask = [bool(m) for m in mask]
+                assert mask == expected["logp_mask"], (
+                    f"dpo_logp_mask(response {response!r}, mask_format_tokens={mask_format}): differs at "
+                    f"{_mask_diff(mask, expected['logp_mask'], tokens, chat)} -- the response's own tokens only "
+                    f"(the assistant header belongs to the prompt), without its <|eot_id|> when masking")
 
 
 # -----------------------------------------------------------------------------

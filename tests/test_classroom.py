@@ -427,8 +427,9 @@ def test_statements_and_guide_cover_every_exercise():
         assert f"-k {name}" in readme, f"exercises/README.md: no `pytest exercises/ -k {name}` for exercise {number}"
         assert f"{module}.py" in readme and f"{module}.py" in teaching, f"{module}.py missing from README or TEACHING"
         assert re.search(rf"^## {number}\. ", readme, re.M), f"exercises/README.md: no heading '## {number}. ...'"
-        assert re.search(r"§\d", readme.split(f"## {number}. ")[1].split("\n## ")[0]), \
-            f"exercise {number}'s statement cites no paper section"
+        statement = readme.split(f"## {number}. ")[1].split("\n## ")[0]
+        assert re.search(r"- Paper: (.*§\d|not in the paper)", statement), \
+            f"exercise {number}'s statement cites no paper section (or says it is not in the paper)"
 
 
 def test_project_suite_does_not_collect_exercises():
