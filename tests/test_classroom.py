@@ -66,18 +66,18 @@ IDS = [e[1] for e in EXERCISES]
 
 
 @functools.lru_cache(maxsize=None)
-def skeleton_source(module_name):
+def skeleton_source(module_name, root=ROOT):
     """(source, where): exercises/<module>.py as committed in git (HEAD), so that answers a
     student typed into the working copy do not count; the working file when git or the
     commit is not there (an unpacked archive, a skeleton not committed yet)."""
     path = f"exercises/{module_name}.py"
     try:
-        shown = subprocess.run(["git", "-C", ROOT, "show", f"HEAD:{path}"], capture_output=True, timeout=30)
+        shown = subprocess.run(["git", "-C", root, "show", f"HEAD:{path}"], capture_output=True, timeout=30)
         if shown.returncode == 0:
             return shown.stdout.decode("utf-8"), f"{path} at git HEAD"
     except (OSError, subprocess.TimeoutExpired):
         pass
-    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+    with open(os.path.join(root, path), encoding="utf-8") as f:
         return f.read(), path
 
 
@@ -144,22 +144,37 @@ def test_skeleton_and_solution_signatures_match(number, name, module, functions,
             f"{module}.{f} needs a docstring with a worked example"
 
 
-def test_a_solved_copy_is_not_a_skeleton(tmp_path):
+SKELETON = '''"""Exercise 1."""
+
+
+def rmsnorm(x, weight, eps=1e-5):
+    """Worked example: ..."""
+    raise NotImplementedError("exercise 1: implement rmsnorm in exercises/ex01_rmsnorm.py")
+'''
+
+
+def test_a_solved_copy_is_not_a_skeleton():
     """The guard that keeps a student's committed answers out of the skeleton tests."""
-    source = skeleton_source("ex01_rmsnorm")[0]
-    assert is_untouched(source)
-    solved = source.replace('    raise NotImplementedError("exercise 1: implement rmsnorm in exercises/ex01_rmsnorm.py")',
-                            "    return x")
-    assert solved != source and not is_untouched(solved)
+    assert is_untouched(SKELETON)
+    assert not is_untouched(SKELETON.replace('raise NotImplementedError("exercise 1: implement rmsnorm in '
+                                             'exercises/ex01_rmsnorm.py")', "return x"))
+    assert not is_untouched(SKELETON.replace("    raise", "    x = x.float()\n    raise"))
 
 
 def test_skeletons_come_from_git_when_there_is_one(tmp_path):
-    """In a git checkout the committed skeleton is read, whatever the working copy holds."""
-    if subprocess.run(["git", "-C", ROOT, "cat-file", "-e", "HEAD:exercises/ex01_rmsnorm.py"],
-                      capture_output=True).returncode != 0:
-        pytest.skip("not a git checkout with exercises/ committed")
-    source, where = skeleton_source("ex01_rmsnorm")
-    assert where.endswith("at git HEAD") and 'raise NotImplementedError("exercise 1: ' in source
+    """Answers typed into the working copy are not read; the committed skeleton is."""
+    (tmp_path / "exercises").mkdir()
+    (tmp_path / "exercises" / "ex01_rmsnorm.py").write_text(SKELETON)
+    assert skeleton_source("ex01_rmsnorm", str(tmp_path)) == (SKELETON, "exercises/ex01_rmsnorm.py")  # no git
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    try:
+        for command in (["init", "-q"], ["add", "."], ["commit", "-qm", "skeleton"]):
+            subprocess.run(git + command, check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("git is not available")
+    (tmp_path / "exercises" / "ex01_rmsnorm.py").write_text(SKELETON.replace("    raise", "    return x\n    raise"))
+    skeleton_source.cache_clear()
+    assert skeleton_source("ex01_rmsnorm", str(tmp_path)) == (SKELETON, "exercises/ex01_rmsnorm.py at git HEAD")
 
 
 # -----------------------------------------------------------------------------
