@@ -123,7 +123,7 @@ def check_rmsnorm(ns):
 
 
 # -----------------------------------------------------------------------------
-# 2. RoPE with the Llama 3.1 scaling (§3.2, §3.4.2) vs model.rope_frequencies,
+# 2. RoPE (§3.2) with the Llama 3.1 release's scaling vs model.rope_frequencies,
 #    model.precompute_freqs_cis and model.apply_rotary_emb
 
 
@@ -509,7 +509,7 @@ def check_dpo_vs_project(ns):
 
 
 # -----------------------------------------------------------------------------
-# 12. Temperature, top-k and top-p (§6, Meta's defaults T=0.6, p=0.9) vs sample.sample_next
+# 12. Temperature, top-k and top-p (Meta's reference code: T=0.6, p=0.9; not in the paper) vs sample.sample_next
 
 
 def check_sampling(ns):

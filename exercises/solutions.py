@@ -39,7 +39,7 @@ def rmsnorm(x, weight, eps=1e-5):
 
 
 # -----------------------------------------------------------------------------
-# 2. RoPE with Llama 3.1 scaling (§3.2, §3.4.2) -- model.rope_frequencies, apply_rotary_emb
+# 2. RoPE (§3.2) with the Llama 3.1 release's scaling -- model.rope_frequencies, apply_rotary_emb
 
 
 def rope_frequencies(head_dim, theta=500000.0, use_scaled_rope=True, scale_factor=8.0,
@@ -241,7 +241,7 @@ def dpo_loss_grad(policy_chosen_logps, policy_rejected_logps, reference_chosen_l
 
 
 # -----------------------------------------------------------------------------
-# 12. Temperature, top-k, top-p (§6) -- sample.sample_next
+# 12. Temperature, top-k, top-p (Meta's reference code, not the paper) -- sample.sample_next
 
 
 def sampling_distribution(logits, temperature=0.6, top_p=0.9, top_k=None):
