@@ -21,7 +21,8 @@ back to the previous one. This file is the chapter on checkpoint formats:
                             number of ranks, the latest N kept; export_model.
   6. Averaging           -- average_checkpoints: the Polyak average of annealing
                             checkpoints (§3.4.3) and model averaging (§4.1.5).
-  7. Command line        -- average, verify.
+  7. Command line        -- average, verify, export (the writers for Hugging Face,
+                            GGUF and Meta's layout live in export.py).
 
 Formats (load_model reads all four; detect_format tells them apart):
   project  DIR/model.pt = {"model_args": dict, "model": state dict} + tokenizer.model
@@ -36,6 +37,7 @@ Use:
     model, args = load_model("out/pretrain/final")           # any format
     python checkpoint.py verify out/pretrain/ckpt/step_00000100
     python checkpoint.py average out/sft_a/final out/sft_b/final --out out/sft_avg
+    python checkpoint.py export out/dpo/final --to hf|gguf|meta OUT   # export.py
 Tests: tests/test_checkpoint.py.
 """
 
@@ -953,21 +955,46 @@ def average_checkpoints(paths: list, out_dir: Optional[str] = None, *, model: Op
 
 
 # -----------------------------------------------------------------------------
-# 7. Command line: python checkpoint.py {average, verify}
+# 7. Command line: python checkpoint.py {average, verify, export}
 
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Verify and average Llama 3 checkpoints (any format).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{average,verify}")
+    parser = argparse.ArgumentParser(description="Verify, average and export Llama 3 checkpoints (any format).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{average,verify,export}")
     p = sub.add_parser("average", help="§4.1.5: average the weights of checkpoints of one architecture")
     p.add_argument("paths", nargs="+", help="checkpoints of one architecture (any format load_model reads)")
     p.add_argument("--out", required=True, help="output folder (model.pt + tokenizer.model + checksums.json)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the first checkpoint's)")
     v = sub.add_parser("verify", help="check a checkpoint's recorded sha256 checksums")
     v.add_argument("path", help="a checkpoint folder (model.pt folder or DCP step folder) or a file in one")
-    cli_args = parser.parse_args(argv)
-    if cli_args.command == "average":
+    e = sub.add_parser("export", help="write a checkpoint for Hugging Face (hf), llama.cpp (gguf) or Meta's code "
+                       "(meta): python checkpoint.py export CKPT --to hf|gguf|meta OUT (export.py)")
+    e.add_argument("ckpt", help="any checkpoint load_model reads (model.pt folder, DCP step folder, Meta, HF)")
+    e.add_argument("out_path", nargs="?", metavar="OUT", help="folder (hf, meta) or .gguf file to write; or --out")
+    e.add_argument("--to", default=None, help="hf | gguf | meta")
+    e.add_argument("--out", default=None, help="the same as OUT")
+    e.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the one beside CKPT)")
+    e.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16, and q8_0 for gguf (default fp32)")
+    e.add_argument("--max-shard-mb", type=float, default=5000.0,
+                   help="hf: split model.safetensors into shards of at most this size (default 5000)")
+    # OUT may come after --to (export CKPT --to hf OUT), which argparse leaves unparsed.
+    cli_args, extra = parser.parse_known_args(argv)
+    if extra and (cli_args.command != "export" or any(x.startswith("-") for x in extra)):
+        raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+    if cli_args.command == "export":
+        outs = [x for x in [cli_args.out_path, cli_args.out, *extra] if x is not None]
+        if len(outs) > 1 and cli_args.to is None and outs[0] in ("hf", "gguf", "meta"):
+            raise UsageError(f"missing --to: write --to {outs[0]} {' '.join(outs[1:])}")
+        if len(outs) > 1:
+            raise UsageError(f"one OUT expected, got {outs}")
+        from export import export
+        out = export(cli_args.ckpt, cli_args.to, outs[0] if outs else None, tokenizer_path=cli_args.tokenizer,
+                     dtype=cli_args.dtype, max_shard_mb=cli_args.max_shard_mb)
+        print(f"exported {cli_args.ckpt} -> {out} ({cli_args.to}, {cli_args.dtype}); next: " + {
+            "hf": f"AutoModelForCausalLM.from_pretrained({out!r}), AutoTokenizer.from_pretrained({out!r})",
+            "gguf": f"llama-cli -m {out}", "meta": f"load_model({out!r}) or Meta's llama-models"}[cli_args.to])
+    elif cli_args.command == "average":
         out = average_checkpoints(cli_args.paths, cli_args.out, tokenizer_path=cli_args.tokenizer)
         print(f"§4.1.5 average of {len(cli_args.paths)} checkpoints -> {out}/model.pt")
     else:

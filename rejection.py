@@ -52,8 +52,9 @@ def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: i
        sft_rows: {"messages": prompt + [the pick], "task", "meta": {..., "reward"}} -- the
                  SFT JSONL format (§4.2.2: the pick becomes fine-tuning data);
        pairs:    on-policy preference rows (chosen = the best-scored CORRECT sample,
-                 rejected = the best-scored WRONG one: a hard negative), where a prompt
-                 has both -- the checker is the judge here, not the reward model;
+                 rejected = the policy's most frequent WRONG answer, ties broken by
+                 the score), where a prompt has both -- the checker decides right and
+                 wrong here, not the reward model;
        report:   pick_correct (the RM's pick passes the checker), random_correct (a
                  random sample does: the mean over samples), oracle_correct (best of K:
                  any sample does), and timings."""

@@ -447,8 +447,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, verbose: bool = False) -> d
     Picking the most frequent pair uses a max-heap with lazy invalidation: an entry may
     hold a stale (too high) count; when popped, it is re-pushed with the true count.
     Ties (deterministic): highest count, then the smallest (bytes_a, bytes_b) in byte order.
-    If two different pairs make the same bytes ("ab"+"c", "a"+"bc"), the second merge
-    reuses the existing token rather than creating a duplicate.
+    A merge always makes new bytes: two different pairs with the same bytes ("ab"+"c",
+    "a"+"bc") never both occur, because a merge applied everywhere segments equal byte
+    spans alike (proof and search in docs/NOTES.md); the id_of look-up is only a guard.
     """
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
         raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
@@ -502,7 +503,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, verbose: bool = False) -> d
             continue
         merged = bytes_a + bytes_b
         new_id = id_of.get(merged)
-        if new_id is None:  # a new token (else: same bytes as an earlier merge, reuse it)
+        if new_id is None:  # always (see the docstring): a new token
             new_id = len(token_bytes)
             token_bytes.append(merged)
             id_of[merged] = new_id
@@ -704,6 +705,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokenizer", help="tokenizer file (default: Meta's from llama-models)")
     p.add_argument("--bos", action="store_true", help="prepend <|begin_of_text|>")
     p.add_argument("--allow-special", action="store_true", help="encode special-token text as special tokens")
+    p.add_argument("--pieces", action="store_true", help="one token per line: its id and its text (its bytes "
+                   "when the token is only part of a UTF-8 character)")
 
     p = sub.add_parser("decode", help="print the text of token IDS (or of whitespace-separated ids on stdin)")
     p.add_argument("ids", nargs="*", type=int)
@@ -739,7 +742,15 @@ def main(argv: list[str] | None = None) -> None:
         tok = Tokenizer(_default_tokenizer(args.tokenizer))
         text = args.text if args.text is not None else sys.stdin.read()
         ids = tok.encode(text, bos=args.bos, allowed_special="all" if args.allow_special else frozenset())
-        print(" ".join(map(str, ids)))
+        if not args.pieces:
+            print(" ".join(map(str, ids)))
+            return
+        for i in ids:  # one per line: "   2028  'This'", "     99  b'\xa6'"
+            piece = tok.decode_token_bytes(i)
+            try:
+                print(f"{i:7d}  {piece.decode('utf-8')!r}")
+            except UnicodeDecodeError:  # part of a multi-byte character: show the bytes
+                print(f"{i:7d}  {piece!r}")
     elif args.command == "decode":
         tok = Tokenizer(_default_tokenizer(args.tokenizer))
         ids = args.ids or [int(x) for x in sys.stdin.read().split()]

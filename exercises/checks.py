@@ -5,7 +5,8 @@ Stage: classroom (see exercises/README.md for the statements, docs/TEACHING.md f
 order). Every `check_<name>(ns)` takes a namespace `ns` -- the student's exercise module,
 or exercises/solutions.py, or any object with the right attributes -- and compares its
 functions with the project's own implementation (model.py, tokenizer.py, dedup.py,
-pretrain.py, parallel.py, sample.py, reward.py, dpo.py) on seeded random inputs. A
+pretrain.py, plan.py, sample.py, reward.py, dpo.py) on seeded random inputs, or with a
+closed form / numpy's least squares where the project has no code (exercise 14). A
 mismatch raises AssertionError with a message that says what differed; a skeleton
 that was not filled in raises its NotImplementedError.
 
@@ -18,7 +19,10 @@ Next:   exercises/test_exercises.py (the pytest entry points), exercises/solutio
 Tolerances (documented once, used everywhere): float32 results are compared with
 `torch.testing.assert_close(..., atol=1e-5, rtol=1e-5)` (TOL below): the same maths in
 a different order differs in the last bits, never more. Integer results (masks,
-positions, token ids, byte counts, MinHash signatures) must be exactly equal. The one
+positions, token ids, byte counts, MinHash signatures) must be exactly equal, and so
+must RMSNorm's bf16 output: the mistakes of that exercise are one bf16 step off, which
+any bf16-sized tolerance would forgive, while every correct formula rounds to the same
+bf16 values. The losses are also run in float32 where -log(sigmoid(x)) overflows. The one
 statistical check (exercise 12, sampling) compares frequencies over 40,000 seeded draws
 with the student's probabilities at atol 0.02 -- about 8 standard deviations of the
 worst-case sampling noise (sqrt(0.25/40,000) = 0.0025) -- and is also held to an exact
@@ -90,18 +94,36 @@ def check_rmsnorm(ns):
         got = ns.rmsnorm(x, weight, eps)
         assert got.shape == x.shape, f"rmsnorm: shape {tuple(got.shape)}, expected {tuple(x.shape)}"
         _close(got, expected, f"rmsnorm(x of shape {shape}, eps={eps})")
-    # bf16 input: the project normalizes in fp32 and casts back before the weight.
-    x = torch.randn(4, 32, generator=gen).bfloat16()
-    norm = model.RMSNorm(32)
-    got = ns.rmsnorm(x, norm.weight.detach(), 1e-5)
-    expected = norm(x).detach()  # bf16 normalized values times the fp32 weight: fp32
-    assert got.dtype == expected.dtype, f"rmsnorm of a bf16 input with an fp32 weight: dtype {got.dtype}, " \
-        f"expected {expected.dtype} (normalize in fp32, cast back to x's dtype, then multiply by the weight)"
-    _close(got, expected, "rmsnorm of a bf16 input (compute in fp32)", atol=1e-2, rtol=1e-2)
+    # bf16 input: the project normalizes in fp32, casts back to bf16, THEN multiplies by the
+    # (fp32) weight. Compared EXACTLY: every correct order of the fp32 operations (rsqrt or
+    # 1/sqrt, mean or sum/n, F.rms_norm) rounds to the same bf16 values, while normalizing
+    # in bf16 or never casting back is off by about one bf16 step (~0.4%) -- inside any
+    # tolerance loose enough for bf16, so a tolerance would let both mistakes through.
+    for weight in (torch.ones(32), torch.randn(32, generator=gen)):  # unit weight first: see below
+        x = (torch.randn(4, 32, generator=gen) * 3).bfloat16()
+        norm = model.RMSNorm(32)
+        with torch.no_grad():
+            norm.weight.copy_(weight)
+            expected = norm(x)  # bf16 normalized values times the fp32 weight: fp32
+        got = ns.rmsnorm(x, weight, 1e-5)
+        assert got.dtype == expected.dtype, (
+            f"rmsnorm of a bf16 input with an fp32 weight: dtype {got.dtype}, expected {expected.dtype} "
+            f"(normalize in fp32, cast back to x's dtype, then multiply by the weight)")
+        if torch.equal(got, expected):
+            continue
+        n_diff, worst = int((got != expected).sum()), float((got - expected).abs().max())
+        if not torch.equal(got, got.bfloat16().float()) and bool((weight == 1).all()):
+            mistake = ("with a weight of ones your values are not bf16 numbers: the normalized values were "
+                       "never cast back to x's dtype (.type_as(x)) before the weight")
+        else:
+            mistake = ("the normalized values differ at bf16 precision: normalizing in bf16 (x.pow(2).mean() "
+                       "on the bf16 input) instead of in float32 (x.float())?")
+        raise AssertionError(f"rmsnorm of a bf16 input: {n_diff} of {got.numel()} values differ from model.RMSNorm "
+                             f"(largest difference {worst:.4g}; compared exactly): {mistake}")
 
 
 # -----------------------------------------------------------------------------
-# 2. RoPE with the Llama 3.1 scaling (§3.2, §3.4.2) vs model.rope_frequencies,
+# 2. RoPE (§3.2) with the Llama 3.1 release's scaling vs model.rope_frequencies,
 #    model.precompute_freqs_cis and model.apply_rotary_emb
 
 
@@ -124,6 +146,7 @@ def check_rope(ns):
                                   low_freq_factor=low, high_freq_factor=high, original_max_seq_len=orig)
         expected = model.rope_frequencies(args)
         assert got.shape == (hd // 2,), f"rope_frequencies: shape {tuple(got.shape)}, expected ({hd // 2},)"
+        assert got.dtype == torch.float32, f"rope_frequencies must return float32 (compute in float64), got {got.dtype}"
         _close(got.float(), expected, f"rope_frequencies(head_dim={hd}, scaled={scaled}, factor={factor})",
                atol=0.0, rtol=1e-5)
 
@@ -138,6 +161,7 @@ def check_rope(ns):
     expected = model.apply_rotary_emb(x, table[positions])
     got = ns.apply_rope(x, freqs, positions)
     assert got.shape == x.shape, f"apply_rope: shape {tuple(got.shape)}, expected {tuple(x.shape)}"
+    assert got.dtype == x.dtype, f"apply_rope must return x's dtype ({x.dtype}), got {got.dtype}"
     _close(got, expected, "apply_rope (rotate interleaved pairs (x[2i], x[2i+1]) by position·freq[i])")
     # A rotation keeps lengths; relative positions: <R(m)q, R(n)k> depends on m - n only.
     q, k = torch.randn(1, 1, 1, hd, generator=gen), torch.randn(1, 1, 1, hd, generator=gen)
@@ -205,6 +229,9 @@ def check_document_mask(ns):
     examples += [_random_doc_ids(gen, B, T, d) for B, T, d in [(3, 16, 4), (2, 33, 8), (1, 1, 1), (4, 64, 1)]]
     for doc_ids in examples:
         pos = ns.positions_from_doc_ids(doc_ids)
+        assert pos.dtype == doc_ids.dtype == torch.long, (
+            f"positions_from_doc_ids must return integer positions (torch.long, like doc_ids), got {pos.dtype}: "
+            f"float positions crash later, where they index the RoPE table and the KV cache")
         assert torch.equal(pos, model.positions_from_doc_ids(doc_ids)), (
             f"positions_from_doc_ids({doc_ids.tolist()}) = {pos.tolist()}, expected "
             f"{model.positions_from_doc_ids(doc_ids).tolist()}")
@@ -220,7 +247,7 @@ def check_document_mask(ns):
 # 5. SwiGLU, its width and the parameter count (§3.2, Table 3) vs model.FeedForward,
 #    ModelArgs.ffn_hidden_dim and model.count_params
 
-OFFICIAL_PARAMS = {  # SPEC.md: counted from the reference configurations
+OFFICIAL_PARAMS = {  # counted from Meta's reference configurations (params.json)
     "llama3-8b": 8_030_261_248, "llama3-70b": 70_553_706_496, "llama3.1-405b": 405_853_388_800,
     "llama3.2-1b": 1_235_814_400, "llama3.2-3b": 3_212_749_824,
 }
@@ -373,6 +400,11 @@ def check_fsdp_memory(ns):
 # 10. The reward model's loss (§4.1.2): closed form here + reward.reward_loss
 
 
+_NAIVE_LOGSIGMOID = ("torch.log(torch.sigmoid(z)) is -inf in float32 once z < -88.7 (σ(z) rounds to 0; "
+                     "at z = -50 it is still -50), and its gradient is nan there: use F.logsigmoid(z), "
+                     "which is finite for every z")
+
+
 def _preference_scores(seed, n=64):
     gen = torch.Generator().manual_seed(seed)
     chosen = torch.randn(n, generator=gen) * 3
@@ -389,6 +421,8 @@ def check_reward_loss(ns):
     c, r = chosen.clone().requires_grad_(), rejected.clone().requires_grad_()
     got = ns.reward_loss(c, r)
     assert got.dim() == 0, f"reward_loss must return a scalar, got shape {tuple(got.shape)}"
+    assert torch.isfinite(got), (f"reward_loss = {float(got.detach())} for float32 scores with gaps of -100 ... +100: "
+                                 f"{_NAIVE_LOGSIGMOID}")
     z = (chosen - rejected).double()
     expected = torch.where(z > 0, torch.log1p(torch.exp(-z)), -z + torch.log1p(torch.exp(z))).mean()
     _close(got.double(), expected, "reward_loss vs the closed form mean(-log σ(r_chosen - r_rejected))")
@@ -441,6 +475,20 @@ def check_dpo(ns):
         grad_chosen, grad_rejected = ns.dpo_loss_grad(pc, pr, rc, rr, beta=beta)
         _close(grad_chosen, grad_cf, "dpo_loss_grad: dL/dπc (closed form)")
         _close(grad_rejected, -grad_cf, "dpo_loss_grad: dL/dπr (closed form)")
+    # float32, β = 0.1, sequence log-probs of long responses: β·Δ = -120, -90, +120, 0. The naive
+    # -log(sigmoid(βΔ)) gives inf (and a nan gradient) for the first two; the loss is 120 and 90.
+    pc = torch.tensor([-1300.0, -1000.0, -100.0, -40.0])
+    pr, ref = torch.tensor([-100.0, -100.0, -1300.0, -40.0]), torch.full((4,), -100.0)
+    pc_ = pc.clone().requires_grad_()
+    losses, _, _ = ns.dpo_loss(pc_, pr, ref, ref, beta=0.1)
+    assert torch.isfinite(losses).all(), f"dpo_loss = {losses.tolist()} for β·Δ = [-120, -90, 120, 0] in float32: " \
+        f"{_NAIVE_LOGSIGMOID}"
+    losses_cf, _, _, grad_cf = _dpo_closed_form(pc.double(), pr.double(), ref.double(), ref.double(), 0.1)
+    _close(losses.double(), losses_cf, "dpo_loss in float32 for β·Δ = [-120, -90, 120, 0]")
+    losses.sum().backward()
+    assert torch.isfinite(pc_.grad).all(), f"autograd through your dpo_loss gives {pc_.grad.tolist()}: " \
+        f"{_NAIVE_LOGSIGMOID}"
+    _close(pc_.grad.double(), grad_cf, "autograd dL/dπc of your float32 dpo_loss for β·Δ = [-120, -90, 120, 0]")
     # Policy = reference: Δ = 0, every loss is log 2 and the gradient is ∓β/2.
     z = torch.full((3,), -5.0)
     losses, _, _ = ns.dpo_loss(z, z, z, z, beta=0.1)
@@ -461,7 +509,7 @@ def check_dpo_vs_project(ns):
 
 
 # -----------------------------------------------------------------------------
-# 12. Temperature, top-k and top-p (§6, Meta's defaults T=0.6, p=0.9) vs sample.sample_next
+# 12. Temperature, top-k and top-p (Meta's reference code: T=0.6, p=0.9; not in the paper) vs sample.sample_next
 
 
 def check_sampling(ns):
@@ -472,6 +520,14 @@ def check_sampling(ns):
     _close(got, torch.tensor([[5 / 8, 3 / 8, 0.0, 0.0]]), "top_p=0.7 on [0.5, 0.3, 0.15, 0.05]")
     got = ns.sampling_distribution(logits, temperature=1.0, top_p=1.0, top_k=3)
     _close(got, torch.tensor([[0.5, 0.3, 0.15, 0.0]]) / 0.95, "top_k=3 on [0.5, 0.3, 0.15, 0.05]")
+    # The order matters: top-k first, then top-p on the RENORMALIZED top-k probabilities.
+    order = torch.tensor([[0.4, 0.3, 0.2, 0.1]]).log()
+    got = ns.sampling_distribution(order, temperature=1.0, top_p=0.5, top_k=2)
+    assert torch.allclose(got, torch.tensor([[1.0, 0.0, 0.0, 0.0]]), atol=1e-5), (
+        f"top_k=2, top_p=0.5 on [0.4, 0.3, 0.2, 0.1]: got {[round(v, 4) for v in got[0].tolist()]}, expected "
+        f"[1, 0, 0, 0]. top-k comes first: [4/7, 3/7], and the mass before the second token (4/7) already "
+        f"exceeds 0.5, so only the first survives. Applying top-p before top-k keeps [0.4, 0.3] and gives "
+        f"[4/7, 3/7, 0, 0]")
     got = ns.sampling_distribution(logits[:, [2, 0, 3, 1]], temperature=0.0, top_p=0.9)
     _close(got, torch.tensor([[0.0, 1.0, 0.0, 0.0]]), "temperature 0 is greedy: all mass on the argmax")
 
@@ -490,3 +546,132 @@ def check_sampling(ns):
         assert not ((freq > 0) & (probs == 0)).any(), f"sample_next draws tokens to which you give probability 0 {where}"
         _close(probs, freq, f"your probabilities vs sample_next's frequencies over {n_draws} draws {where}",
                atol=0.02, rtol=0.0)
+
+
+# -----------------------------------------------------------------------------
+# 13. The DPO formatting-token mask (§4.1.4) vs tokenizer.ChatFormat.encode_dialog and
+#     dpo.encode_pair_response; the summed log-probabilities vs their closed form
+
+_DIALOGS = [
+    [{"role": "user", "content": "Add 2 and 3."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Sort 3 1 2"}],
+    [{"role": "user", "content": "  <|eot_id|> is plain text here  "}, {"role": "assistant", "content": ""}],
+]
+
+
+def _small_chat():
+    """A ChatFormat over a small BPE trained here (multi-token roles and contents), so that
+    no download is needed; the tokenizer file lives in a temporary folder."""
+    import tempfile
+
+    import tokenizer
+    texts = ["user assistant system Add 2 and 3. Sort the numbers. Hello! Be brief.\n\n"] * 4
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/tokenizer.model"
+        tokenizer.save_bpe(tokenizer.train_bpe(texts, tokenizer.NUM_BYTE_TOKENS + tokenizer.NUM_SPECIAL_TOKENS + 40),
+                           path)
+        return tokenizer.ChatFormat(tokenizer.Tokenizer(path))
+
+
+def _mask_diff(got, expected, tokens, chat):
+    """The first differing token, shown with its text: '"\\n\\n" (index 4): yours True, expected False'."""
+    i = next(i for i, (g, e) in enumerate(zip(got, expected)) if g != e)
+    return f"{chat.tokenizer.decode([tokens[i]])!r} (index {i}): yours {got[i]}, expected {expected[i]}"
+
+
+def check_dpo_mask(ns):
+    chat = _small_chat()
+    for messages in _DIALOGS:
+        for generation_prompt in (False, True):
+            expected = chat.encode_dialog(messages, add_generation_prompt=generation_prompt)
+            tokens, mask = ns.dialog_format_mask(chat, messages, add_generation_prompt=generation_prompt)
+            where = f"{[m['role'] for m in messages]}, add_generation_prompt={generation_prompt}"
+            assert list(tokens) == expected.tokens, f"dialog_format_mask({where}): tokens differ from ChatFormat's"
+            assert [bool(m) for m in mask] == expected.format_mask, (
+                f"dialog_format_mask({where}): format mask differs at "
+                f"{_mask_diff([bool(m) for m in mask], expected.format_mask, tokens, chat)} -- bos, every header "
+                f"token (the role and the \"\\n\\n\" too) and every <|eot_id|> are formatting tokens")
+
+    # Summed log-probs: position t of the logits predicts token t+1, so the mask of token t+1
+    # goes with logits[:, t]. Closed form here; random logits, tokens and masks.
+    gen = torch.Generator().manual_seed(13)
+    N, T, V = 3, 9, 11
+    tokens = torch.randint(0, V, (N, T), generator=gen)
+    logits = torch.randn(N, T - 1, V, generator=gen) * 2
+    mask = torch.rand(N, T, generator=gen) < 0.6
+    mask[:, 0] = True  # never predicted: must not count
+    expected = (logits.log_softmax(-1).gather(-1, tokens[:, 1:, None]).squeeze(-1) * mask[:, 1:]).sum(-1)
+    got = ns.sequence_logp(logits, tokens, mask)
+    assert got.shape == (N,), f"sequence_logp: shape {tuple(got.shape)}, expected ({N},)"
+    _close(got, expected, "sequence_logp: sum over t >= 1 of mask[t] · log softmax(logits[t-1])[tokens[t]] "
+                          "(the logits at position t-1 predict token t: shift the mask with the targets)")
+
+    dpo = project_module("dpo", ": the comparison with dpo.encode_pair_response runs as soon as it does")
+    for messages in _DIALOGS[:2]:
+        for response in ("5", "The sorted list is 1 2 3.", ""):
+            for mask_format in (True, False):
+                expected = dpo.encode_pair_response(chat, messages, response, mask_format_tokens=mask_format)
+                tokens, mask = ns.dpo_logp_mask(chat, messages, response, mask_format_tokens=mask_format)
+                assert list(tokens) == expected["tokens"], "dpo_logp_mask: tokens differ from dpo.encode_pair_response's"
+                mask = [bool(m) for m in mask]
+                assert mask == expected["logp_mask"], (
+                    f"dpo_logp_mask(response {response!r}, mask_format_tokens={mask_format}): differs at "
+                    f"{_mask_diff(mask, expected['logp_mask'], tokens, chat)} -- the response's own tokens only "
+                    f"(the assistant header belongs to the prompt), without its <|eot_id|> when masking")
+
+
+# -----------------------------------------------------------------------------
+# 14. The scaling-law fit (§3.2.1): synthetic IsoFLOPs curves made from a known law,
+#     and numpy's least-squares fits as the reference for noisy ones
+
+_ALPHA, _A = 0.53, 0.29  # §3.2.1: N*(C) = A·C^α, the compute-optimal number of training tokens
+_BUDGETS = np.array([6e18, 1e19, 3e19, 6e19, 1e20, 3e20, 6e20, 1e21, 3e21, 1e22])  # FLOPs, the paper's range
+
+
+def _isoflops_curves(noise: float, seed: int):
+    """For every budget: token counts spread unevenly around the optimum (a wider span
+    above it) and losses = a parabola in log10(tokens) around it, plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    offsets = np.array([-0.8, -0.45, -0.2, 0.05, 0.3, 0.6, 1.0])  # log10(tokens / optimum)
+    curves = []
+    for c in _BUDGETS:
+        tokens = _A * c ** _ALPHA * 10 ** offsets
+        losses = 2.0 + 40.0 * c ** -0.1 + 0.25 * offsets ** 2 + noise * rng.standard_normal(len(offsets))
+        curves.append((tokens, losses))
+    return curves
+
+
+def check_scaling_law(ns):
+    # Exact parabolas: the optimum and the loss there come back to 1e-9.
+    optima = []
+    for c, (tokens, losses) in zip(_BUDGETS, _isoflops_curves(0.0, 0)):
+        got_tokens, got_loss = ns.isoflops_minimum(tokens, losses)
+        truth = _A * c ** _ALPHA
+        assert math.isclose(got_tokens, truth, rel_tol=1e-9), (
+            f"isoflops_minimum at C = {c:.0e}: {got_tokens:.6g} tokens, expected {truth:.6g} (the losses are an exact "
+            f"parabola in log10(tokens): fit a second-degree polynomial in log tokens, return its vertex)")
+        assert math.isclose(got_loss, 2.0 + 40.0 * c ** -0.1, rel_tol=1e-9), \
+            f"isoflops_minimum at C = {c:.0e}: the fitted loss at the vertex is {got_loss}, expected {2 + 40 * c ** -0.1}"
+        optima.append(got_tokens)
+    A, alpha = ns.fit_power_law(_BUDGETS, np.array(optima))
+    assert math.isclose(alpha, _ALPHA, rel_tol=1e-9) and math.isclose(A, _A, rel_tol=1e-7), (
+        f"fit_power_law on exact optima: (A, α) = ({A}, {alpha}), expected ({_A}, {_ALPHA}) -- a line in log-log, "
+        f"and A itself (not log A)")
+
+    # Noisy measurements: the same least squares as numpy's polyfit.
+    for seed in (1, 2):
+        optima = []
+        for tokens, losses in _isoflops_curves(0.02, seed):
+            a, b, c = np.polyfit(np.log10(tokens), losses, 2)
+            expected = 10 ** (-b / (2 * a))
+            got_tokens, _ = ns.isoflops_minimum(tokens, losses)
+            assert math.isclose(got_tokens, expected, rel_tol=1e-6), (
+                f"isoflops_minimum on noisy losses: {got_tokens:.6g} tokens, the least-squares parabola in "
+                f"log10(tokens) has its vertex at {expected:.6g} (not the smallest measured point)")
+            optima.append(expected)
+        slope, intercept = np.polyfit(np.log10(_BUDGETS), np.log10(optima), 1)
+        A, alpha = ns.fit_power_law(_BUDGETS, np.array(optima))
+        assert math.isclose(alpha, slope, rel_tol=1e-6) and math.isclose(A, 10 ** intercept, rel_tol=1e-5), (
+            f"fit_power_law on noisy optima: (A, α) = ({A:.6g}, {alpha:.6g}), least squares in log-log gives "
+            f"({10 ** intercept:.6g}, {slope:.6g})")

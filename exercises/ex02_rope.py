@@ -1,7 +1,8 @@
 """
 Exercise 2 -- Rotary position embeddings with the Llama 3.1 frequency scaling
-(§3.2: RoPE base θ = 500,000; §3.4.2 and the Llama 3.1 release: "use_scaled_rope" with
-factor 8, low_freq_factor 1, high_freq_factor 4, original context 8192).
+(§3.2: RoPE base θ = 500,000; the scaling is Meta's Llama 3.1 release, not the paper:
+"use_scaled_rope" with factor 8, low_freq_factor 1, high_freq_factor 4, original
+context 8192, for the long contexts of §3.4.2).
 
 Fill in `rope_frequencies` and `apply_rope`, then:   pytest exercises/ -k rope
 The check compares them with model.rope_frequencies, model.precompute_freqs_cis and

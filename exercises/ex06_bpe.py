@@ -35,8 +35,10 @@ def learn_merges(texts: list[str], n_merges: int) -> list[bytes]:
        bytes_a + bytes_b and its id is the next free id (256, 257, ...); merge it
        everywhere with merge_pair.
     3. Stop after n_merges new tokens, or earlier when no pair is left.
-    Corner case: if bytes_a + bytes_b is ALREADY a token (made from other parts: "ab"+"c"
-    then "a"+"bc"), merge into that existing id and do not count a new token.
+    No corner case hides here: bytes_a + bytes_b is never already a token. "ab"+"c" and
+    later "a"+"bc" cannot both be merged, because merging a pair EVERYWHERE (left to
+    right, as merge_pair does) segments equal byte spans alike -- try to prove it, or see
+    docs/NOTES.md.
 
     Worked example: texts ["aaab aaab"] -> chunks {"aaab": 1, " aaab": 1};
         pairs (a,a): 4, (a,b): 2, ( ,a): 1 -> first merge b"aa" (id 256) ...

@@ -1,10 +1,11 @@
 """
-Exercise 12 -- Temperature, top-k and top-p (nucleus) sampling (§6 / Meta's reference
-code: temperature 0.6, top-p 0.9 by default).
+Exercise 12 -- Temperature, top-k and top-p (nucleus) sampling (not in the paper: the
+defaults, temperature 0.6 and top-p 0.9, are Meta's reference code's).
 
 Fill in `sampling_distribution`, then:   pytest exercises/ -k sampling
 The check compares it with the frequencies of sample.sample_next's draws (40,000 per
-row, seeded) and with a worked example exactly. Statement and hint: exercises/README.md,
+row, seeded) and with worked examples exactly (one where the order of top-k and top-p
+matters). Statement and hint: exercises/README.md,
 exercise 12.
 """
 
@@ -20,7 +21,7 @@ def sampling_distribution(logits: torch.Tensor, temperature: float = 0.6, top_p:
     - temperature 0: greedy -- all the mass on the argmax.
     - otherwise divide the logits by the temperature;
     - top_k (if not None and < vocab): keep only the k largest logits, renormalize;
-    - top_p (if < 1): sort the probabilities in decreasing order and drop every token
+    - then top_p (if < 1), on those renormalized probabilities: sort the probabilities in decreasing order and drop every token
       whose mass BEFORE it (the sum of the probabilities ranked above it) already
       exceeds top_p -- so the first token always stays; renormalize.
 

@@ -1,10 +1,11 @@
 """
-exercises/solutions.py -- reference answers to the twelve exercises (for teachers).
+exercises/solutions.py -- reference answers to the exercises (for teachers).
 
 Stage: classroom. Each function has the signature of its skeleton in exercises/exNN_*.py
 and is written out in full (not a call into the project), adapted from the project's
-own code: model.py, tokenizer.py, dedup.py, pretrain.py, parallel.py, sample.py, and the
-reward / DPO losses of §4.1.2 and §4.1.4. tests/test_classroom.py plugs these into
+own code: model.py, tokenizer.py, dedup.py, pretrain.py, plan.py, sample.py, the
+reward / DPO losses of §4.1.2 and §4.1.4 and dpo.py's masks; exercise 14 (§3.2.1) is
+plain numpy. tests/test_classroom.py plugs these into
 exercises/checks.py: every check must pass with them (and fail on the skeletons, and
 on a deliberately wrong variant), so a project change that the exercises no longer
 match shows up as a failing test.
@@ -38,7 +39,7 @@ def rmsnorm(x, weight, eps=1e-5):
 
 
 # -----------------------------------------------------------------------------
-# 2. RoPE with Llama 3.1 scaling (§3.2, §3.4.2) -- model.rope_frequencies, apply_rotary_emb
+# 2. RoPE (§3.2) with the Llama 3.1 release's scaling -- model.rope_frequencies, apply_rotary_emb
 
 
 def rope_frequencies(head_dim, theta=500000.0, use_scaled_rope=True, scale_factor=8.0,
@@ -160,14 +161,10 @@ def learn_merges(texts, n_merges):
             break
         # most frequent; ties: smallest (bytes of a, bytes of b)
         a, b = min(pairs, key=lambda p: (-pairs[p], token_bytes[p[0]], token_bytes[p[1]]))
-        merged = token_bytes[a] + token_bytes[b]
-        if merged in token_bytes:  # the same bytes made another way: reuse that token
-            new_id = token_bytes.index(merged)
-        else:
-            new_id = len(token_bytes)
-            token_bytes.append(merged)
-            new_tokens.append(merged)
-        words = [merge_pair(w, a, b, new_id) for w in words]
+        merged = token_bytes[a] + token_bytes[b]  # always new bytes (docs/NOTES.md proves it)
+        token_bytes.append(merged)
+        new_tokens.append(merged)
+        words = [merge_pair(w, a, b, len(token_bytes) - 1) for w in words]
     return new_tokens
 
 
@@ -244,7 +241,7 @@ def dpo_loss_grad(policy_chosen_logps, policy_rejected_logps, reference_chosen_l
 
 
 # -----------------------------------------------------------------------------
-# 12. Temperature, top-k, top-p (§6) -- sample.sample_next
+# 12. Temperature, top-k, top-p (Meta's reference code, not the paper) -- sample.sample_next
 
 
 def sampling_distribution(logits, temperature=0.6, top_p=0.9, top_k=None):
@@ -262,3 +259,51 @@ def sampling_distribution(logits, temperature=0.6, top_p=0.9, top_k=None):
         sorted_probs = sorted_probs.masked_fill(mass_before > top_p, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return probs / probs.sum(-1, keepdim=True)
+
+
+# -----------------------------------------------------------------------------
+# 13. The DPO formatting-token mask (§4.1.4) -- tokenizer.ChatFormat.encode_dialog,
+#     dpo.encode_pair_response, dpo.sequence_logps
+
+
+def dialog_format_mask(chat, messages, add_generation_prompt=False):
+    tokens, is_format = [chat.tokenizer.bos_id], [True]
+    for message in messages:
+        header = chat.encode_header(message)  # <|start_header_id|> role <|end_header_id|> "\n\n"
+        content = chat.tokenizer.encode(message["content"].strip(), bos=False, eos=False)
+        tokens += header + content + [chat.tokenizer.eot_id]
+        is_format += [True] * len(header) + [False] * len(content) + [True]
+    if add_generation_prompt:
+        header = chat.encode_header({"role": "assistant", "content": ""})
+        tokens += header
+        is_format += [True] * len(header)
+    return tokens, is_format
+
+
+def dpo_logp_mask(chat, prompt, response, mask_format_tokens=True):
+    prompt_len = len(dialog_format_mask(chat, prompt, add_generation_prompt=True)[0])  # assistant header included
+    tokens, is_format = dialog_format_mask(chat, list(prompt) + [{"role": "assistant", "content": response}])
+    mask = [t >= prompt_len and not (mask_format_tokens and f) for t, f in enumerate(is_format)]
+    return tokens, mask
+
+
+def sequence_logp(logits, tokens, mask):
+    logp = logits.float().log_softmax(-1)  # (N, T-1, vocab): position t predicts token t+1
+    picked = logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (N, T-1): log p(token t+1)
+    return (picked * mask[:, 1:]).sum(-1)  # the mask shifted to the predicted tokens
+
+
+# -----------------------------------------------------------------------------
+# 14. The scaling-law fit (§3.2.1): IsoFLOPs parabolas, then N*(C) = A·C^α
+
+
+def isoflops_minimum(tokens, losses):
+    x = np.log10(np.asarray(tokens, dtype=np.float64))  # the IsoFLOPs curves are parabolas in log tokens
+    a, b, c = np.polyfit(x, np.asarray(losses, dtype=np.float64), 2)
+    x_min = -b / (2 * a)  # the vertex
+    return float(10 ** x_min), float(a * x_min ** 2 + b * x_min + c)
+
+
+def fit_power_law(compute, optimal_tokens):
+    alpha, log_a = np.polyfit(np.log10(compute), np.log10(optimal_tokens), 1)  # a line in log-log
+    return float(10 ** log_a), float(alpha)

@@ -2,19 +2,20 @@
 exercises/test_exercises.py -- the students' entry points: one test per exercise.
 
     pytest exercises/ -k rmsnorm        # exercise 1 only
-    pytest exercises/                   # all twelve (the ones not done yet fail)
+    pytest exercises/                   # all fourteen (the ones not done yet fail)
 
 Each test hands the student's module (exercises/exNN_*.py, as edited) to its check in
 exercises/checks.py, which compares it with the project's own implementation. An
 untouched skeleton fails with "exercise N: implement ...". These tests are NOT part of
 the project's suite (pyproject's testpaths = ["tests"]): tests/test_classroom.py runs
-the same checks against the skeletons (must fail) and the solutions (must pass).
+the same checks against the skeletons as committed in git (must fail) and the solutions
+(must pass), so answers typed into the working copy never make `pytest tests` fail.
 """
 
 from exercises import checks
 from exercises import (ex01_rmsnorm, ex02_rope, ex03_gqa, ex04_document_mask, ex05_swiglu, ex06_bpe,
                        ex07_minhash, ex08_lr_schedule, ex09_fsdp_memory, ex10_reward_loss, ex11_dpo,
-                       ex12_sampling)
+                       ex12_sampling, ex13_dpo_mask, ex14_scaling_law)
 
 
 def test_rmsnorm():
@@ -71,3 +72,11 @@ def test_dpo_vs_project():  # skipped (with the reason) until dpo.py exists
 
 def test_sampling():
     checks.check_sampling(ex12_sampling)
+
+
+def test_dpo_mask():
+    checks.check_dpo_mask(ex13_dpo_mask)
+
+
+def test_scaling_law():
+    checks.check_scaling_law(ex14_scaling_law)

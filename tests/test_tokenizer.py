@@ -11,6 +11,7 @@ Tests for tokenizer.py (§3.2 tokenizer, chat format, BPE training).
 Run: python -m pytest -q tests/test_tokenizer.py     (budget: well under 45 s on 2 cores)
 """
 
+import ast
 import base64
 import random
 import sys
@@ -339,3 +340,13 @@ def test_cli(tmp_path, capsys):
     assert capsys.readouterr().out == "the lazy dog\n"
     T.main(["stats", "--tokenizer", str(out), "--input", str(corpus), "--out", str(tmp_path / "s.json")])
     assert "chars/token" in capsys.readouterr().out
+    # --pieces: one token per line, its id and its text; a piece of a character as bytes
+    T.main(["encode", "--tokenizer", str(out), "--pieces", "--bos", "the lazy dog 🐪"])
+    lines = capsys.readouterr().out.splitlines()
+    ids = [int(line.split()[0]) for line in lines]
+    assert ids == T.Tokenizer(out).encode("the lazy dog 🐪", bos=True)
+    assert lines[0].split(None, 1)[1] == "'<|begin_of_text|>'" and "' lazy'" in lines[2]
+    pieces = [line.split(None, 1)[1] for line in lines[1:]]
+    values = [ast.literal_eval(p) for p in pieces]  # str for whole characters, bytes for parts of one
+    assert b"".join(v.encode() if isinstance(v, str) else v for v in values) == "the lazy dog 🐪".encode()
+    assert any(isinstance(v, bytes) for v in values)
