@@ -158,10 +158,11 @@ def _worker(rank, world, port, out_dir):
         res["ref_loss"].append(loss.item())
         res["ref_norm"].append(norm)
 
-    # --- FSDP over dp=2
+    # --- FSDP over dp=2, resharding after forward (ZeRO-3; every other layout here keeps
+    # the gathered weights, the default)
     d = parallel.setup_distributed(tp=1)
     assert (d.dp_size, d.tp_size) == (2, 1)
-    m = parallel.build_model(args, d, seed=0)
+    m = parallel.build_model(args, d, seed=0, reshard_after_forward=True)
     assert all(isinstance(p, DTensor) for p in m.parameters())
     res["fsdp_init"] = checkpoint.full_state_dict(m)  # rank 0 only; {} elsewhere
     opt = _optimizer(m)  # right after sharding: it holds the DTensor shards
@@ -526,3 +527,7 @@ def test_pipeline_layers_balance_first_and_last_stage():
     assert parallel.context_parallel_indices(8, 2, 1).tolist() == [2, 3, 4, 5]
     with pytest.raises(ValueError, match="cannot fill"):
         parallel.pipeline_layers(1, 4)
+    # tied embeddings (Llama 3.2) would span the first and the last stage: refused
+    two_stages = parallel.Dist(0, 0, 2, torch.device("cpu"), "gloo", 1, 1, None, pp_size=2)
+    with pytest.raises(ValueError, match="untied embeddings"):
+        parallel.build_model(ModelArgs(**dict(TINY, tie_embeddings=True)), two_stages)

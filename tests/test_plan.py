@@ -111,7 +111,7 @@ def _peak_rss_worker(rank, world, port, out_dir):
         batch = parallel.context_parallel_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
                                                  "doc_ids": torch.zeros(ROWS, SEQ, dtype=torch.long)}, d)
         pipeline = getattr(m, "pipeline", None)
-        for _ in range(2):
+        for _ in range(2):  # (the first step's optimizer.step allocates Adam's state)
             if pipeline is not None:
                 pipeline.step(batch, grad_scale=1.0)
             else:
