@@ -854,6 +854,8 @@ def load_checkpoint(path: str, model: nn.Module, optimizer=None, *, rng: bool = 
 def full_state_dict(model: nn.Module) -> dict:
     """A snapshot of the whole, unsharded state dict on CPU, on rank 0 (other ranks
     get {}). Every rank must call it (it all-gathers one tensor at a time)."""
+    if getattr(model, "pipeline", None) is not None:
+        return _pipeline_full_state_dict(model)
     if not _distributed():
         sd = model.state_dict()
     else:
@@ -864,6 +866,21 @@ def full_state_dict(model: nn.Module) -> dict:
     # (On GPU the move to CPU already copies; no second copy of a 405B state dict.)
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     return {k: v.detach().to("cpu", copy=on_cpu) for k, v in sd.items()}
+
+
+def _pipeline_full_state_dict(model: nn.Module) -> dict:
+    """full_state_dict of a pipeline-parallel model (parallel.build_pipeline): each
+    rank holds other layers, so each gathers its stages' tensors whole (over its FSDP
+    and TP ranks), then rank 0 collects them from the ranks of its "pp" group."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    sd = {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+    group = model.pipeline.group
+    if 0 not in torch_dist.get_process_group_ranks(group):  # another replica (dp, cp, tp > 0)
+        return {}
+    parts = [None] * torch_dist.get_world_size(group) if _rank() == 0 else None
+    torch_dist.gather_object(sd, parts, dst=0, group=group)
+    return {k: v for part in parts for k, v in part.items()} if _rank() == 0 else {}
 
 
 def export_model(model: nn.Module, model_args: ModelArgs, out_dir: str, tokenizer_path: Optional[str] = None) -> str:

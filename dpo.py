@@ -392,7 +392,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
 
     # ---- the policy: the same model, sharded when there are ranks ------------------
     if dist.world_size > 1:
-        parallel.parallelize(model, dist)
+        parallel.parallelize(model, dist, reshard_after_forward=cfg.reshard_after_forward)
     model.train()
     optimizer = pretrain.build_optimizer(model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
 

@@ -9,6 +9,7 @@ pretrain.py trains on what this file serves; sft.py reuses its micro-batch rule.
     loader = PackedLoader(cfg, stream, meta["bos_id"], dist)
     batches = loader(step, total_steps)                # this rank's micro-batches of a step
     # each batch: {"inputs" (B, T), "targets" (B, T), "doc_ids" (B, T)}; see make_batch
+    # (with context parallel, this rank's part of each row: parallel.context_parallel_batch)
 
 A step's rows are a pure function of (seed, position), and the position is saved in
 every checkpoint: a resumed run reads exactly the rows an uninterrupted one reads, on
@@ -22,6 +23,7 @@ import os
 import numpy as np
 import torch
 
+import parallel
 from common import UsageError
 
 DEFAULT_DATA = "out/data"  # the one data folder pretrain.py builds on demand
@@ -198,7 +200,7 @@ class PackedLoader:
         T, tokens_per_step = self.stage(step, total_steps)
         if T != self.seq_len:  # a new stage: a fresh order of windows of the new length
             self.seq_len, self.rows_done, self.anneal_rows_done = T, 0, 0
-        dp, rank = self.dist.dp_size, self.dist.rank // self.dist.tp_size
+        dp, rank = self.dist.dp_size, self.dist.dp_rank  # TP, CP and PP ranks of a replica read the same rows
         rows_per_step = max(dp, tokens_per_step // T // dp * dp)
         rows_per_rank = rows_per_step // dp
         # Where each of the step's rows comes from: (source, index in that source).
@@ -219,7 +221,8 @@ class PackedLoader:
         batches = []
         for m in range(0, rows_per_rank, micro):
             rows = np.stack([src.window(k, T) for src, k in mine[m:m + micro]])  # (micro, T+1)
-            batches.append(make_batch(rows, self.bos_id, self.dist.device))
+            # context parallel: this rank keeps its share of every row (parallel.py)
+            batches.append(parallel.context_parallel_batch(make_batch(rows, self.bos_id, self.dist.device), self.dist))
         self.rows_done += n_main
         self.anneal_rows_done += n_anneal
         return batches

@@ -17,8 +17,7 @@ What is in here, top to bottom:
                          built on the meta device and materialized after sharding.
   6. Counting         -- exact parameter counts and FLOPs per token (for MFU).
 
-Checkpoints in every format (this project's, Meta's, Hugging Face's, DCP) are read
-and written by checkpoint.py (load_model, save_model).
+Checkpoints in every format (ours, Meta's, Hugging Face's, DCP): checkpoint.py (load_model, save_model).
 
 Run:    python model.py [--name small-15m]  # the official configurations [and a smoke run]
 Next:   tokenizer.py (the 128K vocabulary), then pretrain.py (training this model).
@@ -243,24 +242,25 @@ class Attention(nn.Module):
         self.cache: Optional[KVCache] = None
         # "sdpa" (plain, any device) or "flex" (FlexAttention block mask); see _attend.
         self.attn_impl = "sdpa"
+        self.gather_kv = None  # context parallel (§3.3.2): all-gather K, V over the sequence (parallel.py)
 
     def forward(self, x, freqs_cis, mask=None, slots=None, doc_ids=None):
         """x: (B, T, dim); freqs_cis: (B|1, T, hd/2, 2); mask: None (causal), or bool
         (B, 1, T, S) True = may attend; slots: (T,) cache slots to write when decoding."""
         B, T, _ = x.shape
-        # With tensor parallelism (parallel.py) the projections hold a slice of the
-        # heads, so read the local head counts from the actual output width.
+        # Tensor parallel (parallel.py): the projections hold a slice of the heads; count them by width.
         if self.wqkv is not None:  # fused (decoding, never sharded): (B, T, (n_heads + 2·n_kv_heads)·hd)
             q, k, v = self.wqkv(x).split([self.n_heads * self.head_dim] + [self.n_kv_heads * self.head_dim] * 2, -1)
         else:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
-        q = q.view(B, T, -1, self.head_dim)  # (B, T, n_heads, hd)
-        k = k.view(B, T, -1, self.head_dim)  # (B, T, n_kv_heads, hd)
-        v = v.view(B, T, -1, self.head_dim)
+        # (B, T, n_heads, hd), (B, T, n_kv_heads, hd) twice
+        q, k, v = (t.view(B, T, -1, self.head_dim) for t in (q, k, v))
         q, k = apply_rotary_emb(q, freqs_cis), apply_rotary_emb(k, freqs_cis)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
         if self.cache is not None:
             k, v = self.cache.update(slots, k, v)  # (B, n_kv, S, hd), S = cache length
+        if self.gather_kv is not None:  # (B, n_kv, T/cp, hd) -> every CP rank's: (B, n_kv, T, hd)
+            k, v = self.gather_kv(k, v)
         out = self._attend(q, k, v, mask, doc_ids)  # (B, n_heads, T, hd)
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
@@ -375,8 +375,7 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
 
     def forward(self, x, freqs_cis, mask=None, slots=None, doc_ids=None):
-        # Pre-norm residual blocks: normalize the input of each sub-layer, never the
-        # residual stream itself.
+        # Pre-norm residual blocks: normalize the input of each sub-layer, never the residual stream.
         h = x + self.attention(self.attention_norm(x), freqs_cis, mask, slots, doc_ids)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -387,8 +386,7 @@ class Transformer(nn.Module):
         self.args = args
         self.vocab_size, self.n_layers = args.vocab_size, args.n_layers
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        # A ModuleDict keyed "0", "1", ... gives the same parameter names as Meta's
-        # ModuleList (layers.0.attention.wq.weight) and survives pipeline splits.
+        # Keyed "0", "1", ...: Meta's ModuleList names (layers.0.attention.wq.weight) that survive pipeline splits.
         self.layers = nn.ModuleDict({str(i): TransformerBlock(i, args) for i in range(args.n_layers)})
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
@@ -401,11 +399,10 @@ class Transformer(nn.Module):
     def reset_rope(self):
         """Recompute the RoPE table in fp32 on the model's device. Needed after
         to_empty() (the buffer then holds garbage) and after a dtype cast."""
-        self.freqs_cis = precompute_freqs_cis(self.args).to(self.tok_embeddings.weight.device)
+        self.freqs_cis = precompute_freqs_cis(self.args).to(self.freqs_cis.device)
 
     def _apply(self, fn, recurse=True):
-        # Module.to(bfloat16) casts every floating buffer and to_empty() leaves garbage:
-        # recompute the RoPE table (a function of ModelArgs); to_empty() also unties.
+        # .to(bfloat16) casts floating buffers, to_empty() leaves garbage (and unties): recompute RoPE.
         super()._apply(fn, recurse)
         if self.args.tie_embeddings and self.output.weight is not self.tok_embeddings.weight:
             self.output.weight = self.tok_embeddings.weight
@@ -415,9 +412,8 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: Optional[int] = None):
-        """(Re-)initialize every parameter. Callable after building on the meta device,
-        sharding and to_empty(): that is how parallel.py makes a 405B model without
-        it ever existing whole on one rank.
+        """(Re-)initialize every parameter. Callable after building on the meta device, sharding
+        and to_empty(): so parallel.py makes a 405B model that never exists whole on one rank.
 
         Our choice (the paper does not say): N(0, 0.02) everywhere, the two matrices
         that write into the residual stream (wo, w2) scaled by 1/sqrt(2·n_layers)
@@ -435,9 +431,8 @@ class Transformer(nn.Module):
             if name.endswith("norm.weight"):
                 full = torch.ones(param.shape)
             else:
-                gen = None
-                if seed is not None:
-                    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+                gen = (torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+                       if seed is not None else None)
                 full = torch.empty(param.shape).normal_(0.0, std, generator=gen)
                 full.clamp_(-3 * std, 3 * std)  # truncated normal, no outliers
             copy_full_into(param, full)
@@ -447,7 +442,7 @@ class Transformer(nn.Module):
         max_seq_len = max_seq_len or self.args.max_seq_len
         if max_seq_len > self.args.max_seq_len:
             raise ValueError(f"cache length {max_seq_len} > max_seq_len {self.args.max_seq_len}")
-        w = self.tok_embeddings.weight
+        w = next(self.parameters())  # (a pipeline stage may have no tok_embeddings)
         for layer in self.layers.values():
             layer.attention.cache = KVCache(batch_size, max_seq_len, self.args.n_kv_heads,
                                             self.args.head_dim, dtype or w.dtype, device or w.device)
@@ -458,7 +453,7 @@ class Transformer(nn.Module):
 
     @property
     def cache_len(self) -> Optional[int]:
-        cache = next(iter(self.layers.values())).attention.cache
+        cache = next((layer.attention.cache for layer in self.layers.values()), None)
         return None if cache is None else cache.k_cache.shape[2]
 
     def set_attention(self, impl: str):
@@ -479,8 +474,11 @@ class Transformer(nn.Module):
         attn_mask (B, T, S) bool: explicit mask, True = may attend; S = T, or the
           cache length when decoding.
         start_pos (int or 0-dim tensor): decoding with the KV cache -- the tokens are
-          written at cache slots [start_pos, start_pos + T)."""
-        B, T = self._check_tokens(tokens, start_pos)
+          written at cache slots [start_pos, start_pos + T).
+        A pipeline stage (parallel.py) lacks tok_embeddings (not the first: `tokens` are
+        then hidden states (B, T, dim)) or norm and output (not the last: returns h)."""
+        first = self.tok_embeddings is not None
+        B, T = self._check_tokens(tokens, start_pos) if first else tokens.shape[:2]
         decoding = self.cache_len is not None
         if decoding and start_pos is None:
             raise ValueError("a KV cache is set up: pass start_pos (or call clear_caches())")
@@ -514,9 +512,11 @@ class Transformer(nn.Module):
             else:
                 mask = document_causal_mask(doc_ids)[:, None]  # (B, 1, T, T)
 
-        h = self.tok_embeddings(tokens)  # (B, T, dim)
+        h = self.tok_embeddings(tokens) if first else tokens  # (B, T, dim)
         for layer in self.layers.values():
             h = layer(h, freqs_cis, mask, slots, doc_ids)
+        if self.output is None:
+            return h
         h = self.norm(h)
         return h if return_hidden else self.output(h).float()  # (B, T, vocab)
 

@@ -15,7 +15,7 @@ GPUs with tensor (TP), context (CP), pipeline (PP) and fully sharded data parall
 Reads / writes: nothing (pure arithmetic from model.ModelArgs).
 Run:    python plan.py --model llama3.1-405b --gpus 16384 --tp 8 --pp 16
 Tests:  tests/test_plan.py.
-Next:   parallel.py (FSDP and TP for real, at the scale of one node).
+Next:   parallel.py (the four dimensions for real: the same --tp, --cp, --pp names).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Optional
 
 from common import GPU_PEAK_BF16, UsageError, cli
 from model import CONFIGS, ModelArgs, count_params, flops_per_token
+from parallel import pipeline_layers
 
 # -----------------------------------------------------------------------------
 # The planner: memory and time per GPU for a 4D-parallel configuration
@@ -40,12 +41,10 @@ TABLE4 = [
 
 
 def _stage_layout(args: ModelArgs, pp: int) -> list:
-    """Layers per pipeline stage, as even as possible; the first stage also holds
-    tok_embeddings, the last norm and output. (The paper moves one layer off the first
-    and the last stage to balance that; we keep the plain split, the worst stage is
-    then the one we report.)"""
-    base, extra = divmod(args.n_layers, pp)
-    return [base + (1 if s < extra else 0) for s in range(pp)]
+    """Layers per pipeline stage: parallel.py's split, which moves one layer off the
+    first stage (it also holds tok_embeddings) and the last (norm, output and the
+    loss), as §3.3.2 does: 405B on PP 16 -> [7, 8 x 14, 7]."""
+    return pipeline_layers(args.n_layers, pp)
 
 
 def _layer_params(args: ModelArgs) -> tuple:
@@ -98,7 +97,7 @@ def activation_bytes_per_token_per_layer(args: ModelArgs, tp: int = 1, checkpoin
 def plan(model: str = "llama3.1-405b", gpus: int = 16384, tp: int = 8, pp: int = 16, cp: int = 1,
          seq_len: int = 8192, global_batch_tokens: int = 16 * 2**20, micro_batch: int = 1,
          mfu: Optional[float] = None, gpu: str = "h100", peak_flops: Optional[float] = None,
-         reshard_after_forward: bool = False, total_tokens: float = 15.6e12) -> dict:
+         reshard_after_forward: bool = False, total_tokens: float = 15.6e12, compute_bytes: int = 2) -> dict:
     """The arithmetic behind "what fits where": per-GPU memory and step time.
 
     Assumptions (the paper's setup, §3.3.2, as we read it):
@@ -106,11 +105,16 @@ def plan(model: str = "llama3.1-405b", gpus: int = 16384, tp: int = 8, pp: int =
       weights (4 B/param), fp32 gradients (4 B) and Adam m and v (8 B); the bf16
       working copy (2 B/param) of the rank's TP/PP slice is held whole during the
       step (the paper does not reshard after forward; reshard_after_forward=True
-      would keep ~2 blocks instead).
+      would keep ~2 blocks instead). compute_bytes=4 counts an fp32 run instead
+      (this project's CPU runs: the working copy and the activations in fp32).
+    - The gradients of a step's micro-batches accumulate unsharded, in the compute
+      dtype, and are reduce-scattered once per step (FSDP2 without gradient sync;
+      the pipeline schedule does the same): one more copy of the stage slice when a
+      step has several micro-batches (always with PP) and FSDP shards (dp·cp > 1).
     - Pipeline 1F1B: the first stage holds activations of pp micro-batches in
       flight, i.e. of pp·(layers per stage) ≈ all layers, for one micro-batch each
       (the paper's interleaved schedule adds a little more; not counted).
-    - Context parallel splits each sequence's tokens cp ways.
+    - Context parallel splits each sequence's tokens cp ways; FSDP shards over dp·cp.
     - Step time = FLOPs per step / (gpus · MFU · peak); FLOPs per token from
       model.flops_per_token (6N + attention, PaLM appendix B).
     Everything in bytes; the dict is what tests and the table printer read."""
@@ -126,45 +130,51 @@ def plan(model: str = "llama3.1-405b", gpus: int = 16384, tp: int = 8, pp: int =
     per_stage = stage_params(args, pp, tp)
     p_gpu = max(per_stage)  # the fullest stage: the one that must fit
     layers_max = max(_stage_layout(args, pp))
-    sharded = math.ceil(p_gpu / dp)  # this rank's FSDP shard of it
+    # this rank's FSDP shard of it: CP ranks hold the same weights, so parallel.py
+    # shards over dp x cp together (as torchtitan does)
+    sharded = math.ceil(p_gpu / (dp * cp))
 
     matrices, norms = _layer_params(args)
     block_params = matrices // tp + norms
     if reshard_after_forward:  # ZeRO-3: the block being computed + the one prefetched,
         # plus the root group (embeddings/output/norm), which is never resharded
-        weights_bf16 = 2 * (2 * block_params + (p_gpu - layers_max * block_params))
+        weights_bf16 = compute_bytes * (2 * block_params + (p_gpu - layers_max * block_params))
     else:  # the paper: the whole stage slice stays gathered during the step
-        weights_bf16 = 2 * p_gpu
+        weights_bf16 = compute_bytes * p_gpu
     master_fp32 = 4 * sharded
     grads_fp32 = 4 * sharded
     optimizer = 8 * sharded  # Adam m and v in fp32
+    seqs_per_step = global_batch_tokens // seq_len
+    accumulating = (pp > 1 or seqs_per_step / dp / micro_batch > 1) and dp * cp > 1
+    grads_accumulated = compute_bytes * p_gpu if accumulating else 0
 
     tokens_micro = micro_batch * seq_len // cp  # tokens of one micro-batch on this rank
     in_flight_layers = layers_max * pp  # 1F1B: pp micro-batches on the first stage
-    per_layer_full = activation_bytes_per_token_per_layer(args, tp, False) * tokens_micro
-    per_layer_ckpt = activation_bytes_per_token_per_layer(args, tp, True) * tokens_micro
+    per_layer_full = activation_bytes_per_token_per_layer(args, tp, False) * tokens_micro * compute_bytes / 2
+    per_layer_ckpt = activation_bytes_per_token_per_layer(args, tp, True) * tokens_micro * compute_bytes / 2
     act_full = per_layer_full * in_flight_layers
     # With checkpointing: the inputs of every layer in flight, plus one layer being
     # recomputed at full size.
     act_ckpt = per_layer_ckpt * in_flight_layers + per_layer_full
     logits = 4 * tokens_micro * args.vocab_size // tp  # fp32 logits on the last stage
-    static = weights_bf16 + master_fp32 + grads_fp32 + optimizer
+    static = weights_bf16 + master_fp32 + grads_fp32 + optimizer  # (+ grads_accumulated while a step runs)
 
-    seqs_per_step = global_batch_tokens // seq_len
     tokens_per_step = seqs_per_step * seq_len
     flops_token = flops_per_token(args, seq_len)
     step_flops = flops_token * tokens_per_step
     step_time = step_flops / (gpus * mfu * peak)
     return dict(
         model=model, gpus=gpus, tp=tp, pp=pp, cp=cp, dp=dp, seq_len=seq_len, micro_batch=micro_batch,
+        reshard_after_forward=reshard_after_forward,
         params_total=n_total, params_per_stage=per_stage, params_per_gpu=p_gpu,
         params_per_gpu_sharded=sharded, layers_per_stage=layers_max,
         weights_bf16_bytes=weights_bf16, master_fp32_bytes=master_fp32, grads_fp32_bytes=grads_fp32,
-        optimizer_bytes=optimizer, static_bytes=static,
+        optimizer_bytes=optimizer, grads_accumulated_bytes=grads_accumulated, static_bytes=static,
         optimizer_bytes_total=8 * n_total, master_bytes_total=4 * n_total,
         activation_bytes_per_layer=per_layer_full, activation_bytes_per_layer_ckpt=per_layer_ckpt,
         activation_bytes=act_full, activation_bytes_ckpt=act_ckpt, logits_bytes=logits,
-        total_bytes=static + act_full + logits, total_bytes_ckpt=static + act_ckpt + logits,
+        total_bytes=static + grads_accumulated + act_full + logits,
+        total_bytes_ckpt=static + grads_accumulated + act_ckpt + logits,
         sequences_per_step=seqs_per_step, sequences_per_dp_rank=seqs_per_step / dp,
         microbatches_per_dp_rank=seqs_per_step / dp / micro_batch,
         tokens_per_step=tokens_per_step, flops_per_token=flops_token, step_flops=step_flops,
@@ -180,18 +190,19 @@ def format_plan(p: dict, gpu_memory_gib: float = 80.0) -> str:
     def row(label, n_bytes, note=""):
         return f"  {label:<48}{n_bytes / 2**30:9.2f} GiB{note}"
 
-    kept = "resharded after forward" if p["weights_bf16_bytes"] < 2 * p["params_per_gpu"] else "kept after forward"
+    kept = "resharded after forward" if p["reshard_after_forward"] else "kept after forward"
     lines = [
         f"{p['model']}: {p['params_total']:,} parameters on {p['gpus']:,} GPUs = "
         f"TP {p['tp']} x CP {p['cp']} x PP {p['pp']} x DP {p['dp']}",
         f"  fullest pipeline stage: {p['layers_per_stage']} layers, {p['params_per_gpu']:,} parameters "
-        f"per GPU after TP, {p['params_per_gpu_sharded']:,} after FSDP over DP {p['dp']}",
+        f"per GPU after TP, {p['params_per_gpu_sharded']:,} after FSDP over DP {p['dp']} x CP {p['cp']}",
         "",
         "  per-GPU memory",
         row(f"bf16 weights ({kept})", p["weights_bf16_bytes"]),
         row("fp32 master weights (FSDP-sharded)", p["master_fp32_bytes"]),
         row("fp32 gradients (FSDP-sharded)", p["grads_fp32_bytes"]),
         row("Adam m + v, fp32 (FSDP-sharded)", p["optimizer_bytes"]),
+        row("gradients accumulated over micro-batches", p["grads_accumulated_bytes"]),
         row("activations, no checkpointing", p["activation_bytes"],
             f"  ({p['activation_bytes_per_layer'] / 2**30:.2f} GiB/layer x "
             f"{p['layers_per_stage'] * p['pp']} layer-micro-batches in flight)"),

@@ -31,7 +31,9 @@ How to run
     python pretrain.py --max-steps 50 --seq-len-schedule "0:128,20:256"
     torchrun --nnodes=2 --nproc_per_node=8 ... pretrain.py --model llama3-8b \\
         --tokens-per-step 4194304 --seq-len 8192 --lr 3e-4    # GPUs + NCCL (§3.4.1)
-    A run that finds checkpoints in OUT/checkpoints resumes from the latest one.
+    torchrun --standalone --nproc_per_node=8 pretrain.py --model tiny-1m --tp 2 --cp 2 --pp 2
+        # 4D: TP x CP x PP x DP (here DP 1), §3.3.2; see README "Scaling out"
+    A run that finds checkpoints in OUT/checkpoints resumes from the latest one, in any layout.
 
 Read next: sample.py (generate with the exported model), then sft.py (the first
 post-training stage, written as a difference from this file).
@@ -95,6 +97,8 @@ class TrainConfig:
     threads: int = arg(0, "CPU threads per rank (0 = cores / local ranks; 1 on a machine shared with other jobs)")
     tp: int = arg(1, "tensor-parallel degree (GPUs); the rest is FSDP data parallel")
     activation_checkpointing: bool = arg(False, "recompute blocks in backward (saves memory)")
+    reshard_after_forward: bool = arg(False, "FSDP: free gathered weights after each block's forward and "
+                                             "gather again in backward (ZeRO-3; the paper keeps them, §3.3.2)")
     compile: bool = arg(False, "torch.compile each block (GPU)")
 
     def validate(self):
@@ -152,6 +156,13 @@ class PretrainConfig(TrainConfig):
     anneal_data_fraction: float = arg(0.3, "share of annealing rows from data.py's 'anneal' split "
                                            "(§3.1.3: 30% new data, 70% default mix)")
     eval_tokens: int = arg(32768, "held-out tokens per evaluation (global)")
+    # §3.3.2's other two dimensions (parallel.py). World = dp x pp x cp x tp.
+    cp: int = arg(1, "context-parallel degree: each sequence split over this many ranks (seq len % 2cp == 0)")
+    pp: int = arg(1, "pipeline-parallel degree: the layers split into stages over this many ranks")
+    pp_schedule: str = arg("1F1B", "pipeline schedule: 1F1B | GPipe | Interleaved1F1B | InterleavedZeroBubble")
+    pp_microbatches: int = arg(0, "pipeline micro-batches per --batch-size micro-batch (the paper's N; "
+                                  "0 = the number of stages)")
+    pp_stages_per_rank: int = arg(0, "stages per rank (v; 0 = 2 for interleaved schedules, else 1)")
 
     def validate(self):
         super().validate()
@@ -162,6 +173,21 @@ class PretrainConfig(TrainConfig):
             raise UsageError(f"--long-context-steps must be >= 0 (got {self.long_context_steps!r})")
         if not 0 <= self.anneal_data_fraction <= 1:
             raise UsageError(f"--anneal-data-fraction must be in [0, 1] (got {self.anneal_data_fraction!r})")
+        if self.cp <= 0 or self.pp <= 0:
+            raise UsageError(f"--cp and --pp must be > 0 (got {self.cp!r}, {self.pp!r})")
+        lens = [v for _, v in parse_schedule(self.seq_len_schedule, self.seq_len)]
+        lens += [self.long_context_seq_len] if self.long_context_steps > 0 else []
+        if self.cp > 1 and any(n % (2 * self.cp) for n in lens):
+            raise UsageError(f"--cp {self.cp}: every sequence length must be divisible by 2·cp = {2 * self.cp} "
+                             f"(got {sorted(set(lens))})")
+        if self.pp_microbatches < 0 or self.pp_stages_per_rank < 0:
+            raise UsageError("--pp-microbatches and --pp-stages-per-rank must be >= 0")
+        if self.pp > 1:
+            from torch.distributed.pipelining.schedules import get_schedule_class
+            try:
+                get_schedule_class(self.pp_schedule)
+            except ValueError as e:
+                raise UsageError(f"--pp-schedule: {e}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -233,8 +259,18 @@ def longest_seq_len(cfg: PretrainConfig) -> int:
 
 
 def lm_loss(model, batch: dict) -> torch.Tensor:
-    """Next-token cross-entropy over the packed rows (mean over non-ignored targets)."""
-    logits = model(batch["inputs"], doc_ids=batch["doc_ids"])  # (B, T, vocab), fp32
+    """Next-token cross-entropy over the packed rows (mean over non-ignored targets).
+    Context parallel (parallel.context_parallel_batch): this rank's tokens, with
+    explicit RoPE positions and mask, and loss_scale = cp / (targets of the whole
+    rows), so that the mean over the CP ranks is the whole rows' mean. Pipeline
+    parallel: the forward runs through the stages (here: evaluation; train() runs
+    the training step's schedule itself)."""
+    if getattr(model, "pipeline", None) is not None:
+        return model.pipeline.step(batch)
+    logits = model(batch["inputs"], **parallel.model_inputs(batch))  # (B, T, vocab), fp32
+    if "loss_scale" in batch:
+        loss = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=-100, reduction="sum")
+        return loss * batch["loss_scale"]
     return F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=-100)
 
 
@@ -244,15 +280,14 @@ def make_eval_fn(cfg: PretrainConfig, stream: TokenStream, bos_id: int, dist, lo
     each rank evaluates its share and the mean is all-reduced."""
     T = cfg.seq_len
     n_rows = max(dist.dp_size, min(cfg.eval_tokens, stream.n_tokens - 1) // T // dist.dp_size * dist.dp_size)
-    rank = dist.rank // dist.tp_size
-    mine = list(range(rank, n_rows, dist.dp_size))
+    mine = list(range(dist.dp_rank, n_rows, dist.dp_size))
 
     @torch.no_grad()
     def eval_fn(model) -> dict:
         total = torch.zeros(2, dtype=torch.float64, device=dist.device)  # loss sum, rows
         for i in range(0, len(mine), cfg.batch_size):
             rows = np.stack([stream.read(k * T, k * T + T + 1) for k in mine[i:i + cfg.batch_size]])
-            batch = make_batch(rows, bos_id, dist.device)
+            batch = parallel.context_parallel_batch(make_batch(rows, bos_id, dist.device), dist)
             with autocast(cfg, dist):
                 loss = loss_fn(model, batch)
             total += torch.tensor([loss.item() * len(rows), len(rows)], dtype=torch.float64, device=dist.device)
@@ -328,7 +363,12 @@ def start_run(cfg: TrainConfig):
         print0(f"{cfg.out} is a finished run ({done.get('steps')} steps, final model in "
                f"{done.get('final', os.path.join(cfg.out, 'final'))}); nothing to do -- use a new --out for a new run")
         return None
-    dist = parallel.setup_distributed(tp=cfg.tp, device=cfg.device or None)
+    # --cp and --pp are pre-training's alone (PretrainConfig): see parallel.py
+    try:
+        dist = parallel.setup_distributed(tp=cfg.tp, cp=getattr(cfg, "cp", 1), pp=getattr(cfg, "pp", 1),
+                                          device=cfg.device or None)
+    except ValueError as e:  # e.g. 3 ranks for --tp 2
+        raise UsageError(str(e)) from None
     claim_output(cfg.out, dist)
     set_threads(cfg.threads, dist.device)
     logger = RunLogger(cfg.out, dist)
@@ -343,7 +383,9 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
 
     cfg          a TrainConfig (or a dataclass extending it): max_steps, lr, schedule,
                  clipping, dtype, logging/eval/checkpoint cadence, out_dir, debug knobs.
-    model        the (possibly FSDP-sharded) model, on dist.device, in fp32.
+    model        the (possibly FSDP-sharded) model, on dist.device, in fp32; with
+                 pipeline parallel (a .pipeline, parallel.build_pipeline) the schedule
+                 runs each micro-batch's forward and backward (lm_loss only).
     optimizer    e.g. build_optimizer(model, cfg.lr, ...); its LR is set every step.
     next_batch   callable (step, total_steps) -> list of micro-batches (any objects
                  loss_fn understands) for optimizer step `step` (0-based); the list
@@ -406,6 +448,9 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
         state = next_batch.state_dict() if hasattr(next_batch, "state_dict") else None
         return {"data": state, "total_steps": total_steps, "config": asdict(cfg)}
 
+    pipeline = getattr(model, "pipeline", None)  # pipeline parallel: parallel.build_pipeline
+    if pipeline is not None and loss_fn is not lm_loss:
+        raise UsageError("pipeline parallel (--pp) trains the next-token loss of pre-training only")
     losses, last_eval, step_times = {}, {}, []
     tokens_seen, t_run = 0, time.time()
     # §3.3.4: a cluster scheduler stops jobs with SIGTERM, a user with Ctrl-C (SIGINT);
@@ -426,23 +471,28 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
                 if hasattr(model, "set_requires_gradient_sync"):
                     model.set_requires_gradient_sync(i == n_micro - 1)
                 with autocast(cfg, dist):
-                    out = loss_fn(model, batch)
-                loss, metrics = out if isinstance(out, tuple) else (out, {})
+                    if pipeline is not None:  # the schedule runs forward and backward through the stages
+                        loss, metrics = pipeline.step(batch, grad_scale=1 / n_micro), {}
+                    else:
+                        out = loss_fn(model, batch)
+                        loss, metrics = out if isinstance(out, tuple) else (out, {})
                 if cfg.debug_nan_at_step and step + 1 == cfg.debug_nan_at_step:
                     loss = loss * float("nan")  # debug: poison the loss
-                (loss / n_micro).backward()
+                if pipeline is None:
+                    (loss / n_micro).backward()
                 loss_sum += loss.detach()
                 for k, v in metrics.items():
                     extra_metrics[k] = extra_metrics.get(k, 0.0) + float(v) / n_micro
                 if isinstance(batch, dict):
                     n_tokens += int(batch.get("n_tokens", batch["inputs"].numel() if "inputs" in batch else 0))
-                    seq_len = batch["inputs"].shape[1] if "inputs" in batch else seq_len
+                    seq_len = batch.get("seq_len", batch["inputs"].shape[1] if "inputs" in batch else seq_len)
             # The step's loss, averaged over micro-batches and data-parallel ranks.
             loss_t = loss_sum / n_micro
             if dist.world_size > 1:
                 torch.distributed.all_reduce(loss_t, op=torch.distributed.ReduceOp.AVG)
             grad_norm = parallel.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
-                                                 cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                                                 cfg.grad_clip if cfg.grad_clip > 0 else float("inf"),
+                                                 pp_group=dist.group("pp") if pipeline is not None else None)
             loss_v, norm_v = loss_t.item(), float(grad_norm)
             if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
                 # §3.3.4: a bad step must not reach the weights nor a checkpoint. We stop
@@ -465,7 +515,7 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
             # ---- speed: tokens/s, MFU, ETA -----------------------------------------------
             dt = time.time() - t0
             step_times.append(dt)
-            global_tokens = n_tokens * dist.dp_size
+            global_tokens = n_tokens * dist.dp_size * dist.cp_size  # CP ranks hold 1/cp of each row
             tokens_seen += global_tokens
             tok_s = global_tokens / dt
             mfu = float("nan")
@@ -582,8 +632,13 @@ def main(argv=None) -> int:
     # weights). On GPUs FSDP2 also all-gathers the weights in bf16 (half the traffic,
     # torchtitan's setting); on CPU (gloo) we keep fp32 communication -- it is cheap there.
     bf16_gpu = dist.device.type == "cuda" and train_dtype(cfg, dist) == torch.bfloat16
-    model = parallel.build_model(model_args, dist, seed=cfg.seed, param_dtype="bf16" if bf16_gpu else "fp32",
-                                 activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile)
+    try:
+        model = parallel.build_model(model_args, dist, seed=cfg.seed, param_dtype="bf16" if bf16_gpu else "fp32",
+                                     activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
+                                     reshard_after_forward=cfg.reshard_after_forward, pp_schedule=cfg.pp_schedule,
+                                     pp_microbatches=cfg.pp_microbatches, pp_stages_per_rank=cfg.pp_stages_per_rank)
+    except ValueError as e:  # a layout this model cannot take (tied embeddings with --pp, heads % tp, ...)
+        raise UsageError(str(e)) from None
     model.train()
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
     print0(f"model {cfg.model}: {count_params(model_args):,} parameters, "
@@ -591,7 +646,9 @@ def main(argv=None) -> int:
     rows = cfg.tokens_per_step // cfg.seq_len
     print0(f"batch: {cfg.tokens_per_step:,} tokens/step = {rows} rows of {cfg.seq_len}, "
            f"{dist.dp_size} data-parallel rank(s) x {cfg.batch_size}-row micro-batches "
-           f"x {max(1, rows // dist.dp_size // max(1, cfg.batch_size))} accumulation steps")
+           f"x {max(1, rows // dist.dp_size // max(1, cfg.batch_size))} accumulation steps; layout "
+           f"TP {dist.tp_size} x CP {dist.cp_size} x PP {dist.pp_size} x DP {dist.dp_size}"
+           + (f" ({cfg.pp_schedule})" if dist.pp_size > 1 else ""))
 
     loader = PackedLoader(cfg, train_stream, meta["bos_id"], dist, anneal_stream,
                           stage=lambda step, total: stage_at(cfg, step, total))

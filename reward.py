@@ -520,7 +520,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
         # FSDP per block and on the trunk (parallel.parallelize), then one more group at
         # the root for the value head, so its gradient is averaged over ranks too.
         from torch.distributed.fsdp import fully_shard
-        parallel.parallelize(reward_model.trunk, dist)
+        parallel.parallelize(reward_model.trunk, dist, reshard_after_forward=cfg.reshard_after_forward)
         fully_shard(reward_model, mesh=dist.mesh["dp"])
     reward_model.train()
     optimizer = pretrain.build_optimizer(reward_model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))

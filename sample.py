@@ -1,35 +1,31 @@
 """
 sample.py -- generation from any Llama 3 checkpoint: text, chat, batches (§6, §4.2.2).
 
-Stage of the paper: inference (§6; Meta's reference defaults: temperature 0.6, top-p
-0.9) and the sampler that rejection sampling needs (§4.2.2: K samples per prompt with
-the prompt's KV cache computed once and shared by the K samples).
+Stage of the paper: inference (§6; Meta's defaults: temperature 0.6, top-p 0.9) and the sampler
+rejection sampling needs (§4.2.2: K samples per prompt sharing one prefilled KV cache).
 
 What is notable here
 - `generate(model, tokenizer, prompt_tokens, ...)` is the library function later stages
   call (reward.py's rejection sampling, evaluation). Prompts of different lengths are
   LEFT-padded into one batch, with explicit RoPE positions and an explicit attention
   mask over the static KV cache, so every row gives exactly what it would give alone.
-- A static KV cache (gpt-fast style) sized once per call: one prefill of the prompts,
-  then one token per step through a lean `decode_step` with fixed shapes, which
-  torch.compile can capture (`--compile`; on a GPU also as a CUDA graph).
-- `num_samples=K` prefills the B prompts ONCE and then copies their cache rows K times
-  (B -> B·K rows) before decoding: the compute sharing of §4.2.2 (the paper also shares
-  the memory with PagedAttention; we copy it, which is simpler and costs only memory).
-- Sampling = temperature, then top-k, then top-p (Meta's `sample_top_p`), driven by a
-  seeded torch.Generator: same seed -> same tokens. Temperature 0 is greedy.
-- Decoding is bound by bytes and per-call costs, not FLOPs: every step reads every
-  weight once. The CLI therefore fuses the matrices for decoding and, with
-  `--quantize int8`, stores them in 8 bits (§6.2's row-wise idea): quantize.py.
+- A static KV cache (gpt-fast style) sized once per call: one prefill, then one token per step through
+  a lean `decode_step` with fixed shapes that torch.compile captures (`--compile`; a CUDA graph on GPU).
+- `num_samples=K` prefills the B prompts ONCE, then copies their cache rows K times (B -> B·K
+  rows): §4.2.2's compute sharing (the paper shares the memory too, with PagedAttention).
+- Sampling = temperature, top-k, top-p (Meta's `sample_top_p`), seeded (same seed -> same tokens); 0 = greedy.
+- Decoding is bound by bytes and per-call costs, not FLOPs: every step reads every weight once.
+  The CLI fuses the matrices for decoding and, with `--quantize int8`, stores them in 8 bits
+  (§6.2's row-wise idea): quantize.py.
   Every run prints decoding tokens/s (and on GPU the bandwidth achieved);
   `python bench.py --only decode` measures it against transformers' generate.
-- `torchrun --nproc_per_node=N sample.py ...` splits every matrix over N ranks (tensor
-  parallel without sequence parallel, so a single decoding token is never split:
-  parallel.shard_for_inference).
+- `torchrun --nproc_per_node=N sample.py ... [--pp P]` splits the layers into P pipeline
+  stages (§6.1) and every matrix over the N/P ranks of a stage (tensor parallel without
+  sequence parallel: a decoding token is never split; parallel.shard_for_inference).
 
-Reads:  a checkpoint in any format checkpoint.load_model knows (this project's model.pt, a
-        distributed checkpoint of parallel.py, Meta's consolidated.*.pth + params.json,
-        a Hugging Face directory) and its tokenizer.model (or --tokenizer PATH).
+Reads:  a checkpoint in any format checkpoint.load_model knows (this project's model.pt, a DCP
+        checkpoint, Meta's consolidated.*.pth + params.json, a Hugging Face directory) and its
+        tokenizer.model (or --tokenizer PATH).
 Writes: stdout; with --prompts, OUT/completions.jsonl (--out, default out/sample).
 
 How to run
@@ -39,7 +35,7 @@ How to run
     python sample.py --ckpt out/pretrain/final --prompts prompts.txt --batch-size 8
     python sample.py --ckpt CKPT --prompt "..." --dtype bf16 --compile
     python sample.py --ckpt CKPT --prompt "..." --compile --quantize int8  # fewest bytes per step
-    torchrun --nproc_per_node=2 sample.py --ckpt BIG --prompt "..."   # tensor parallel
+    torchrun --nproc_per_node=2 sample.py --ckpt BIG --prompt "..." [--pp 2]  # tensor [pipeline] parallel
 
 Read next: quantize.py (decoding-ready and int8 matrices), reward.py (rejection
 sampling: generate(..., num_samples=K) + reward model), then bench.py.
@@ -279,7 +275,7 @@ def generate(model: M.Transformer, tokenizer, prompt_tokens: Sequence[Sequence[i
     if new_tokens == 0:
         return [[] for _ in range(N)]
 
-    device = model.tok_embeddings.weight.device
+    device = model.freqs_cis.device
     pad_id = tokenizer.pad_id if tokenizer is not None and hasattr(tokenizer, "pad_id") else 0
     generator = torch.Generator(device=device)  # seed None: a fresh random seed
     generator.manual_seed(seed) if seed is not None else generator.seed()
@@ -509,7 +505,7 @@ def _report_speed(model, stats: dict):
     line = (f"[{stats['new_tokens']} new tokens, prefill {stats['prefill_tokens']} tokens in "
             f"{stats['prefill_s']:.2f}s, decoding {stats['rows'] * steps / seconds:.1f} tokens/s "
             f"({1000 * seconds / steps:.1f} ms/step, batch {stats['rows']})")
-    if model.tok_embeddings.weight.device.type == "cuda":
+    if model.freqs_cis.device.type == "cuda":
         line += f", {decode_bandwidth(model, stats):.0f} GB/s"
     print0(line + "]")
 
@@ -534,6 +530,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --prompts")
     p.add_argument("--out", default="out/sample", help="folder where --prompts writes completions.jsonl")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
+    p.add_argument("--pp", type=int, default=1, help="under torchrun: pipeline stages (§6.1); TP inside each")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default: bf16 on GPU")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoding step")
@@ -544,7 +541,7 @@ def parse_args(argv=None):
 
 def _check_flags(cli) -> None:
     """UsageError for flag values that would otherwise fail deep inside generate()."""
-    for flag, value, low in (("--max-new-tokens", cli.max_new_tokens, 1), ("--top-k", cli.top_k, 0),
+    for flag, value, low in (("--max-new-tokens", cli.max_new_tokens, 1), ("--top-k", cli.top_k, 0), ("--pp", cli.pp, 1),
                              ("--num-samples", cli.num_samples, 1), ("--batch-size", cli.batch_size, 1)):
         if value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
@@ -570,9 +567,12 @@ def main(argv=None) -> int:
     if cli.quantize and distributed:
         raise UsageError("--quantize works on one process (not with tensor parallel)")
     is_main = True
-    if distributed:
+    if distributed or cli.pp > 1:
         from parallel import input_from_rank0, shard_for_inference  # only imported here
-        model, dist = shard_for_inference(model)
+        try:  # --pp without torchrun or not dividing the ranks, heads not divisible by TP, ...
+            model, dist = shard_for_inference(model, pp=cli.pp)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         cli.seed = 0 if cli.seed is None else cli.seed  # every rank must draw the same tokens
         is_main = dist.is_main
     else:
@@ -594,8 +594,8 @@ def main(argv=None) -> int:
     kw = dict(temperature=cli.temperature, top_p=cli.top_p, top_k=top_k, compile=cli.compile)
     a = model.args
     print0(f"model: {M.count_params(a):,} parameters (dim {a.dim}, {a.n_layers} layers), "
-           f"vocab {a.vocab_size}, max_seq_len {a.max_seq_len}, {model.tok_embeddings.weight.dtype}, "
-           f"{model.tok_embeddings.weight.device}; tokenizer {tokenizer.model_path}")
+           f"vocab {a.vocab_size}, max_seq_len {a.max_seq_len}, {next(model.parameters()).dtype}, "
+           f"{model.freqs_cis.device}; tokenizer {tokenizer.model_path}")
     try:
         if cli.chat:
             chat(model, tokenizer, system=cli.system, max_new_tokens=cli.max_new_tokens, seed=cli.seed,

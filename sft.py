@@ -429,7 +429,7 @@ def main(argv=None):
                 f"{e['messages'][-2]['content']!r} -> {r!r}"
                 for e, r in list(zip(val_examples, eval_fn.evaluate.last_responses))[:3]))
     model = parallel.parallelize(model, dist, activation_checkpointing=cfg.activation_checkpointing,
-                                 compile=cfg.compile)
+                                 compile=cfg.compile, reshard_after_forward=cfg.reshard_after_forward)
     model.train()
     optimizer = pretrain.build_optimizer(model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
 

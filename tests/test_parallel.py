@@ -1,7 +1,7 @@
-"""Tests of parallel.py (and checkpoint.py's distributed save/load) on CPU with gloo, 2 ranks (§3.3).
+"""Tests of parallel.py (and checkpoint.py's distributed save/load) on CPU with gloo (§3.3.2).
 
-One torch.multiprocessing spawn of 2 ranks (module-scoped fixture) runs every
-multi-process check -- torch start-up costs ~3 s per process, so it is paid once:
+One torch.multiprocessing spawn of 2 ranks (module-scoped fixture) runs most
+multi-process checks -- torch start-up costs ~3 s per process, so it is paid once:
   * a single-process reference: 10 AdamW steps with gradient clipping on a global
     batch of 4 rows, from build_model(seed=0) on one process (computed on each rank);
   * FSDP over 2 ranks (dp=2): same global batch split 2 rows per rank;
@@ -12,7 +12,15 @@ multi-process check -- torch start-up costs ~3 s per process, so it is paid once
     in the pytest process, and loaded into the TP layout on 2 ranks;
   * clip_grad_norm_ on DTensor + plain gradients; bf16 mixed precision under FSDP;
   * export from TP to model.pt, loaded back and re-sharded with parallelize();
-  * tied embeddings (Llama 3.2) under FSDP (+ activation checkpointing) and TP.
+  * tied embeddings (Llama 3.2) under FSDP (+ activation checkpointing) and TP;
+  * context parallel 2 and pipeline parallel 2 (1F1B and interleaved, whose 4 stages
+    of a 2-layer model include an embedding-only and an output-only stage): 10
+    steps each; the gradients of a CP 2 step (document mask, uneven ignored
+    targets over the CP ranks) against one process's;
+  * a PP 2 checkpoint resumed on 1 rank (in the pytest process) and on TP 2, and
+    the FSDP checkpoint resumed as PP 2 (interleaved).
+A spawn of 8 ranks runs FSDP 2 x TP 2 x PP 2, FSDP 2 x TP 2 x CP 2 and FSDP 2 x CP 2 x
+PP 2 (interleaved) (processes may outnumber the cores).
 Everything runs in fp32 on gloo; "equal" means 1e-5 relative for losses, bitwise for
 weights that are only moved, never recomputed.
 The ranks write their numbers to files; the assertions are in the test functions.
@@ -29,6 +37,7 @@ import torch.nn.functional as F
 
 import checkpoint
 import parallel
+import pretrain
 from model import ModelArgs, Transformer
 
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=32, max_seq_len=64)
@@ -42,7 +51,12 @@ def _batch(step):
     tokens = torch.randint(0, TINY["vocab_size"], (B, T + 1), generator=g)
     # packed rows: two documents per row, so the document mask (§3.2) is exercised too
     doc_ids = (torch.arange(T) >= torch.tensor([5, 9, 12, 3])[:, None]).long()  # (B, T)
-    return tokens[:, :-1], tokens[:, 1:], doc_ids
+    # one ignored target per row (as at a document boundary): the same count in every
+    # FSDP half of the batch, 3 vs 1 over the CP ranks' halves of the rows (T=16, CP 2:
+    # rank 0 holds positions 0-3 and 12-15)
+    targets = tokens[:, 1:].clone()
+    targets[torch.arange(B), (3 + 5 * torch.arange(B)) % T] = -100
+    return tokens[:, :-1], targets, doc_ids
 
 
 def _optimizer(m):
@@ -64,16 +78,68 @@ def _train_step(m, opt, step, rows=slice(None)):
     return loss.detach(), float(norm)
 
 
+def _layout_step(m, opt, step, d, *, update=True):
+    """One step of pretrain.train's kind in any layout: this rank's rows of the global
+    batch (its dp slice; under CP its share of every row), the loss through the
+    pipeline schedule or lm_loss, clipping over the pipeline stages, AdamW. Returns
+    (loss averaged over ranks, grad norm) as floats."""
+    x, y, doc_ids = _batch(step)
+    per = B // d.dp_size
+    rows = slice(d.dp_rank * per, d.dp_rank * per + per)
+    batch = parallel.context_parallel_batch({"inputs": x[rows], "targets": y[rows], "doc_ids": doc_ids[rows]}, d)
+    pipeline = getattr(m, "pipeline", None)
+    if pipeline is not None:
+        loss = pipeline.step(batch, grad_scale=1.0)  # forward and backward, the loss on every rank
+    else:
+        loss = pretrain.lm_loss(m, batch)
+        loss.backward()
+    if not update:
+        return loss
+    norm = parallel.clip_grad_norm_(m.parameters(), MAX_NORM, pp_group=d.group("pp") if pipeline else None)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    loss = loss.detach()
+    if d.world_size > 1:
+        torch.distributed.all_reduce(loss, op=torch.distributed.ReduceOp.AVG)
+    return loss.item(), float(norm)
+
+
+def _train_layout(res, name, d, args, *, steps=STEPS, save_at=None, ckpt=None, **build):
+    m = parallel.build_model(args, d, seed=0, **build)
+    opt = _optimizer(m)
+    res[f"{name}_loss"], res[f"{name}_norm"] = [], []
+    for step in range(steps):
+        if step == save_at:
+            checkpoint.save_checkpoint(ckpt, step, m, opt, model_args=args, extra={"data_position": 78})
+        loss, norm = _layout_step(m, opt, step, d)
+        res[f"{name}_loss"].append(loss)
+        res[f"{name}_norm"].append(norm)
+    return m, opt
+
+
+def _resume_layout(res, name, d, args, path, **build):
+    """Load a checkpoint into a fresh model of layout d (built from another seed): the
+    loss of the next step."""
+    m = parallel.build_model(args, d, seed=7, **build)
+    opt = _optimizer(m)
+    res[f"{name}_state"] = checkpoint.load_checkpoint(path, m, opt)
+    res[f"{name}_loss"] = _layout_step(m, opt, res[f"{name}_state"]["step"], d)[0]
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, out_dir):
+def _rank_env(rank, world, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+
+
+def _worker(rank, world, port, out_dir):
+    _rank_env(rank, world, port)
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
     args = ModelArgs(**TINY)
@@ -92,10 +158,11 @@ def _worker(rank, world, port, out_dir):
         res["ref_loss"].append(loss.item())
         res["ref_norm"].append(norm)
 
-    # --- FSDP over dp=2
+    # --- FSDP over dp=2, resharding after forward (ZeRO-3; every other layout here keeps
+    # the gathered weights, the default)
     d = parallel.setup_distributed(tp=1)
     assert (d.dp_size, d.tp_size) == (2, 1)
-    m = parallel.build_model(args, d, seed=0)
+    m = parallel.build_model(args, d, seed=0, reshard_after_forward=True)
     assert all(isinstance(p, DTensor) for p in m.parameters())
     res["fsdp_init"] = checkpoint.full_state_dict(m)  # rank 0 only; {} elsewhere
     opt = _optimizer(m)  # right after sharding: it holds the DTensor shards
@@ -197,16 +264,74 @@ def _worker(rank, world, port, out_dir):
             losses.append(loss.item())
         res[f"tied_loss_tp{tp}"] = losses
 
+    # --- context parallel 2: every row split over the two ranks, keys and values
+    # all-gathered; pipeline parallel 2, 1F1B and interleaved (stages 0 and 2 on rank 0,
+    # 1 and 3 on rank 1: [embedding], [layer 1] and [layer 0], [norm + output])
+    d = parallel.setup_distributed(cp=2)
+    assert (d.dp_size, d.cp_size, d.cp_rank, d.dp_rank) == (1, 2, rank, 0)
+    _train_layout(res, "cp2", d, args)
+    m = parallel.build_model(args, d, seed=0)  # one CP step's gradients, gathered whole
+    _layout_step(m, None, 0, d, update=False)
+    res["cp2_grads"] = {k: p.grad.full_tensor() for k, p in m.named_parameters()}
+    ref = parallel.build_model(args, single, seed=0)
+    x, y, doc_ids = _batch(0)
+    pretrain.lm_loss(ref, {"inputs": x, "targets": y, "doc_ids": doc_ids}).backward()
+    res["ref_grads"] = {k: p.grad.clone() for k, p in ref.named_parameters()}
+    d = parallel.setup_distributed(pp=2)
+    pp_root = os.path.join(out_dir, "ckpt_pp")
+    m, _ = _train_layout(res, "pp2", d, args, save_at=SAVE_AT, ckpt=pp_root)
+    res["pp2_layers"] = sorted(m.layers)
+    checkpoint.export_model(m, args, os.path.join(out_dir, "export_pp"))  # the stages gathered on rank 0
+    m, _ = _train_layout(res, "pp2_interleaved", d, args, pp_schedule="Interleaved1F1B")
+    res["pp2_interleaved_stages"] = [(s, sorted(st.layers), st.tok_embeddings is not None, st.output is not None)
+                                     for s, st in zip(m.pipeline.stage_ids, m.pipeline.stages)]
+    # checkpoints across layouts: the FSDP one into PP 2 (interleaved), the PP 2 one
+    # into TP 2 (and, in the pytest process, into 1 rank)
+    _resume_layout(res, "pp2_from_fsdp", d, args, os.path.join(ckpt_root, f"step_{SAVE_AT:08d}"),
+                   pp_schedule="Interleaved1F1B")
+    d = parallel.setup_distributed(tp=2)
+    _resume_layout(res, "tp2_from_pp", d, args, os.path.join(pp_root, f"step_{SAVE_AT:08d}"))
+
     torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
     parallel.teardown_distributed()
+
+
+def _spawn(worker, world, out, *args):
+    mp.spawn(worker, args=(world, _free_port(), out, *args), nprocs=world, join=True)
+    return [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False) for r in range(world)]
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("parallel2"))
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    results = [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False) for r in range(2)]
-    return out, results
+    return out, _spawn(_worker, 2, out)
+
+
+# The layouts of 8 ranks: (name, mesh degrees, build_model options), FSDP 2 in each.
+# One launch for all three: starting 8 processes costs more than their 30 steps.
+LAYOUTS_8 = [("fsdp2_tp2_pp2", dict(tp=2, pp=2), {}),
+             ("fsdp2_tp2_cp2", dict(tp=2, cp=2), {}),
+             ("fsdp2_cp2_pp2_interleaved", dict(cp=2, pp=2), dict(pp_schedule="Interleaved1F1B", pp_microbatches=2))]
+
+
+def _layouts_worker(rank, world, port, out_dir):
+    _rank_env(rank, world, port)
+    res = {}
+    for name, degrees, build in LAYOUTS_8:
+        d = parallel.setup_distributed(**degrees)
+        _train_layout(res, name, d, ModelArgs(**TINY), **build)
+    torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
+    parallel.teardown_distributed()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The single-process run every layout is held to (losses and grad norms)."""
+    single = parallel.Dist(0, 0, 1, torch.device("cpu"), None, 1, 1, None)
+    res = {}
+    m, _ = _train_layout(res, "ref", single, ModelArgs(**TINY))
+    res["ref_final"] = m.state_dict()
+    return res
 
 
 def _assert_close_rel(a, b, rel=1e-5):
@@ -334,3 +459,75 @@ def test_parallelize_a_loaded_model(two_ranks):
         assert torch.equal(results[0]["loaded_sharded_sd"][k], v), k
     for r in results:
         _assert_close_rel([r["loaded_sharded_loss"]], [r["loaded_loss"]])
+
+
+# -----------------------------------------------------------------------------
+# context and pipeline parallel (§3.3.2)
+
+
+def test_context_and_pipeline_parallel_two_ranks_match_one_process(two_ranks, reference):
+    _, results = two_ranks
+    _assert_close_rel(reference["ref_loss"], results[0]["ref_loss"])  # the same run as _train_step's
+    for r in results:
+        for name in ("cp2", "pp2", "pp2_interleaved"):
+            assert len(r[f"{name}_loss"]) == STEPS
+            _assert_close_rel(r[f"{name}_loss"], r["ref_loss"])
+            _assert_close_rel(r[f"{name}_norm"], r["ref_norm"])
+    # §3.3.2's balancing: 2 layers over 2 stages -> 1 + 1; over 4 (interleaved): the
+    # first stage holds only the embedding, the last only norm + output
+    assert results[0]["pp2_layers"] == ["0"] and results[1]["pp2_layers"] == ["1"]
+    assert results[0]["pp2_interleaved_stages"] == [(0, [], True, False), (2, ["1"], False, False)]
+    assert results[1]["pp2_interleaved_stages"] == [(1, ["0"], False, False), (3, [], False, True)]
+
+
+def test_context_parallel_gradients_equal_one_process(two_ranks):
+    """One CP 2 step with two documents per row and the ignored targets spread 3:1
+    over the two ranks: every parameter's gradient equals one process's."""
+    _, results = two_ranks
+    got, ref = results[0]["cp2_grads"], results[0]["ref_grads"]
+    assert set(got) == set(ref)
+    for k, g in ref.items():
+        torch.testing.assert_close(got[k], g, rtol=1e-5, atol=1e-8, msg=k)
+
+
+def test_layouts_of_8_ranks_match_one_process(tmp_path, reference):
+    """FSDP 2 x TP 2 x PP 2, FSDP 2 x TP 2 x CP 2, FSDP 2 x CP 2 x PP 2 (interleaved)."""
+    results = _spawn(_layouts_worker, 8, str(tmp_path))
+    for r in results:
+        for name, _, _ in LAYOUTS_8:
+            _assert_close_rel(r[f"{name}_loss"], reference["ref_loss"])
+            _assert_close_rel(r[f"{name}_norm"], reference["ref_norm"])
+
+
+def test_pipeline_checkpoint_resumes_on_one_rank_and_across_layouts(two_ranks, reference):
+    out, results = two_ranks
+    exported, _ = checkpoint.load_model(os.path.join(out, "export_pp"))  # both stages' weights
+    assert set(exported.state_dict()) == set(reference["ref_final"])
+    for k, v in reference["ref_final"].items():
+        torch.testing.assert_close(exported.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    path = os.path.join(out, "ckpt_pp", f"step_{SAVE_AT:08d}")
+    args = ModelArgs(**TINY)
+    one = parallel.Dist(0, 0, 1, torch.device("cpu"), None, 1, 1, None)
+    m = parallel.build_model(args, one, seed=123)
+    opt = _optimizer(m)
+    assert checkpoint.load_checkpoint(path, m, opt) == {"data_position": 78, "step": SAVE_AT}
+    losses = [_train_step(m, opt, step)[0].item() for step in range(SAVE_AT, STEPS)]
+    _assert_close_rel(losses, results[0]["pp2_loss"][SAVE_AT:])
+    for r in results:
+        _assert_close_rel([r["tp2_from_pp_loss"]], [r["pp2_loss"][SAVE_AT]])
+        _assert_close_rel([r["pp2_from_fsdp_loss"]], [r["fsdp_loss"][SAVE_AT]])
+
+
+def test_pipeline_layers_balance_first_and_last_stage():
+    assert parallel.pipeline_layers(126, 16) == [7] + [8] * 14 + [7]  # 405B, PP 16 (§3.3.2)
+    assert parallel.pipeline_layers(32, 4) == [7, 9, 9, 7]
+    assert parallel.pipeline_layers(2, 4) == [0, 1, 1, 0]
+    assert parallel.pipeline_layers(5, 2, balance=False) == [3, 2]
+    assert parallel.context_parallel_indices(8, 2, 0).tolist() == [0, 1, 6, 7]
+    assert parallel.context_parallel_indices(8, 2, 1).tolist() == [2, 3, 4, 5]
+    with pytest.raises(ValueError, match="cannot fill"):
+        parallel.pipeline_layers(1, 4)
+    # tied embeddings (Llama 3.2) would span the first and the last stage: refused
+    two_stages = parallel.Dist(0, 0, 2, torch.device("cpu"), "gloo", 1, 1, None, pp_size=2)
+    with pytest.raises(ValueError, match="untied embeddings"):
+        parallel.build_model(ModelArgs(**dict(TINY, tie_embeddings=True)), two_stages)

@@ -160,7 +160,7 @@ def test_loader_ranks_split_the_same_rows(data_dir):
 
     class D:  # the fields of parallel.Dist the loader reads
         def __init__(self, rank, world):
-            self.rank, self.dp_size, self.tp_size, self.device = rank, world, 1, torch.device("cpu")
+            self.rank, self.dp_rank, self.dp_size, self.tp_size, self.device = rank, rank, world, 1, torch.device("cpu")
 
     def rows(loader, step):
         return torch.cat([b["inputs"] for b in loader(step, 6)])
@@ -369,7 +369,8 @@ def test_lr_never_negative_on_a_grid():
 
 @pytest.mark.parametrize("flag,value", [("--ckpt-every", "0"), ("--log-every", "0"), ("--max-steps", "0"),
                                         ("--keep-checkpoints", "0"), ("--warmup-steps", "-1"),
-                                        ("--seq-len", "0"), ("--lr", "0"), ("--anneal-steps", "-2")])
+                                        ("--seq-len", "0"), ("--lr", "0"), ("--anneal-steps", "-2"),
+                                        ("--cp", "0"), ("--pp", "0"), ("--pp-microbatches", "-1")])
 def test_bad_config_values_name_the_flag(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
         common.parse_config(pretrain.PretrainConfig, [flag, value])
@@ -379,6 +380,48 @@ def test_bad_config_values_name_the_flag(flag, value, capsys):
                                                                         flag[2:].replace("-", "_")))(float(value))})
     with pytest.raises(common.UsageError, match=flag):
         cfg.validate()  # what train() calls for configs built in code
+
+
+def test_layout_flags_are_checked(data_dir, tmp_path, capsys):
+    """--cp needs sequence lengths divisible by 2·cp, --pp-schedule a known schedule,
+    and a layout needs its number of processes: one line each, exit code 2."""
+    for extra, needle in ((["--cp", "3"], "divisible by 2·cp = 6"), (["--cp", "2", "--seq-len-schedule", "0:32,2:34"],
+                                                                   "divisible by 2·cp = 4"),
+                          (["--pp", "2", "--pp-schedule", "Zigzag"], "--pp-schedule: Unknown schedule name"),
+                          (["--pp", "2"], "tp 1 x cp 1 x pp 2 needs 2 processes")):
+        try:  # a bad flag value stops the parser (SystemExit 2), a bad layout main (returns 2)
+            code = run_inprocess(data_dir, str(tmp_path / "x"), *extra)
+        except SystemExit as e:
+            code = e.code
+        assert code == 2, extra
+        assert needle in capsys.readouterr().err, extra
+    help_text = subprocess.run([sys.executable, "pretrain.py", "--help"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=60).stdout
+    for flag in ("--tp", "--cp", "--pp", "--pp-schedule", "--pp-microbatches", "--reshard-after-forward"):
+        assert flag in help_text
+
+
+def test_context_and_pipeline_parallel_run_resumes_on_one_rank(data_dir, reference, tmp_path):
+    """torchrun 4 ranks: --cp 2 --pp 2 (every row split over 2 ranks, the layers over 2
+    stages; pretrain.train through the pipeline schedule, evaluation too), stopped at
+    step 3, then resumed by one process: the losses are the 1-process run's."""
+    out = str(tmp_path / "cp2_pp2")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=4",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "pretrain.py",
+           *COMMON, "--data", data_dir, "--out", out, "--stop-at-step", "3", "--cp", "2", "--pp", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "layout TP 1 x CP 2 x PP 2 x DP 1 (1F1B)" in proc.stdout
+    run_inprocess(data_dir, out)  # 1 process resumes the 4-rank checkpoint
+    ref, got = losses_of(reference), losses_of(out)
+    assert sorted(got) == list(range(1, 7))
+    for s in range(1, 7):  # same rows, same micro-batches: equal up to float order
+        assert got[s] == pytest.approx(ref[s], rel=1e-5), (s, got, ref)
+    val = {}
+    for path in (reference, out):
+        with open(os.path.join(path, "log.jsonl")) as f:
+            val[path] = [r["val_loss"] for r in map(json.loads, f) if r.get("step") == 3 and "val_loss" in r]
+    assert val[out] and val[out][0] == pytest.approx(val[reference][0], rel=1e-5)  # evaluated through the stages
 
 
 def test_incomplete_data_folder_is_left_untouched(tmp_path, capsys):

@@ -258,22 +258,24 @@ def test_cli_prompt_and_prompts(tmp_path, tok_path, tok, capsys, fmt):
     assert rows[2]["completion"] == tok.decode(alone[0])  # batching changes nothing
 
 
-def test_torchrun_tensor_parallel_equals_one_process(tmp_path, tok_path):
-    """torchrun --nproc_per_node=2 sample.py: tensor parallel (gloo on CPU) gives the
-    same greedy completions as one process, for a left-padded batch."""
+@pytest.mark.parametrize("nproc,pp", [(2, 1), (2, 2), (4, 2)])
+def test_torchrun_tensor_and_pipeline_parallel_equal_one_process(tmp_path, tok_path, nproc, pp):
+    """torchrun --nproc_per_node=N sample.py --pp P: tensor parallel (P 1), two pipeline
+    stages (§6.1), and two stages of 2 TP ranks each (gloo on CPU) give the same
+    greedy completions as one process, for a left-padded batch."""
     import os
     import subprocess
     import sys
-    args = tiny_args()
-    checkpoint.save_model(tiny_model(), args, str(tmp_path / "ckpt"), tokenizer_path=tok_path)
+    args = tiny_args(n_layers=3)  # stages of 2 and 1 layers
+    checkpoint.save_model(tiny_model(n_layers=3), args, str(tmp_path / "ckpt"), tokenizer_path=tok_path)
     (tmp_path / "p.txt").write_text("hello\nab\nxyz w\n")
     common = ["--ckpt", str(tmp_path / "ckpt"), "--prompts", str(tmp_path / "p.txt"), "--temperature", "0",
               "--max-new-tokens", "8", "--batch-size", "3"]
     assert S.main(common + ["--out", str(tmp_path / "one")]) == 0
     root = os.path.dirname(os.path.abspath(S.__file__))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--standalone", "sample.py", *common,
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                          "--standalone", "sample.py", *common, "--pp", str(pp),
                           "--out", str(tmp_path / "tp")], cwd=root, env=env,
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
