@@ -61,12 +61,12 @@ import os
 import re
 import time
 from collections import Counter, defaultdict
-from html.parser import HTMLParser
 
 import numpy as np
 
 from common import UsageError, OutputLock, atomic_write_bytes, atomic_write_json, cli, pmap, print0, split_even
-from corpus import ReadLog, builtin_corpus, quality_training_data, read_inputs, stable_hash
+from corpus import (ReadLog, TooComplex, builtin_corpus, html_to_text, quality_training_data, read_inputs,
+                    stable_hash, strip_markdown)
 from dedup import (LINE_BUCKET_DOCS, LINE_MAX_REPEATS, WORD_RE, dedup_documents, dedup_lines, dedup_urls,
                    hash_words, minhash_config, ngram_hashes)
 
@@ -120,188 +120,11 @@ def _chars(docs):
 # Stage 1: text extraction (§3.1.1 "HTML parser ... keeps math and code ... alt text,
 # removes markdown markers"), then language ID and code detection for later stages
 
-_BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "tr",
-               "table", "section", "article", "blockquote", "pre", "hr", "dl", "dt", "dd",
-               "figure", "figcaption", "main", "td", "th"}
-_SKIP_TAGS = {"script", "style", "nav", "header", "footer", "aside", "form", "noscript",
-              "svg", "iframe", "template", "button", "select", "head", "canvas", "object"}
-_VOID_TAGS = {"br", "img", "hr", "meta", "link", "input", "area", "base", "col", "embed",
-              "source", "track", "wbr", "param"}
-# class/id words that mark boilerplate containers (the role nav/footer tags play on
-# older pages); a small list in the spirit of jusText/trafilatura
-_BOILERPLATE_ATTR = re.compile(r"(^|[\s_-])(nav|navbar|menu|footer|sidebar|breadcrumbs?|cookies?|"
-                               r"banner|advert|ads|share|social|popup|modal|subscribe)($|[\s_-])", re.I)
-_PRE = "\x00"          # brackets verbatim <pre> text while the rest is cleaned
-MAX_TAG_DEPTH = 256     # deeper elements are treated as if their tags were absent
+# The HTML parser and the markdown rules are format machinery: corpus.html_to_text (page
+# chrome out by landmarks, main content and link density; code, math and alt text kept)
+# and corpus.strip_markdown (markers out, identifiers and code untouched).
 EXTRACT_MAX_CHARS = 10_000_000   # per-document guards of extract_text: larger documents
 EXTRACT_MAX_SECONDS = 10.0       # or slower HTML are skipped (and counted), never hang a run
-
-
-class TooComplex(ValueError):
-    """A document that extraction refuses: over its size or time budget."""
-
-
-class _TextExtractor(HTMLParser):
-    """Text of an HTML page in one pass. Work per tag is O(1) amortized: an end tag
-    that matches no open element is recognised with a per-tag counter (not a scan of
-    the stack), and nesting beyond MAX_TAG_DEPTH is not stacked at all (100k nested
-    <div>s cost as much as 100k siblings)."""
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.out = []
-        self.stack = []        # (tag, skip, pre, math) per open element, <= MAX_TAG_DEPTH
-        self.open = Counter()  # tag -> how many are on the stack
-        self.unstacked = defaultdict(list)   # tag -> skip flags of open elements beyond the depth
-        self.skip = 0          # >0: inside boilerplate, drop text
-        self.pre = 0           # >0: inside <pre>, keep whitespace
-        self.math = None       # inside <math> without alttext: {"tex": [...], "plain": [...]}
-        self.math_script = False
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag in _BLOCK_TAGS and not self.skip:
-            self.out.append("\n")
-        if tag == "img" and not self.skip and a.get("alt"):
-            self.out.append(f" {a['alt'].strip()} ")          # keep image alt text (§3.1.1)
-        if tag in _VOID_TAGS:
-            return
-        cls = f"{a.get('class') or ''} {a.get('id') or ''}"
-        skip = (tag in _SKIP_TAGS or a.get("aria-hidden") == "true"
-                or (tag in ("div", "ul", "section", "span", "p") and _BOILERPLATE_ATTR.search(cls) is not None))
-        if len(self.stack) >= MAX_TAG_DEPTH:                  # too deep: only its skip flag
-            self.unstacked[tag].append(skip)
-            self.skip += skip
-            return
-        # MathJax keeps TeX in <script type="math/tex">: keep it, it *is* the math
-        if tag == "script" and "math/tex" in (a.get("type") or "") and not self.skip:
-            skip, self.math_script = False, True
-            self.out.append(" $")
-        math = False
-        if tag == "math" and not self.skip:
-            if a.get("alttext"):                               # MathML with a TeX alt text
-                self.out.append(f" ${a['alttext'].strip()}$ ")
-                skip = True
-            else:
-                self.math, math = {"tex": [], "plain": []}, True
-        if tag == "annotation" and self.math is not None and "tex" in (a.get("encoding") or ""):
-            self.math["in_tex"] = True
-        is_pre = tag == "pre"
-        if is_pre and not self.skip:
-            self.out.append(_PRE)
-        self.stack.append((tag, skip, is_pre, math))
-        self.open[tag] += 1
-        self.skip += skip
-        self.pre += is_pre
-
-    def handle_endtag(self, tag):
-        if self.unstacked.get(tag):
-            self.skip -= self.unstacked[tag].pop()             # closes an unstacked element
-            return
-        if not self.open[tag]:
-            return                                             # stray end tag
-        while self.stack:
-            t, skip, is_pre, math = self.stack.pop()
-            self.open[t] -= 1
-            self.skip -= skip
-            self.pre -= is_pre
-            if is_pre and not self.skip:
-                self.out.append(_PRE)
-            if t == "script" and self.math_script:
-                self.math_script = False
-                self.out.append("$ ")
-            if t == "annotation" and self.math is not None:
-                self.math.pop("in_tex", None)
-            if math and self.math is not None:                 # prefer TeX, else the text
-                tex = "".join(self.math["tex"]).strip()
-                self.out.append(f" ${tex}$ " if tex else " " + " ".join("".join(self.math["plain"]).split()) + " ")
-                self.math = None
-            if t == tag:
-                break
-        if tag in _BLOCK_TAGS and not self.skip:
-            self.out.append("\n")
-
-    def handle_data(self, data):
-        if self.skip:
-            return
-        if self.math is not None:
-            self.math["tex" if self.math.get("in_tex") else "plain"].append(data)
-        elif self.pre:
-            self.out.append(data)                              # code: whitespace matters
-        else:
-            self.out.append(re.sub(r"\s+", " ", data))
-
-
-def html_to_text(html_text: str, max_seconds: float | None = None) -> str:
-    """HTML -> plain text. Example:
-    '<nav>Home|About</nav><h1>Title</h1><p>Some **bold** text.</p><pre>x = 1\\n  y</pre>'
-    -> 'Title\\n\\nSome bold text.\\n\\nx = 1\\n  y'
-    With max_seconds, raises TooComplex once parsing has taken longer (checked before
-    each further 256 KB of input)."""
-    parser = _TextExtractor()
-    start, step = time.monotonic(), 1 << 18
-    try:
-        for i in range(0, len(html_text), step):
-            if i and max_seconds is not None and time.monotonic() - start > max_seconds:
-                raise TooComplex(f"HTML parsing over {max_seconds:g} s at character {i}")
-            parser.feed(html_text[i:i + step])
-        parser.close()
-    except TooComplex:
-        raise
-    except Exception:                          # noqa: BLE001 — HTMLParser rarely raises; keep what we have
-        pass
-    raw = "".join(parser.out)
-    parts = raw.split(_PRE)
-    cleaned = []
-    for i, part in enumerate(parts):
-        if i % 2:                              # verbatim <pre> content (code blocks)
-            cleaned.append("\n" + part.strip("\n") + "\n")
-        else:
-            lines = [" ".join(ln.split()) for ln in strip_markdown(part).split("\n")]
-            cleaned.append("\n".join(lines))
-    text = re.sub(r"\n{3,}", "\n\n", "".join(cleaned))
-    return text.strip()
-
-
-# Every pattern stays on one line ([ \t], not \s, which would also match newlines and
-# make 40k blank lines quadratic) and spans at most 2,000 characters: linear in the text.
-_MD_RULES = [
-    (re.compile(r"!\[([^\[\]\n]{0,2000})\]\([^()\n]{0,2000}\)"), r"\1"),      # ![alt](src) -> alt
-    (re.compile(r"\[([^\[\]\n]{1,2000})\]\([^()\n]{0,2000}\)"), r"\1"),       # [text](url) -> text
-    (re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.M), ""),                   # # headings
-    (re.compile(r"^[ \t]{0,3}>[ \t]?", re.M), ""),                        # > quotes
-    (re.compile(r"^[ \t]*[-*+][ \t]+", re.M), ""),                        # - bullets
-    (re.compile(r"^[ \t]*([-*_])([ \t]*\1){2,}[ \t]*$", re.M), ""),        # --- rules
-    (re.compile(r"(\*\*|__)(?=\S)(.{1,2000}?)(?<=\S)\1"), r"\2"),         # **bold**
-    (re.compile(r"(?<![\w*])\*(?=\S)([^*\n]{1,2000}?)(?<=\S)\*(?![\w*])"), r"\1"),   # *italic*
-    (re.compile(r"`([^`\n]{1,2000})`"), r"\1"),                          # `inline code`
-]
-
-
-def strip_markdown(text: str) -> str:
-    """Remove markdown markers, keep their text (§3.1.1: markdown "is harmful to the
-    performance of a model that is primarily trained on web data"). Fenced code blocks
-    are kept verbatim, only the ``` fence lines go. '## A *b* [c](u)' -> 'A b c'."""
-    out, block, in_fence = [], [], False
-    for line in text.split("\n"):
-        if line.lstrip().startswith(("```", "~~~")):
-            if not in_fence:
-                out.append(_md_clean("\n".join(block)))
-                block = []
-            else:
-                out.append("\n".join(block))
-                block = []
-            in_fence = not in_fence
-            continue
-        block.append(line)
-    out.append("\n".join(block) if in_fence else _md_clean("\n".join(block)))
-    return "\n".join(x for x in out if x is not None)
-
-
-def _md_clean(s):
-    for pattern, repl in _MD_RULES:
-        s = pattern.sub(repl, s)
-    return s
 
 
 # Language ID (§3.1.1 multilingual uses fastText's 176-language model; offline we use
