@@ -40,7 +40,9 @@ import zlib
 from collections import Counter, defaultdict
 from html.parser import HTMLParser
 
-from common import read_jsonl
+import numpy as np
+
+from common import atomic_write_bytes, read_jsonl
 
 SOURCES = ("pydoc-topics", "python-source", "stdlib-docs", "numpy-docstrings", "torch-docstrings")
 LOCAL_SOURCES = SOURCES[:3]          # the standard library only: no numpy/torch import
@@ -236,14 +238,20 @@ HTML_EXTS = (".html", ".htm", ".xhtml")
 
 
 class ReadLog:
-    """Bad input is skipped and counted with the reason and where it was, never raised."""
+    """Bad input is skipped and counted with the reason and where it was, never raised.
+    Skipped records are kept in `skipped`, or handed to on_skip(location, reason, detail)
+    when it is given (a streaming run logs them instead of holding them)."""
 
-    def __init__(self):
+    def __init__(self, on_skip=None):
         self.records = 0
         self.skipped = []                      # (location, reason, detail)
+        self.on_skip = on_skip
 
     def skip(self, location, reason, detail=None):
-        self.skipped.append((location, reason, detail))
+        if self.on_skip is None:
+            self.skipped.append((location, reason, detail))
+        else:
+            self.on_skip(location, reason, detail)
 
 
 def _decode(data: bytes, location, log, encoding="utf-8"):
@@ -889,6 +897,26 @@ def junk_examples(good_texts, n, seed=0, is_code=None):
     return out
 
 
+def planted_junk(good_texts, n, seed=0, is_code=None):
+    """(kinds, texts): junk_examples' five kinds plus four that the heuristic filters
+    (§3.1.1) exist for: a page repeated 3-6 times, lorem ipsum, a page with dirty words,
+    a document of 5-40 words. All built from good_texts, deterministically."""
+    rng = random.Random(seed)
+    prose = [t for t in good_texts if not (is_code and is_code(t))] or good_texts
+    kinds = ["word_salad", "gibberish", "log_dump", "navigation", "keyword_spam"]
+    texts = junk_examples(prose, n, seed, is_code)
+    out_kinds = [kinds[i % 5] for i in range(n)]
+    for i in range(n):
+        page = prose[rng.randrange(len(prose))][:1500]
+        kind = ["repeated", "lorem_ipsum", "dirty_words", "too_short"][i % 4]
+        out_kinds.append(kind)
+        texts.append("\n\n".join([page] * rng.randint(3, 6)) if kind == "repeated" else
+                     page[:600] + " Lorem ipsum dolor sit amet, consectetur adipiscing elit." if kind == "lorem_ipsum"
+                     else page[:800] + " " + " ".join(rng.choice(["porn", "xxx", "nsfw"]) for _ in range(8))
+                     if kind == "dirty_words" else " ".join(page.split()[:rng.randint(5, 40)]))
+    return out_kinds, texts
+
+
 def _chunks_of(text, rng, lo=40, hi=400):
     """A text -> consecutive pieces of lo..hi words (random lengths, so that length is
     no cue for the classifier); a tail shorter than lo words is left out."""
@@ -927,7 +955,100 @@ def quality_training_data(seed=0, max_good=1500, is_code=None):
 
 
 # ----------------------------------------------------------------------------
-# 5. Synthetic documents (speed measurements: bench.py --only minhash)
+# 5. Files data.py writes: spill files (documents between its passes) and token shards
+# (what pretrain.py reads). Each document -> [bos] + tokens + [eos], concatenated into
+# uint32 files of about `shard_tokens` tokens (a document never spans two files);
+# NAME.idx holds the uint64 start offset of every document in NAME.bin.
+
+class DocumentSpill:
+    """Documents on disk between two passes of a streaming run: one JSON line each.
+    `with DocumentSpill(path, "w") as s: s.write(doc)`; `for doc in DocumentSpill(path)`."""
+
+    def __init__(self, path, mode="r"):
+        self.path, self.mode, self.f = path, mode, None
+
+    def __enter__(self):
+        self.f = open(self.path, self.mode + "b")
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, doc):
+        self.f.write(json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
+
+    def __iter__(self):
+        with open(self.path, "rb") as f:
+            for line in f:
+                yield json.loads(line.decode("utf-8", "surrogatepass"))
+
+
+def write_shards(out_dir, split, arrays, shard_tokens=1 << 24):
+    """Write token arrays to SPLIT_000.bin/.idx, SPLIT_001... as they come (memory: one
+    array at a time). A shard is written under a temporary name and renamed when complete
+    (interrupted: no half shard). Removes stale SPLIT_*.bin/.idx of older runs. Returns
+    the meta.json record."""
+    files, index_files, n_tokens, n_docs = [], [], 0, 0
+    shard = {"f": None, "starts": [], "tokens": 0}
+
+    def close():
+        if shard["f"] is None:
+            return
+        name = f"{split}_{len(files):03d}"
+        shard["f"].flush()
+        os.fsync(shard["f"].fileno())
+        shard["f"].close()
+        shard["f"] = None
+        os.replace(shard["path"], os.path.join(out_dir, name + ".bin"))
+        atomic_write_bytes(os.path.join(out_dir, name + ".idx"), np.array(shard["starts"], np.uint64).tobytes())
+        files.append(name + ".bin")
+        index_files.append(name + ".idx")
+        shard.update(starts=[], tokens=0)
+
+    try:
+        for a in arrays:
+            if shard["f"] is None:
+                shard["path"] = os.path.join(out_dir, f".{split}_{len(files):03d}.bin.partial")
+                shard["f"] = open(shard["path"], "wb")
+            shard["starts"].append(shard["tokens"])
+            shard["f"].write(np.asarray(a, np.uint32).tobytes())
+            shard["tokens"] += len(a)
+            n_tokens += len(a)
+            n_docs += 1
+            if shard["tokens"] >= shard_tokens:
+                close()
+        close()
+    finally:
+        if shard["f"] is not None:                          # interrupted mid-shard
+            shard["f"].close()
+            os.remove(shard["path"])
+    for name in os.listdir(out_dir):                        # stale shards of older runs
+        m = re.fullmatch(rf"{split}_(\d+)\.(bin|idx)", name)
+        if m and name not in files and name not in index_files:
+            os.remove(os.path.join(out_dir, name))
+    return {"files": files, "index_files": index_files, "tokens": int(n_tokens), "documents": int(n_docs)}
+
+
+def read_meta(out_dir):
+    """meta.json of a finished data.py build (raises FileNotFoundError if there is none)."""
+    with open(os.path.join(out_dir, "meta.json")) as f:
+        return json.load(f)
+
+
+def load_shards(out_dir, split="train"):
+    """The split's token files as read-only uint32 memmaps (one per shard)."""
+    meta = read_meta(out_dir)
+    return [np.memmap(os.path.join(out_dir, f), dtype=np.uint32, mode="r") for f in meta["splits"][split]["files"]]
+
+
+def load_index(out_dir, split="train"):
+    """Document start offsets (uint64) of each of the split's shards."""
+    meta = read_meta(out_dir)
+    return [np.fromfile(os.path.join(out_dir, f), dtype=np.uint64) for f in meta["splits"][split]["index_files"]]
+
+
+# ----------------------------------------------------------------------------
+# 6. Synthetic documents (speed measurements: bench.py --only minhash)
 
 
 def synthetic_documents(n_docs=2000, doc_bytes=4096, seed=0):
@@ -945,7 +1066,7 @@ def synthetic_documents(n_docs=2000, doc_bytes=4096, seed=0):
 
 
 # ----------------------------------------------------------------------------
-# 6. Extraction measured against trafilatura (the extractor of FineWeb/datatrove) on
+# 7. Extraction measured against trafilatura (the extractor of FineWeb/datatrove) on
 # real pages: `python corpus.py --compare-extraction DIR ...` (needs lxml and
 # trafilatura: pip install -e ".[test]"). Not used by the pipeline.
 

@@ -47,7 +47,6 @@ import hashlib
 import re
 import time
 import zlib
-from collections import Counter
 from datetime import datetime, timezone
 
 import numpy as np
@@ -90,30 +89,41 @@ def _timestamp_key(ts):
         return float("-inf")
 
 
-def dedup_urls(docs, blocked_domains=()):
-    """Stage 2. Keep the newest document per normalized URL (ties: the later one read);
-    drop URLs whose host (or a parent domain) is on the block list."""
-    blocked = {d.lower().strip() for d in blocked_domains if d.strip()}
-    best = {}                                 # url -> index of the newest version
-    dropped = []
-    for i, doc in enumerate(docs):
+class UrlIndex:
+    """Stage 2 as an index that documents stream through: add(i, doc) in reading order,
+    then `drops` = {i: (reason, detail)}. Holds one entry per distinct URL."""
+
+    def __init__(self, blocked_domains=()):
+        self.blocked = {d.lower().strip() for d in blocked_domains if d.strip()}
+        self.best = {}                            # url -> (time, i, id) of the newest version
+        self.drops = {}
+
+    def add(self, i, doc):
         if not doc.get("url"):
-            continue
+            return
         url = _normalize_url(doc["url"])
         host = re.sub(r"^[a-z][\w+.-]*://", "", url).split("/")[0].split(":")[0]
         parts = host.split(".")
-        if blocked and any(".".join(parts[k:]) in blocked for k in range(len(parts))):
-            dropped.append((doc["id"], "blocked_domain", host))
-            continue
-        j = best.get(url)
-        if j is None or _timestamp_key(doc.get("timestamp")) >= _timestamp_key(docs[j].get("timestamp")):
-            if j is not None:
-                dropped.append((docs[j]["id"], "older_url_version", doc["id"]))
-            best[url] = i
+        if self.blocked and any(".".join(parts[k:]) in self.blocked for k in range(len(parts))):
+            self.drops[i] = ("blocked_domain", host)
+            return
+        when, old = _timestamp_key(doc.get("timestamp")), self.best.get(url)
+        if old is None or when >= old[0]:         # ties: the later one read wins
+            if old is not None:
+                self.drops[old[1]] = ("older_url_version", doc["id"])
+            self.best[url] = (when, i, doc["id"])
         else:
-            dropped.append((doc["id"], "older_url_version", docs[j]["id"]))
-    gone = {d[0] for d in dropped}
-    return [d for d in docs if d["id"] not in gone], dropped
+            self.drops[i] = ("older_url_version", old[2])
+
+
+def dedup_urls(docs, blocked_domains=()):
+    """Stage 2. Keep the newest document per normalized URL (ties: the later one read);
+    drop URLs whose host (or a parent domain) is on the block list."""
+    index = UrlIndex(blocked_domains)
+    for i, doc in enumerate(docs):
+        index.add(i, doc)
+    return ([d for i, d in enumerate(docs) if i not in index.drops],
+            [(docs[i]["id"], *index.drops[i]) for i in sorted(index.drops)])
 
 
 # ----------------------------------------------------------------------------
@@ -341,8 +351,46 @@ def _union_find_roots(n, pairs):
     return [find(i) for i in range(n)]
 
 
-def _normalize_for_exact(text):
-    return " ".join(text.lower().split())
+def exact_key(text) -> bytes:
+    """128-bit hash of the lower-cased, whitespace-normalized text."""
+    return hashlib.blake2b(" ".join(text.lower().split()).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+class DocumentIndex:
+    """Stage 3 as an index: add(i, id, text, signature) in reading order (signatures
+    come from minhash_signatures, computed in batches, in parallel), then drops(skip)
+    = {i: (reason, id of the document kept)}, documents in `skip` (dropped before)
+    left out. Holds 16 bytes of exact key + 480 bytes of signature per document."""
+
+    def __init__(self, bands=BANDS, rows=ROWS, threshold=NEAR_DUP_THRESHOLD):
+        self.bands, self.rows, self.threshold = bands, rows, threshold
+        self.seq, self.ids, self.keys, self.sigs = [], [], [], []
+
+    def add(self, i, doc_id, text, signature):
+        self.seq.append(i)
+        self.ids.append(doc_id)
+        self.keys.append(exact_key(text))
+        self.sigs.append(signature)
+
+    def drops(self, skip=(), stats=None):
+        out, seen, kept = {}, {}, []
+        for k, key in enumerate(self.keys):       # exact: a 128-bit hash, no MinHash needed
+            if self.seq[k] in skip:
+                continue
+            if key in seen:
+                out[self.seq[k]] = ("exact_duplicate", self.ids[seen[key]])
+            else:
+                seen[key] = k
+                kept.append(k)
+        sigs = np.array([self.sigs[k] for k in kept], np.uint32).reshape(len(kept), self.bands * self.rows)
+        pairs = lsh_pairs(sigs, self.bands, self.rows, self.threshold)
+        roots = _union_find_roots(len(kept), pairs)
+        for k, root in zip(kept, roots):          # near: all but the first of each cluster
+            if kept[root] != k:
+                out[self.seq[k]] = ("near_duplicate", self.ids[kept[root]])
+        if stats is not None:
+            stats["verified_pairs"] = len(pairs)
+        return out
 
 
 def dedup_documents(docs, bands=BANDS, rows=ROWS, threshold=NEAR_DUP_THRESHOLD, seed=0,
@@ -350,32 +398,20 @@ def dedup_documents(docs, bands=BANDS, rows=ROWS, threshold=NEAR_DUP_THRESHOLD, 
     """Stage 3. Exact duplicates (hash of lower-cased, whitespace-normalized text), then
     near duplicates: MinHash signatures -> LSH bands -> verified pairs -> union-find
     clusters -> the first document of each cluster is kept. Returns (kept, dropped)."""
-    seen, kept, dropped = {}, [], []
-    for doc in docs:                          # exact: a 128-bit hash, no MinHash needed
-        key = hashlib.blake2b(_normalize_for_exact(doc["text"]).encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        if key in seen:
-            dropped.append((doc["id"], "exact_duplicate", seen[key]))
-        else:
-            seen[key] = doc["id"]
-            kept.append(doc)
-    t0 = time.time()                          # near: signatures in `workers` processes
-    texts = [d["text"] for d in kept]
+    t0 = time.time()                          # signatures in `workers` processes
+    texts = [d["text"] for d in docs]
     chunks = split_even(texts, workers) if len(texts) > 200 else [texts]
     parts = pmap(_minhash_worker, [(c, bands * rows, seed, NGRAM) for c in chunks], workers)
     sigs = np.concatenate(parts) if parts else np.zeros((0, bands * rows), np.uint32)
-    seconds = time.time() - t0
-    pairs = lsh_pairs(sigs, bands, rows, threshold)
-    roots = _union_find_roots(len(kept), pairs)
+    index = DocumentIndex(bands, rows, threshold)
+    for i, (doc, sig) in enumerate(zip(docs, sigs)):
+        index.add(i, doc["id"], doc["text"], sig)
+    drops = index.drops(stats=stats)
     if stats is not None:
-        stats.update({"minhash_seconds": seconds, "minhash_docs": len(kept),
-                      "minhash_mb": sum(len(t) for t in texts) / 1e6, "verified_pairs": len(pairs)})
-    out = []
-    for i, doc in enumerate(kept):
-        if roots[i] == i:
-            out.append(doc)
-        else:
-            dropped.append((doc["id"], "near_duplicate", kept[roots[i]]["id"]))
-    return out, dropped
+        stats.update({"minhash_seconds": time.time() - t0, "minhash_docs": len(docs),
+                      "minhash_mb": sum(map(len, texts)) / 1e6})
+    return ([d for i, d in enumerate(docs) if i not in drops],
+            [(docs[i]["id"], *drops[i]) for i in sorted(drops)])
 
 
 # ----------------------------------------------------------------------------
@@ -386,9 +422,51 @@ LINE_MAX_REPEATS = 6
 LINE_BUCKET_DOCS = 30_000_000
 
 
-def _line_key(line):
-    """ccNet's normalization: lower case, digits -> 0, whitespace collapsed."""
-    return " ".join(re.sub(r"\d", "0", line.lower()).split())
+def _line_hash(line) -> int:
+    """ccNet's normalization (lower case, digits -> 0, whitespace collapsed), hashed to
+    64 bits; 0 for a blank line."""
+    key = " ".join(re.sub(r"\d", "0", line.lower()).split())
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                          "little") | 1 if key else 0
+
+
+class LineIndex:
+    """Stage 4 counts as an index: count(bucket, text) for every document, then
+    clean(bucket, text). Per bucket, the distinct line hashes (sorted uint64) and their
+    counts (int64): 16 bytes per distinct line, merged every million lines."""
+
+    def __init__(self, max_repeats=LINE_MAX_REPEATS):
+        self.max_repeats = max_repeats
+        self.keys, self.counts, self.pending = {}, {}, {}
+
+    def count(self, bucket, text):
+        pending = self.pending.setdefault(bucket, [])
+        pending.extend(h for h in map(_line_hash, text.split("\n")) if h)
+        if len(pending) > 1_000_000:
+            self._merge(bucket)
+
+    def _merge(self, bucket):
+        new = np.array(self.pending.pop(bucket, []), np.uint64)
+        keys = np.concatenate([self.keys.get(bucket, new[:0]), new])
+        counts = np.concatenate([self.counts.get(bucket, np.zeros(0, np.int64)), np.ones(len(new), np.int64)])
+        self.keys[bucket], where = np.unique(keys, return_inverse=True)
+        self.counts[bucket] = np.bincount(where, weights=counts, minlength=len(self.keys[bucket])).astype(np.int64)
+
+    def clean(self, bucket, text):
+        """(text without its lines seen more than max_repeats times, lines removed)."""
+        if bucket in self.pending:
+            self._merge(bucket)
+        keys, counts = self.keys.get(bucket), self.counts.get(bucket)
+        lines = text.split("\n")
+        hashes = np.array([_line_hash(ln) for ln in lines], np.uint64)
+        if keys is None or not len(keys):
+            return text, 0
+        at = np.minimum(np.searchsorted(keys, hashes), len(keys) - 1)
+        seen = np.where(keys[at] == hashes, counts[at], 0)
+        keep = seen <= self.max_repeats
+        if keep.all():
+            return text, 0
+        return "\n".join(ln for ln, k in zip(lines, keep) if k).strip("\n"), int((~keep).sum())
 
 
 def dedup_lines(docs, max_repeats=LINE_MAX_REPEATS, bucket_size=LINE_BUCKET_DOCS, stats=None):
@@ -396,27 +474,18 @@ def dedup_lines(docs, max_repeats=LINE_MAX_REPEATS, bucket_size=LINE_BUCKET_DOCS
     delete lines counted more than `max_repeats` times. Code documents are exempt (the
     paper's code goes through its own pipeline; here `return None` and `else:` would be
     deleted and programs broken). Returns (kept, dropped); dropped = emptied documents."""
-    kept, dropped = [], []
-    removed_lines = 0
-    for start in range(0, len(docs), bucket_size):
-        bucket = docs[start:start + bucket_size]
-        counts = Counter()
-        for doc in bucket:
-            if not doc.get("is_code"):
-                counts.update(k for k in map(_line_key, doc["text"].split("\n")) if k)
-        for doc in bucket:
-            if doc.get("is_code"):
-                kept.append(doc)
-                continue
-            lines = doc["text"].split("\n")
-            new = [ln for ln in lines if counts.get(_line_key(ln), 0) <= max_repeats]
-            removed_lines += len(lines) - len(new)
-            text = "\n".join(new).strip("\n")
-            if not text.strip():
-                dropped.append((doc["id"], "empty_after_line_dedup", None))
-            else:
-                kept.append(dict(doc, text=text) if len(new) != len(lines) else doc)
+    index = LineIndex(max_repeats)
+    for i, doc in enumerate(docs):
+        if not doc.get("is_code"):
+            index.count(i // bucket_size, doc["text"])
+    kept, dropped, removed_lines = [], [], 0
+    for i, doc in enumerate(docs):
+        text, removed = (doc["text"], 0) if doc.get("is_code") else index.clean(i // bucket_size, doc["text"])
+        removed_lines += removed
+        if not text.strip():
+            dropped.append((doc["id"], "empty_after_line_dedup", None))
+        else:
+            kept.append(dict(doc, text=text) if removed else doc)
     if stats is not None:
         stats["lines_removed"] = removed_lines
     return kept, dropped
-
