@@ -42,7 +42,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 
-from common import atomic_write_bytes, read_jsonl
+from common import atomic_write_bytes, print0, read_jsonl
 
 SOURCES = ("pydoc-topics", "python-source", "stdlib-docs", "numpy-docstrings", "torch-docstrings")
 LOCAL_SOURCES = SOURCES[:3]          # the standard library only: no numpy/torch import
@@ -1048,7 +1048,91 @@ def load_index(out_dir, split="train"):
 
 
 # ----------------------------------------------------------------------------
-# 6. Synthetic documents (speed measurements: bench.py --only minhash)
+# 6. data.py's run report: report.json's stage records, dropped.jsonl, report.png
+
+class Report:
+    """Per stage: documents/characters in and out, why documents left (counts and five
+    examples per reason), and every dropped document as one JSON line of `drop_log` (an
+    open binary file: dropped.jsonl) with its id, stage, reason, detail, and where it
+    was read and its metadata. A streaming run adds to a stage chunk by chunk. Only
+    deterministic numbers go in `stages`; seconds go in `timings`."""
+
+    def __init__(self, drop_log=None):
+        self.stages, self.timings, self.extra, self.drop_log = {}, {}, {}, drop_log
+
+    def stage(self, name):
+        return self.stages.setdefault(name, {"stage": name, "docs_in": 0, "docs_out": 0, "chars_in": 0,
+                                             "chars_out": 0, "dropped": Counter(), "examples": defaultdict(list)})
+
+    def tally(self, name, docs_in, chars_in, docs_out, chars_out, dropped=()):
+        """Add counts to stage `name`; dropped = [(document or id, reason, detail)]."""
+        rec = self.stage(name)
+        for key, n in (("docs_in", docs_in), ("chars_in", chars_in), ("docs_out", docs_out), ("chars_out", chars_out)):
+            rec[key] += n
+        for doc, reason, detail in dropped:
+            doc_id = doc["id"] if isinstance(doc, dict) else doc
+            rec["dropped"][reason] += 1
+            if len(rec["examples"][reason]) < 5:
+                rec["examples"][reason].append({"id": doc_id, "detail": detail} if detail else {"id": doc_id})
+            if self.drop_log is not None:
+                row = {"id": doc_id, "stage": name, "reason": reason, "detail": detail}
+                row.update({k: doc[k] for k in ("location", "metadata") if isinstance(doc, dict) and k in doc})
+                self.drop_log.write(json.dumps(row, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
+
+    def close(self, name, seconds, notes=None):
+        """A stage is complete: add its notes, print its line."""
+        rec = self.stage(name)
+        rec.update({k: v for k, v in (notes or {}).items() if "seconds" not in k})
+        self.timings[name] = round(self.timings.get(name, 0) + seconds, 3)
+        print0(f"[data] {name:<18} docs {rec['docs_in']:>7} -> {rec['docs_out']:>7}  chars "
+               f"{rec['chars_in'] / 1e6:8.2f}M -> {rec['chars_out'] / 1e6:8.2f}M  {self.timings[name]:6.2f}s  "
+               f"{', '.join(f'{k}={v}' for k, v in sorted(rec['dropped'].items()))}")
+
+    def records(self):
+        return [dict(r, dropped=dict(sorted(r["dropped"].items())), examples=dict(sorted(r["examples"].items())))
+                for r in self.stages.values()]
+
+
+def total_chars(docs):
+    """Characters of a list of documents."""
+    return sum(len(d["text"]) for d in docs)
+
+
+def plot_report(report_json, path):
+    """Documents and characters in/out per stage, and the mix: achieved vs target."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    stages = [s for s in report_json["stages"]]
+    names = [s["stage"] for s in stages]
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, key, label in ((axes[0], "docs", "documents"), (axes[1], "chars", "characters (M)")):
+        scale = 1e6 if key == "chars" else 1
+        ax.bar(x - 0.2, [s[f"{key}_in"] / scale for s in stages], 0.4, label="in")
+        ax.bar(x + 0.2, [s[f"{key}_out"] / scale for s in stages], 0.4, label="out")
+        ax.set_xticks(x, names, rotation=45, ha="right")
+        ax.set_title(f"{label} per stage (§3.1.1)")
+        ax.legend()
+    mix = report_json.get("mix") or {}
+    doms = sorted(set(mix.get("paper_target", {})) | set(mix.get("achieved_share", {})))
+    xd = np.arange(len(doms))
+    for off, key, label in ((-0.27, "paper_target", "paper target"), (0.0, "target_over_present_domains", "target (present)"),
+                            (0.27, "achieved_share", "achieved")):
+        axes[2].bar(xd + off, [mix.get(key, {}).get(d, 0) for d in doms], 0.27, label=label)
+    axes[2].set_xticks(xd, doms)
+    axes[2].set_title("data mix, share of characters (§3.1.2)")
+    axes[2].legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=80, metadata={"Software": None})
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+
+# ----------------------------------------------------------------------------
+# 7. Synthetic documents (speed measurements: bench.py --only minhash)
 
 
 def synthetic_documents(n_docs=2000, doc_bytes=4096, seed=0):
@@ -1066,7 +1150,7 @@ def synthetic_documents(n_docs=2000, doc_bytes=4096, seed=0):
 
 
 # ----------------------------------------------------------------------------
-# 7. Extraction measured against trafilatura (the extractor of FineWeb/datatrove) on
+# 8. Extraction measured against trafilatura (the extractor of FineWeb/datatrove) on
 # real pages: `python corpus.py --compare-extraction DIR ...` (needs lxml and
 # trafilatura: pip install -e ".[test]"). Not used by the pipeline.
 

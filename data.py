@@ -61,73 +61,22 @@ import os
 import re
 import shutil
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 
 import numpy as np
 
 from common import UsageError, OutputLock, atomic_write_json, cli, pmap, print0, split_even
-from corpus import (DocumentSpill, ReadLog, TooComplex, builtin_corpus, html_to_text, iter_inputs, make_doc,
-                    planted_junk, quality_training_data, stable_hash, strip_markdown, write_shards)
+from corpus import (DocumentSpill, ReadLog, Report, TooComplex, builtin_corpus, html_to_text, iter_inputs, make_doc,
+                    planted_junk, plot_report, quality_training_data, stable_hash, strip_markdown, total_chars,
+                    write_shards)
 from corpus import load_index, load_shards, read_meta  # noqa: F401 -- the shard format, for pretrain.py's readers
-from dedup import (LINE_BUCKET_DOCS, LINE_MAX_REPEATS, WORD_RE, DocumentIndex, LineIndex, UrlIndex, hash_words,
-                   minhash_config, minhash_signatures, ngram_hashes)
+from dedup import (LINE_BUCKET_DOCS, LINE_MAX_REPEATS, WORD_RE, DocumentIndex, LineIndex, UrlIndex, _dup_fractions,
+                   hash_words, minhash_config, minhash_signatures, ngram_hashes, repetition_stats)
 
 DEFAULT_OUT = os.path.join("out", "data")
 # §3.1.2: "roughly 50% of tokens corresponding to general knowledge, 25% of mathematical
 # and reasoning tokens, 17% code tokens, and 8% multilingual tokens".
 PAPER_MIX = {"general": 0.50, "code": 0.17, "math": 0.25, "multilingual": 0.08}
-
-
-# ----------------------------------------------------------------------------
-# The run report
-
-class Report:
-    """Per stage: documents/characters in and out, why documents left (counts and five
-    examples per reason), and every dropped document as one JSON line of `drop_log` (an
-    open binary file: dropped.jsonl) with its id, stage, reason, detail, and where it
-    was read and its metadata. A streaming run adds to a stage chunk by chunk. Only
-    deterministic numbers go in `stages`; seconds go in `timings`."""
-
-    def __init__(self, drop_log=None):
-        self.stages, self.timings, self.extra, self.drop_log = {}, {}, {}, drop_log
-
-    def tally(self, name, docs_in, chars_in, docs_out, chars_out, dropped=()):
-        """Add counts to stage `name`; dropped = [(document or id, reason, detail)]."""
-        rec = self.stages.setdefault(name, {"stage": name, "docs_in": 0, "docs_out": 0, "chars_in": 0,
-                                            "chars_out": 0, "dropped": Counter(), "examples": defaultdict(list)})
-        for key, n in (("docs_in", docs_in), ("chars_in", chars_in), ("docs_out", docs_out), ("chars_out", chars_out)):
-            rec[key] += n
-        for doc, reason, detail in dropped:
-            doc_id = doc["id"] if isinstance(doc, dict) else doc
-            rec["dropped"][reason] += 1
-            if len(rec["examples"][reason]) < 5:
-                rec["examples"][reason].append({"id": doc_id, "detail": detail} if detail else {"id": doc_id})
-            if self.drop_log is not None:
-                row = {"id": doc_id, "stage": name, "reason": reason, "detail": detail}
-                row.update({k: doc[k] for k in ("location", "metadata") if isinstance(doc, dict) and k in doc})
-                self.drop_log.write(json.dumps(row, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
-
-    def add_stage(self, name, docs_in, docs_out, dropped, seconds, notes=None):
-        """A whole stage at once, from lists of documents (as the stage functions give)."""
-        self.tally(name, len(docs_in), _chars(docs_in), len(docs_out), _chars(docs_out), dropped)
-        self.close(name, seconds, notes)
-
-    def close(self, name, seconds, notes=None):
-        rec = self.stages.setdefault(name, {"stage": name, "docs_in": 0, "docs_out": 0, "chars_in": 0,
-                                            "chars_out": 0, "dropped": Counter(), "examples": defaultdict(list)})
-        rec.update({k: v for k, v in (notes or {}).items() if "seconds" not in k})
-        self.timings[name] = round(self.timings.get(name, 0) + seconds, 3)
-        print0(f"[data] {name:<18} docs {rec['docs_in']:>7} -> {rec['docs_out']:>7}  chars "
-               f"{rec['chars_in'] / 1e6:8.2f}M -> {rec['chars_out'] / 1e6:8.2f}M  {self.timings[name]:6.2f}s  "
-               f"{', '.join(f'{k}={v}' for k, v in sorted(rec['dropped'].items()))}")
-
-    def records(self):
-        return [dict(r, dropped=dict(sorted(r["dropped"].items())), examples=dict(sorted(r["examples"].items())))
-                for r in self.stages.values()]
-
-
-def _chars(docs):
-    return sum(len(d["text"]) for d in docs)
 
 
 # ----------------------------------------------------------------------------
@@ -290,49 +239,6 @@ def _set_filter_globals(dirty):
     _filter_globals["dirty"] = frozenset(dirty)
 
 
-def _dup_fractions(items):
-    """datatrove's find_duplicates: (#repeated items, #chars in repeated items)."""
-    seen, dup, dup_chars = set(), 0, 0
-    for x in items:
-        if x in seen:
-            dup += 1
-            dup_chars += len(x)
-        else:
-            seen.add(x)
-    return dup, dup_chars
-
-
-def repetition_stats(words):
-    """Gopher repetition n-gram statistics of a list of words:
-    top_ngram[n] = chars in all occurrences of the most common n-gram / all word chars,
-    dup_ngram[n] = chars covered by repeated (non-first) occurrences of any n-gram."""
-    out_top, out_dup = {}, {}
-    if not words:
-        return out_top, out_dup
-    ids = hash_words([w.lower() for w in words])
-    lens = np.array([len(w) for w in words], dtype=np.int64)
-    total = max(1, int(lens.sum()))
-    cum = np.concatenate([[0], np.cumsum(lens)])
-    for n in list(GOPHER_REPETITION["top_ngram"]) + list(GOPHER_REPETITION["dup_ngram"]):
-        if len(ids) < n:
-            out_top[n] = out_dup[n] = 0.0
-            continue
-        h = ngram_hashes(ids, n)
-        uniq, first, inv, counts = np.unique(h, return_index=True, return_inverse=True, return_counts=True)
-        if n in GOPHER_REPETITION["top_ngram"]:
-            k = int(np.argmax(counts))
-            start = int(first[k])
-            out_top[n] = float((cum[start + n] - cum[start]) * counts[k] / total) if counts[k] > 1 else 0.0
-        if n in GOPHER_REPETITION["dup_ngram"]:
-            repeat = (counts[inv] > 1) & (np.arange(len(h)) != first[inv])
-            delta = np.zeros(len(ids) + 1, dtype=np.int64)   # cover words [i, i+n) of repeats
-            np.add.at(delta, np.flatnonzero(repeat), 1)
-            np.add.at(delta, np.flatnonzero(repeat) + n, -1)
-            covered = np.cumsum(delta)[:len(ids)] > 0
-            out_dup[n] = float(lens[covered].sum() / total)
-    return out_top, out_dup
-
-
 def heuristic_checks(text, is_code=False, lang="en", dirty=frozenset()):
     """Every rule a document fails, as (reason, detail), cheapest rules first (a
     generator: heuristic_reason stops at the first one, filter_rates runs them all).
@@ -398,7 +304,7 @@ def heuristic_checks(text, is_code=False, lang="en", dirty=frozenset()):
     if paras and dup_chars / max(1, len(prose)) > r["dup_para_char_frac"]:
         yield "dup_paragraph_char_fraction", round(dup_chars / len(prose), 3)
     if not cjk:
-        top, dupn = repetition_stats(prose_words)
+        top, dupn = repetition_stats(prose_words, r["top_ngram"], r["dup_ngram"])
         for n, limit in r["top_ngram"].items():
             if top.get(n, 0) > limit:
                 yield f"top_{n}gram_coverage", round(top[n], 3)
@@ -953,11 +859,11 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
             seconds["read"] += time.time() - t0
             for d in chunk:
                 d["seq"], n_read = n_read, n_read + 1
-            report.tally("read", 0, _chars(chunk), len(chunk), _chars(chunk))
+            report.tally("read", 0, total_chars(chunk), len(chunk), total_chars(chunk))
             t0 = time.time()
             for part, (kept, dropped, sigs, sig_seconds) in zip(split_work(chunk), pmap(_pass1_worker, split_work(chunk), workers)):
-                report.tally("extract", len(part), _chars(part), len(kept), _chars(kept), _paired(part, kept, dropped))
-                minhash.update(docs=len(kept), chars=_chars(kept), seconds=sig_seconds)
+                report.tally("extract", len(part), total_chars(part), len(kept), total_chars(kept), _paired(part, kept, dropped))
+                minhash.update(docs=len(kept), chars=total_chars(kept), seconds=sig_seconds)
                 for d, sig in zip(kept, sigs):
                     urls.add(d["seq"], d)
                     documents.add(d["seq"], d["id"], d["text"], sig)
@@ -1017,7 +923,7 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
             t_rules += time.time() - t1
             dropped = [(d, reason, detail) for d, (reason, detail, _) in zip(chunk, results) if reason]
             kept = [d for d, (reason, _, _) in zip(chunk, results) if not reason]
-            report.tally("heuristic_filter", len(chunk), _chars(chunk), len(kept), _chars(kept), dropped)
+            report.tally("heuristic_filter", len(chunk), total_chars(chunk), len(kept), total_chars(kept), dropped)
             for d, (reason, _, counts) in zip(chunk, results):
                 if not reason:
                     spill.write(d)
@@ -1168,7 +1074,7 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
     }
     atomic_write_json(os.path.join(out_dir, "report.json"), report_json)
     if plot:
-        _plot_report(report_json, os.path.join(out_dir, "report.png"))
+        plot_report(report_json, os.path.join(out_dir, "report.png"))
     total_s, input_mb = time.time() - t_start, report.stages["read"]["chars_out"] / 1e6
     timings = {"stages_seconds": report.timings, "total_seconds": round(total_s, 3),
                "input_mb": round(input_mb, 3), "pipeline_mb_per_s": round(input_mb / max(total_s, 1e-9), 3),
@@ -1188,38 +1094,6 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
            f"{timings['curation_mb_per_s']:.2f} MB/s, MinHash {timings['minhash_docs_per_s']:.0f} docs/s per worker); "
            f"train {splits['train']['tokens']:,} tokens, val {splits['val']['tokens']:,} tokens -> {out_dir}")
     return meta
-
-
-def _plot_report(report_json, path):
-    """Documents and characters in/out per stage, and the mix: achieved vs target."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    stages = [s for s in report_json["stages"]]
-    names = [s["stage"] for s in stages]
-    x = np.arange(len(names))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, key, label in ((axes[0], "docs", "documents"), (axes[1], "chars", "characters (M)")):
-        scale = 1e6 if key == "chars" else 1
-        ax.bar(x - 0.2, [s[f"{key}_in"] / scale for s in stages], 0.4, label="in")
-        ax.bar(x + 0.2, [s[f"{key}_out"] / scale for s in stages], 0.4, label="out")
-        ax.set_xticks(x, names, rotation=45, ha="right")
-        ax.set_title(f"{label} per stage (§3.1.1)")
-        ax.legend()
-    mix = report_json.get("mix") or {}
-    doms = sorted(set(mix.get("paper_target", {})) | set(mix.get("achieved_share", {})))
-    xd = np.arange(len(doms))
-    for off, key, label in ((-0.27, "paper_target", "paper target"), (0.0, "target_over_present_domains", "target (present)"),
-                            (0.27, "achieved_share", "achieved")):
-        axes[2].bar(xd + off, [mix.get(key, {}).get(d, 0) for d in doms], 0.27, label=label)
-    axes[2].set_xticks(xd, doms)
-    axes[2].set_title("data mix, share of characters (§3.1.2)")
-    axes[2].legend()
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=80, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 @cli

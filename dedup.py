@@ -489,3 +489,50 @@ def dedup_lines(docs, max_repeats=LINE_MAX_REPEATS, bucket_size=LINE_BUCKET_DOCS
     if stats is not None:
         stats["lines_removed"] = removed_lines
     return kept, dropped
+
+
+# ----------------------------------------------------------------------------
+# Repetition inside one document (data.py's stage 5, Gopher's repetition rules: lines,
+# paragraphs and n-grams that a document repeats), with the hashing of stage 3
+
+def _dup_fractions(items):
+    """datatrove's find_duplicates: (#repeated items, #chars in repeated items)."""
+    seen, dup, dup_chars = set(), 0, 0
+    for x in items:
+        if x in seen:
+            dup += 1
+            dup_chars += len(x)
+        else:
+            seen.add(x)
+    return dup, dup_chars
+
+
+def repetition_stats(words, top_ns=(2, 3, 4), dup_ns=(5, 6, 7, 8, 9, 10)):
+    """Gopher repetition n-gram statistics of a list of words:
+    top_ngram[n] = chars in all occurrences of the most common n-gram / all word chars,
+    dup_ngram[n] = chars covered by repeated (non-first) occurrences of any n-gram."""
+    out_top, out_dup = {}, {}
+    if not words:
+        return out_top, out_dup
+    ids = hash_words([w.lower() for w in words])
+    lens = np.array([len(w) for w in words], dtype=np.int64)
+    total = max(1, int(lens.sum()))
+    cum = np.concatenate([[0], np.cumsum(lens)])
+    for n in sorted(set(top_ns) | set(dup_ns)):
+        if len(ids) < n:
+            out_top[n] = out_dup[n] = 0.0
+            continue
+        h = ngram_hashes(ids, n)
+        uniq, first, inv, counts = np.unique(h, return_index=True, return_inverse=True, return_counts=True)
+        if n in top_ns:
+            k = int(np.argmax(counts))
+            start = int(first[k])
+            out_top[n] = float((cum[start + n] - cum[start]) * counts[k] / total) if counts[k] > 1 else 0.0
+        if n in dup_ns:
+            repeat = (counts[inv] > 1) & (np.arange(len(h)) != first[inv])
+            delta = np.zeros(len(ids) + 1, dtype=np.int64)   # cover words [i, i+n) of repeats
+            np.add.at(delta, np.flatnonzero(repeat), 1)
+            np.add.at(delta, np.flatnonzero(repeat) + n, -1)
+            covered = np.cumsum(delta)[:len(ids)] > 0
+            out_dup[n] = float(lens[covered].sum() / total)
+    return out_top, out_dup

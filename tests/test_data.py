@@ -24,6 +24,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import corpus as C  # noqa: E402
 import data as D  # noqa: E402
+import dedup as DD  # noqa: E402
 
 # ----------------------------------------------------------------------------
 # Hand-made documents
@@ -187,9 +188,9 @@ def test_heuristic_filter_fates():
 
 
 def test_repetition_stats_and_kl():
-    top, dup = D.repetition_stats(("a b c d e " * 20).split())
+    top, dup = DD.repetition_stats(("a b c d e " * 20).split())
     assert dup[5] > 0.9 and top[2] > 0.3
-    top, dup = D.repetition_stats(PROSE[0].split())
+    top, dup = DD.repetition_stats(PROSE[0].split())
     assert dup[5] == 0.0
     # KL(doc || corpus): a corpus of 60 documents mixing the same sentences, and one
     # document half made of tokens the corpus never uses: that one is the outlier
