@@ -33,6 +33,7 @@ import multiprocessing as mp
 import os
 import random
 import re
+import shutil
 import stat
 import sysconfig
 import time
@@ -1052,13 +1053,14 @@ def load_index(out_dir, split="train"):
 
 class Report:
     """Per stage: documents/characters in and out, why documents left (counts and five
-    examples per reason), and every dropped document as one JSON line of `drop_log` (an
-    open binary file: dropped.jsonl) with its id, stage, reason, detail, and where it
-    was read and its metadata. A streaming run adds to a stage chunk by chunk. Only
-    deterministic numbers go in `stages`; seconds go in `timings`."""
+    examples per reason), and, with a `drop_dir`, every dropped document as one JSON line
+    (id, stage, reason, detail, where it was read, its metadata): write_drop_log puts them
+    in one file, stage by stage in the order documents were read, however the run was
+    chunked. A streaming run adds to a stage chunk by chunk. Only deterministic numbers
+    go in `stages`; seconds go in `timings`."""
 
-    def __init__(self, drop_log=None):
-        self.stages, self.timings, self.extra, self.drop_log = {}, {}, {}, drop_log
+    def __init__(self, drop_dir=None):
+        self.stages, self.timings, self.extra, self.drop_dir, self.drop_files = {}, {}, {}, drop_dir, {}
 
     def stage(self, name):
         return self.stages.setdefault(name, {"stage": name, "docs_in": 0, "docs_out": 0, "chars_in": 0,
@@ -1074,10 +1076,22 @@ class Report:
             rec["dropped"][reason] += 1
             if len(rec["examples"][reason]) < 5:
                 rec["examples"][reason].append({"id": doc_id, "detail": detail} if detail else {"id": doc_id})
-            if self.drop_log is not None:
+            if self.drop_dir is not None:
+                if name not in self.drop_files:
+                    self.drop_files[name] = open(os.path.join(self.drop_dir, f"dropped.{len(self.drop_files)}"), "w+b")
                 row = {"id": doc_id, "stage": name, "reason": reason, "detail": detail}
                 row.update({k: doc[k] for k in ("location", "metadata") if isinstance(doc, dict) and k in doc})
-                self.drop_log.write(json.dumps(row, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
+                self.drop_files[name].write(json.dumps(row, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
+
+    def write_drop_log(self, path):
+        """dropped.jsonl: the stages' drop logs one after the other, in pipeline order."""
+        with open(path, "wb") as out:
+            for name in self.stages:
+                if name in self.drop_files:
+                    f = self.drop_files.pop(name)
+                    f.seek(0)
+                    shutil.copyfileobj(f, out)
+                    f.close()
 
     def close(self, name, seconds, notes=None):
         """A stage is complete: add its notes, print its line."""

@@ -736,9 +736,9 @@ def tokenize_texts(texts, tokenizer_path, workers=1):
 CHUNK_CHARS = 8_000_000
 
 
-def _chunks(docs, size=CHUNK_CHARS):
-    """Documents -> lists of about `size` characters."""
-    chunk, n = [], 0
+def _chunks(docs, size=None):
+    """Documents -> lists of about `size` (default CHUNK_CHARS) characters."""
+    size, chunk, n = size or CHUNK_CHARS, [], 0
     for d in docs:
         chunk.append(d)
         n += len(d["text"])
@@ -837,8 +837,7 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
     tokenizer_path = os.path.abspath(tokenizer_path or os.path.join(out_dir, "tokenizer.model"))
     dirty = tuple(dirty_words) if dirty_words is not None else DEFAULT_DIRTY_WORDS
     print0(f"[data] out={out_dir} seed={seed} workers={workers} input={inputs or 'built-in corpus'}")
-    drop_log = open(os.path.join(work, "dropped.jsonl"), "wb")
-    report, read_issues = Report(drop_log), []
+    report, read_issues = Report(work), []
 
     def on_skip(location, reason, detail):                    # bad input records
         if len(read_issues) < 200:
@@ -1052,7 +1051,7 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
            f"val {splits['val']['tokens']:,} anneal {anneal_record['tokens']:,}  {tok_seconds:6.2f}s")
 
     # -- documents.jsonl, dropped.jsonl, report.json, report.png, timings.json, meta.json (last)
-    drop_log.close()
+    report.write_drop_log(os.path.join(work, "dropped.jsonl"))
     os.replace(os.path.join(work, "documents.jsonl"), os.path.join(out_dir, "documents.jsonl"))
     os.replace(os.path.join(work, "dropped.jsonl"), os.path.join(out_dir, "dropped.jsonl"))
     report_json = {

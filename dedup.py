@@ -437,16 +437,18 @@ class LineIndex:
 
     def __init__(self, max_repeats=LINE_MAX_REPEATS):
         self.max_repeats = max_repeats
-        self.keys, self.counts, self.pending = {}, {}, {}
+        self.keys, self.counts, self.pending, self.n_pending = {}, {}, {}, 0
 
     def count(self, bucket, text):
         pending = self.pending.setdefault(bucket, [])
-        pending.extend(h for h in map(_line_hash, text.split("\n")) if h)
-        if len(pending) > 1_000_000:
+        pending.append(np.array([h for h in map(_line_hash, text.split("\n")) if h], np.uint64))
+        self.n_pending += len(pending[-1])
+        if self.n_pending > 1_000_000:
             self._merge(bucket)
 
     def _merge(self, bucket):
-        new = np.array(self.pending.pop(bucket, []), np.uint64)
+        new = np.concatenate(self.pending.pop(bucket, []) or [np.zeros(0, np.uint64)])
+        self.n_pending = sum(len(a) for p in self.pending.values() for a in p)
         keys = np.concatenate([self.keys.get(bucket, new[:0]), new])
         counts = np.concatenate([self.counts.get(bucket, np.zeros(0, np.int64)), np.ones(len(new), np.int64)])
         self.keys[bucket], where = np.unique(keys, return_inverse=True)
