@@ -1,5 +1,5 @@
 """
-corpus.py — where documents come from, before §3.1.1's first stage (extraction).
+corpus.py — where documents come from, and the formats data.py reads and writes.
 
 Two sources, both giving documents (plain dicts, see make_doc) that data.py curates:
 
@@ -8,19 +8,30 @@ Two sources, both giving documents (plain dicts, see make_doc) that data.py cura
                        its docstrings, and the docstrings of the installed numpy/torch.
                        tokenizer.py trains and measures BPE on the texts of the same
                        documents: [d["text"] for d in builtin_corpus(["python-source"])].
-    read_inputs(paths) the user's files and folders: .txt/.md, JSONL ("text", optional
-                       "url", "timestamp", "kind"), HTML, WARC/WARC.gz/WET (Common
-                       Crawl's format), any of them gzipped.
+    iter_inputs(paths) the user's files and folders, one document at a time: .txt/.md,
+                       JSONL ("text"; optional "id", "url", "timestamp", "kind"; any
+                       other field kept as the document's "metadata"), HTML,
+                       WARC/WARC.gz/WET (Common Crawl's format), any of them gzipped.
+                       read_inputs(paths) is the same as a list.
 
 Bad input never stops a run: every unreadable record (invalid UTF-8, malformed or
 pathological JSON, a truncated gzip stream, a WARC record with a lying Content-Length,
 a FIFO or device in a folder, a document over the size limit) is skipped and counted in
 a ReadLog with where it was ("file:line", "file@recordN") and why. data.py puts these
-counts in report.json's "read" stage.
+counts in report.json's "read" stage and every one in dropped.jsonl.
+
+The rest is format machinery data.py uses: html_to_text / strip_markdown (the §3.1.1
+text extraction: page chrome out, code and identifiers intact), the quality
+classifier's reference text and planted junk, DocumentSpill (documents on disk between
+passes), the token shards (write_shards, read_meta, load_shards, load_index), the run
+Report, and a measurement of html_to_text against trafilatura on real pages:
 
     import corpus
     docs, log = corpus.read_inputs(["crawl.warc.gz", "my_jsonl/"])
     for location, reason, detail in log.skipped: print(location, reason, detail)
+    text = corpus.html_to_text(open("page.html").read())
+
+    python corpus.py --compare-extraction /usr/share/doc/python3.11/html --out cmp.json
 """
 
 from __future__ import annotations

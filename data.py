@@ -6,14 +6,16 @@ Every step of §3.1.1 is one small function, in the paper's order, each callable
 list of documents (plain dicts with a "text" field) so a class can run them one by one;
 the three de-duplication stages are their own chapter, dedup.py:
 
-    1. extract_text       HTML -> text (custom parser: drops script/style/nav boilerplate,
-                          keeps code blocks and math, keeps image alt text, strips markdown
-                          markers), plus language ID and code detection
+    1. extract_text       HTML -> text (corpus.html_to_text: page chrome out by landmarks,
+                          main content and link density; code blocks, math and alt text
+                          kept; markdown markers out, identifiers untouched), plus
+                          language ID and code detection
     2. dedup_urls         URL de-duplication, keeping the most recent version of a page
     3. dedup_documents    exact (hash) + near-duplicate (MinHash + LSH + union-find)
     4. dedup_lines        ccNet-style: drop lines seen more than 6 times in a bucket
-    5. heuristic_filter   duplicated n-gram coverage, Gopher quality/repetition rules,
-                          dirty-word counting, token-distribution KL divergence
+    5. heuristic_filter   duplicated n-gram coverage, Gopher quality/repetition rules on
+                          the prose lines, dirty-word counting, token-distribution KL
+                          divergence; filter_rates measures each rule on good text and junk
     6. quality_filter     fastText-style linear classifier (hashed unigrams + bigrams)
     7. classify_domains   general / code / math / multilingual, then mix_domains samples
                           the §3.1.2 mix (50/17/25/8) and select_anneal picks §3.1.3 data
@@ -25,9 +27,15 @@ Reads:  documents from corpus.py: without --input its built-in corpus (the stand
         records are skipped and counted (report.json "read" stage, "read_issues").
 Writes: out/data/{train,val,anneal}_NNN.bin (raw uint32 ids) + .idx (uint64 document
         starts), meta.json (what pretrain.py reads), tokenizer.model (trained here when
-        missing), documents.jsonl (kept documents with quality score and domain),
-        report.json + report.png (per stage: documents/characters in and out, and why
-        documents left), timings.json (seconds, MB/s, MinHash docs/s).
+        missing), documents.jsonl (kept documents with quality score and domain, and
+        their input id, location and metadata), dropped.jsonl (every document that
+        left: id, stage, reason, detail, location, metadata), report.json + report.png
+        (per stage: documents/characters in and out, why documents left; each heuristic
+        rule's rate on held-out good text and planted junk), timings.json (seconds, MB/s).
+
+Memory: build() streams. Documents pass through in 8 MB chunks and wait on disk between
+passes (OUT/.work/); what stays in memory is the de-duplication indexes and a few
+numbers per document, so a 200 MB input needs about as much as a 5 MB one.
 
 In Python (each stage returns (kept, dropped); dropped = [(id, reason, detail)]):
         import corpus, data, dedup
@@ -44,8 +52,9 @@ published ones and says where each comes from: Gopher (Rae et al. 2021, App. A),
 (Raffel et al. 2020), FineWeb (Penedo et al. 2024), ccNet (Wenzek et al. 2020), Codex /
 The Stack (Chen et al. 2021; Kocetkov et al. 2022), Muennighoff et al. 2023 (repeats).
 
-Determinism: same input + seed -> byte-identical shards, meta.json, documents.jsonl and
-report.json (wall-clock numbers live only in timings.json). Every output file is written
+Determinism: same input + seed -> byte-identical shards, meta.json, documents.jsonl,
+dropped.jsonl and report.json, whatever the number of workers or the chunk size
+(wall-clock numbers live only in timings.json). Every output file is written
 under a temporary name and renamed when complete; meta.json is written last, so a
 half-finished run never looks finished to pretrain.py.
 
@@ -70,8 +79,8 @@ from corpus import (DocumentSpill, ReadLog, Report, TooComplex, builtin_corpus, 
                     planted_junk, plot_report, quality_training_data, stable_hash, strip_markdown, total_chars,
                     write_shards)
 from corpus import load_index, load_shards, read_meta  # noqa: F401 -- the shard format, for pretrain.py's readers
-from dedup import (LINE_BUCKET_DOCS, LINE_MAX_REPEATS, WORD_RE, DocumentIndex, LineIndex, UrlIndex, _dup_fractions,
-                   hash_words, minhash_config, minhash_signatures, ngram_hashes, repetition_stats)
+from dedup import (LINE_BUCKET_DOCS, LINE_MAX_REPEATS, WORD_RE, DocumentIndex, LineIndex, UrlIndex,
+                   duplicate_fractions, hash_words, minhash_config, minhash_signatures, ngram_hashes, repetition_stats)
 
 DEFAULT_OUT = os.path.join("out", "data")
 # §3.1.2: "roughly 50% of tokens corresponding to general knowledge, 25% of mathematical
@@ -292,13 +301,13 @@ def heuristic_checks(text, is_code=False, lang="en", dirty=frozenset()):
     if "lorem ipsum" in text.lower():                  # C4: placeholder text
         yield "c4_lorem_ipsum", None
     # Repetition: lines, paragraphs, then n-grams (cheapest first)
-    dup, dup_chars = _dup_fractions(lines)
+    dup, dup_chars = duplicate_fractions(lines)
     if lines and dup / len(lines) > r["dup_line_frac"]:
         yield "dup_line_fraction", round(dup / len(lines), 3)
     if lines and dup_chars / max(1, len(prose)) > r["dup_line_char_frac"]:
         yield "dup_line_char_fraction", round(dup_chars / len(prose), 3)
     paras = [p.strip() for p in re.split(r"\n\s*\n", prose) if p.strip()]
-    dup, dup_chars = _dup_fractions(paras)
+    dup, dup_chars = duplicate_fractions(paras)
     if paras and dup / len(paras) > r["dup_para_frac"]:
         yield "dup_paragraph_fraction", round(dup / len(paras), 3)
     if paras and dup_chars / max(1, len(prose)) > r["dup_para_char_frac"]:

@@ -15,7 +15,10 @@ Stage of the paper: §3.1.1 names three levels of de-duplication, applied in thi
 Each stage takes a list of documents (dicts with "id" and "text"; "url"/"timestamp"
 for stage 2, "is_code" for stage 4, as corpus.make_doc and data.extract_text give them)
 and returns (kept, dropped) with dropped = [(id, reason, detail)], so the stages can be
-run one by one in a class or a notebook:
+run one by one in a class or a notebook. Each is built on an index that documents can
+stream through (UrlIndex, DocumentIndex, LineIndex: add or count every document, then
+ask which go); data.py's streaming build uses the indexes directly, so its memory is
+the indexes', not the corpus's:
 
     import corpus, dedup
     docs = [corpus.make_doc("a", "the same text", "demo", url="https://x.org/p"),
@@ -32,7 +35,11 @@ The MinHash pieces are usable on their own (exercise 7 re-implements two of them
 The idea before the fast code: a document is the set of its 5-word shingles; the
 signature entry k is min over shingles of h_k(shingle); two signatures agree in entry
 k with probability = Jaccard similarity. minhash_signatures does exactly that, for many
-documents and all K hash functions at once in numpy.
+documents and all K hash functions at once in numpy (the words of a text hashed from one
+prefix sum over its bytes, the K hashes as one int64 multiply-add).
+
+Also here: repetition_stats, the Gopher statistics of n-grams repeated inside one
+document, which data.py's heuristic filters (stage 5) use.
 
 Run:    python data.py                       # the whole pipeline, these stages included
         python bench.py --only minhash        # MinHash docs/s on 4 KB documents
@@ -497,7 +504,7 @@ def dedup_lines(docs, max_repeats=LINE_MAX_REPEATS, bucket_size=LINE_BUCKET_DOCS
 # Repetition inside one document (data.py's stage 5, Gopher's repetition rules: lines,
 # paragraphs and n-grams that a document repeats), with the hashing of stage 3
 
-def _dup_fractions(items):
+def duplicate_fractions(items):
     """datatrove's find_duplicates: (#repeated items, #chars in repeated items)."""
     seen, dup, dup_chars = set(), 0, 0
     for x in items:
