@@ -68,6 +68,7 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import time
 from collections import Counter
@@ -761,7 +762,8 @@ def _chunks(docs, size=None):
 def _paired(docs_in, kept, dropped):
     """A stage's dropped (id, reason, detail), each with its document (stages drop in order)."""
     kept_seq = {d["seq"] for d in kept}
-    return [(d, reason, detail) for d, (_, reason, detail) in zip([d for d in docs_in if d["seq"] not in kept_seq], dropped)]
+    lost = [d for d in docs_in if d["seq"] not in kept_seq]
+    return [(d, reason, detail) for d, (_, reason, detail) in zip(lost, dropped)]
 
 
 def _pass1_worker(docs):
@@ -790,8 +792,10 @@ def filter_calibration(dirty_words=DEFAULT_DIRTY_WORDS, seed=0):
     good = extract_text(builtin_corpus(["pydoc-topics", "stdlib-docs"], every=3))[0]
     kinds, texts = planted_junk([d["text"] for d in good], 100, seed, looks_like_code)
     junk = extract_text([make_doc(f"planted:{k}:{i}", t, k) for i, (k, t) in enumerate(zip(kinds, texts))])[0]
+    by_kind = {k: filter_rates([], [d for d in junk if d["source"] == k], dirty_words)["any"]["junk"]
+               for k in sorted(set(kinds))}
     return {"good_text": "built-in corpus: pydoc-topics + stdlib-docs, every 3rd module", "good_docs": len(good),
-            "junk_docs": len(junk), "junk_kinds": sorted(set(kinds)), "rates": filter_rates(good, junk, dirty_words)}
+            "junk_docs": len(junk), "junk_caught_by_kind": by_kind, "rates": filter_rates(good, junk, dirty_words)}
 
 
 def _read_word_file(path):
@@ -869,8 +873,10 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
                 d["seq"], n_read = n_read, n_read + 1
             report.tally("read", 0, total_chars(chunk), len(chunk), total_chars(chunk))
             t0 = time.time()
-            for part, (kept, dropped, sigs, sig_seconds) in zip(split_work(chunk), pmap(_pass1_worker, split_work(chunk), workers)):
-                report.tally("extract", len(part), total_chars(part), len(kept), total_chars(kept), _paired(part, kept, dropped))
+            parts = split_work(chunk)
+            for part, (kept, dropped, sigs, sig_seconds) in zip(parts, pmap(_pass1_worker, parts, workers)):
+                report.tally("extract", len(part), total_chars(part), len(kept), total_chars(kept),
+                             _paired(part, kept, dropped))
                 minhash.update(docs=len(kept), chars=total_chars(kept), seconds=sig_seconds)
                 for d, sig in zip(kept, sigs):
                     urls.add(d["seq"], d)
@@ -887,6 +893,8 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
     dd_stats = {}
     url_drops = urls.drops
     doc_drops = documents.drops(url_drops, dd_stats)
+    memory = {"url_index_entries": len(urls.best),            # 16-byte key + 120 x uint32 per document
+              "document_index_mb": round(len(documents.seq) * (16 + 4 * 120) / 1e6, 1)}
     del urls, documents
     lines, n_kept = LineIndex(), 0
     for d in DocumentSpill(os.path.join(work, "extracted.jsonl")):
@@ -939,6 +947,7 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
                         corpus_counts([counts], total)
                         n_text += 1
     report.close("line_dedup", time.time() - t0 - t_rules, {"lines_removed": removed_lines})
+    memory["line_index_mb"] = round(sum(k.nbytes for k in lines.keys.values()) * 2 / 1e6, 1)
 
     # -- pass 4: KL divergence, quality score, domain -> stages 5-7 decided
     t0 = time.time()
@@ -1091,7 +1100,8 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
                # per worker-second: the signatures' own time, summed over the workers
                "minhash_docs_per_s": round(minhash["docs"] / max(1e-9, minhash["seconds"]), 1),
                "minhash_mb_per_s": round(minhash["chars"] / 1e6 / max(1e-9, minhash["seconds"]), 3),
-               "workers": workers}
+               "workers": workers,       # memory: this process's peak, and the indexes that grow with the input
+               "memory": dict(memory, peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))}
     atomic_write_json(os.path.join(out_dir, "timings.json"), timings)
     meta = {"tokenizer": tokenizer_path, "vocab_size": tok.n_words, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
             "dtype": "uint32", "format": "each document is [bos] + tokens + [eos]; NAME.idx = uint64 document starts",
