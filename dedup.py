@@ -454,12 +454,18 @@ class LineIndex:
             self._merge(bucket)
 
     def _merge(self, bucket):
+        """Pending hashes into the sorted (keys, counts): found keys add their counts,
+        new keys are inserted in order (memory: the index twice, for a moment)."""
         new = np.concatenate(self.pending.pop(bucket, []) or [np.zeros(0, np.uint64)])
         self.n_pending = sum(len(a) for p in self.pending.values() for a in p)
-        keys = np.concatenate([self.keys.get(bucket, new[:0]), new])
-        counts = np.concatenate([self.counts.get(bucket, np.zeros(0, np.int64)), np.ones(len(new), np.int64)])
-        self.keys[bucket], where = np.unique(keys, return_inverse=True)
-        self.counts[bucket] = np.bincount(where, weights=counts, minlength=len(self.keys[bucket])).astype(np.int64)
+        new, new_counts = np.unique(new, return_counts=True)
+        keys = self.keys.get(bucket, np.zeros(0, np.uint64))
+        counts = self.counts.get(bucket, np.zeros(0, np.int64))
+        at = np.searchsorted(keys, new)
+        found = keys[np.minimum(at, len(keys) - 1)] == new if len(keys) else np.zeros(len(new), bool)
+        counts[at[found]] += new_counts[found]
+        self.keys[bucket] = np.insert(keys, at[~found], new[~found])
+        self.counts[bucket] = np.insert(counts, at[~found], new_counts[~found])
 
     def clean(self, bucket, text):
         """(text without its lines seen more than max_repeats times, lines removed)."""
