@@ -910,8 +910,6 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
             n_kept += 1
     report.close("url_dedup", 0.0)
     report.close("doc_dedup", time.time() - t0, {"verified_pairs": dd_stats.get("verified_pairs", 0)})
-    report.extra["doc_dedup"] = dict(dd_stats, minhash_docs=minhash["docs"], minhash_mb=minhash["chars"] / 1e6,
-                                     minhash_seconds=minhash["seconds"])
 
     # -- pass 3: stage 4 (lines), stage 5 rules -> the corpus's word counts (for KL)
     t0, t_rules = time.time(), 0.0
