@@ -15,7 +15,7 @@ says whether the machine was busy. `+compile` rows are measured only with --comp
 Rows (CPU):
   tokenizer training   tokenizer.train_bpe vs Hugging Face `tokenizers` (same corpus, vocab)
   tokenizer encoding   tiktoken on our trained file vs `tokenizers` on theirs
-  MinHash signatures   dedup.minhash_signatures (numpy) vs `datasketch` if installed
+  MinHash signatures   dedup.minhash_signatures (numpy) vs `datasketch` (test extra), 1 core
   data pipeline        data.build on the built-in corpus, MB/s (no reference exists)
   training step        model.Transformer vs transformers' LlamaForCausalLM, same config,
                        dtype, batch: tokens/s and MFU, fp32 and bf16 autocast

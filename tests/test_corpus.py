@@ -174,3 +174,119 @@ def test_gzip_cut_inside_a_record_names_that_record(tmp_path):
     docs, log = C.read_inputs([str(path)])
     assert [d["url"] for d in docs] == ["https://a/1"]
     assert [(loc, reason) for loc, reason, _ in log.skipped] == [(f"{path}@record2", "truncated_gzip")]
+
+
+# ----------------------------------------------------------------------------
+# HTML -> text on pages shaped like real documentation and news sites: the chrome
+# (header, nav, sidebar, breadcrumbs, table of contents, related links, footer, cookie
+# banner) is gone, the article and its code are kept word for word.
+
+DOCS_ARTICLE = ("The json module encodes Python objects as JSON text and decodes JSON text back into "
+                "Python objects. Its source lives in Lib/json/__init__.py, and the names it exports "
+                "are listed in __all__.")
+DOCS_PARAGRAPH = ("Extra keyword arguments (**kwargs) are passed on to the JSONEncoder constructor, so "
+                  "a*b stays a product and snake_case_names stay whole.")
+DOCS_CODE = ('>>> import json\n>>> json.dumps({"a": [1, 2]}, indent=2)\n'
+             "def encode(obj, **kwargs):\n    return JSONEncoder(**kwargs).encode(obj)  # __init__ runs first")
+
+DOCS_PAGE = f"""<!DOCTYPE html><html><head><title>json — JSON encoder and decoder</title>
+<script>var DOCUMENTATION_OPTIONS = {{}};</script></head><body>
+<div class="mobile-nav"><nav class="nav-content" role="navigation"><a href="/">Python</a> Theme Auto Light Dark</nav></div>
+<div class="related" role="navigation" aria-label="related navigation"><h3>Navigation</h3>
+  <ul><li><a href="genindex.html">index</a></li><li><a href="py-modindex.html">modules</a> |</li>
+  <li><a href="marshal.html">next</a> |</li><li><a href="netdata.html">previous</a> |</li>
+  <li><a href="../index.html">Python 3.11.2 Documentation</a> &#187;</li></ul></div>
+<div class="document"><div class="documentwrapper"><div class="bodywrapper">
+<div class="body" role="main">
+  <section id="module-json"><h1>json — JSON encoder and decoder<a class="headerlink" href="#module-json">¶</a></h1>
+  <p><strong>Source code:</strong> <a href="https://github.com/python/cpython">Lib/json/__init__.py</a></p>
+  <p>{DOCS_ARTICLE.replace("Lib/json/__init__.py", "<code>Lib/json/__init__.py</code>")}</p>
+  <p>{DOCS_PARAGRAPH.replace("**kwargs", "<em>**kwargs</em>")}</p>
+  <div class="highlight-python3 notranslate"><div class="highlight"><pre><span></span><span class="gp">&gt;&gt;&gt; </span><span class="kn">import</span> json
+<span class="gp">&gt;&gt;&gt; </span>json.dumps({{"a": [1, 2]}}, indent=2)
+def encode(obj, **kwargs):
+    return JSONEncoder(**kwargs).encode(obj)  # __init__ runs first</pre></div></div>
+  <section id="basic-usage"><h2>Basic Usage<a class="headerlink" href="#basic-usage">¶</a></h2>
+  <dl class="py function"><dt class="sig sig-object py" id="json.dump"><span class="sig-name descname">json.dump</span>(obj, fp, **kw)<a class="headerlink" href="#json.dump">¶</a></dt>
+  <dd><p>Serialize obj as a JSON formatted stream to fp, a file-like object.</p></dd></dl>
+  </section></section>
+</div></div></div>
+<div class="sphinxsidebar" role="navigation" aria-label="main navigation"><div class="sphinxsidebarwrapper">
+  <h3><a href="../contents.html">Table of Contents</a></h3><ul><li><a href="#">json — JSON encoder</a>
+  <ul><li><a href="#basic-usage">Basic Usage</a></li></ul></li></ul>
+  <h4>Previous topic</h4><p class="topless"><a href="netdata.html">Internet Data Handling</a></p>
+  <h4>Next topic</h4><p class="topless"><a href="mailbox.html">mailbox — Manipulate mailboxes</a></p>
+  <div role="note" aria-label="source link"><h3>This Page</h3><ul class="this-page-menu">
+  <li><a href="../bugs.html">Report a Bug</a></li><li><a href="../_sources/library/json.rst.txt">Show Source</a></li></ul></div>
+</div></div></div>
+<div class="footer">&copy; Copyright 2001-2023, Python Software Foundation. Last updated on Mar 05, 2023.
+Found a bug? Created using <a href="https://www.sphinx-doc.org/">Sphinx</a> 5.3.0.</div></body></html>"""
+
+NEWS_PARAGRAPHS = [
+    "The city council voted on Tuesday to extend the tram line to the harbour district, a project that "
+    "residents have asked for since the old ferry stopped running in 2019.",
+    "Construction is expected to start next spring and to take about three years. The council said the "
+    "new line will carry up to twelve thousand passengers a day once it is finished.",
+]
+NEWS_CODE = "route = [\"Central\", \"Market\", \"Harbour\"]\nfor stop in route:\n    print(stop)"
+
+NEWS_PAGE = f"""<html><head><title>Tram line to reach the harbour</title></head><body>
+<div id="cookie-banner">We use cookies to improve your experience. <button>Accept all</button></div>
+<header class="site-header"><a href="/" class="logo">The Daily Example</a>
+  <nav class="main-nav"><ul><li><a href="/world">World</a></li><li><a href="/city">City</a></li>
+  <li><a href="/sport">Sport</a></li><li><a href="/opinion">Opinion</a></li></ul></nav>
+  <form role="search"><input name="q"><button>Search</button></form></header>
+<div class="breadcrumbs"><a href="/">Home</a> &gt; <a href="/city">City</a> &gt; Transport</div>
+<main><article>
+  <header><h1>Tram line to reach the harbour</h1>
+  <p class="byline">By Jane Reporter | 3 December 2026</p></header>
+  <div class="share-buttons"><a href="https://twitter.example/share">Share on Twitter</a> <a href="mailto:">Email</a></div>
+  <p>{NEWS_PARAGRAPHS[0]}</p>
+  <figure><img src="map.png" alt="Map of the planned tram route"><figcaption>The planned route.</figcaption></figure>
+  <p>{NEWS_PARAGRAPHS[1]}</p>
+  <p>The open-data team published the stops as a short script:</p>
+  <pre><code>{NEWS_CODE}</code></pre>
+  <aside class="related-articles"><h3>Related</h3><ul><li><a href="/a">Bus fares to rise</a></li>
+  <li><a href="/b">Ferry museum opens</a></li></ul></aside>
+  <footer class="article-tags">Tags: <a href="/t/trams">trams</a> <a href="/t/harbour">harbour</a></footer>
+</article></main>
+<aside id="sidebar"><h2>Most read</h2><ol><li><a href="/x">Storm closes bridge</a></li>
+  <li><a href="/y">Local team wins cup</a></li></ol><div class="newsletter">Subscribe to our newsletter</div></aside>
+<footer id="site-footer"><a href="/about">About us</a> <a href="/privacy">Privacy Policy</a>
+  &copy; 2026 The Daily Example. All rights reserved.</footer></body></html>"""
+
+
+def test_documentation_page_keeps_article_and_code_drops_navigation():
+    text = C.html_to_text(DOCS_PAGE)
+    assert text.startswith("json — JSON encoder and decoder\n\n")
+    assert DOCS_ARTICLE in text and DOCS_PARAGRAPH in text       # identifiers untouched
+    assert "\n" + DOCS_CODE + "\n" in text                        # the code block, word for word
+    assert "json.dump(obj, fp, **kw)" in text and "Serialize obj as a JSON formatted stream" in text
+    for chrome in ("Navigation", "modules", "previous", "Table of Contents", "Previous topic", "Next topic",
+                   "Internet Data Handling", "This Page", "Report a Bug", "Show Source", "Copyright",
+                   "Sphinx", "Theme Auto", "¶", "DOCUMENTATION_OPTIONS"):
+        assert chrome not in text, chrome
+
+
+def test_news_page_keeps_article_and_code_drops_chrome():
+    text = C.html_to_text(NEWS_PAGE)
+    assert text == "\n\n".join(["Tram line to reach the harbour", NEWS_PARAGRAPHS[0], "Map of the planned tram route",
+                                "The planned route.", NEWS_PARAGRAPHS[1],
+                                "The open-data team published the stops as a short script:", NEWS_CODE])
+    # the same page without <main>/<article>: landmarks and link density still find the chrome
+    bare = (NEWS_PAGE.replace("<main><article>", "<div>").replace("</article></main>", "</div>")
+            .replace("<header><h1>", "<div><h1>").replace("</p></header>", "</p></div>"))
+    assert C.html_to_text(bare) == text
+
+
+def test_identifiers_survive_markdown_stripping():
+    md = ("# Title\n\nSee `Lib/json/__init__.py`, Lib/json/__init__.py and __all__; call f(*args, **kwargs) "
+          "with a*b or 2**31 - 1.\nThis is **bold**, *italic*, __two words__ and [a link](http://x.org).\n\n"
+          "    def f(**kwargs):  # indented code: untouched\n        return __name__\n\n* a list item\n")
+    out = C.strip_markdown(md)
+    assert out.split("\n") == [
+        "Title", "", "See Lib/json/__init__.py, Lib/json/__init__.py and __all__; call f(*args, **kwargs) "
+        "with a*b or 2**31 - 1.", "This is bold, italic, two words and a link.", "",
+        "    def f(**kwargs):  # indented code: untouched", "        return __name__", "", "a list item", ""]
+    html = "<p>Run <code>__init__.py</code> with **kwargs, __all__ and a*b; **really** bold.</p>"
+    assert C.html_to_text(html) == "Run __init__.py with **kwargs, __all__ and a*b; really bold."
