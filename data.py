@@ -21,9 +21,9 @@ the three de-duplication stages are their own chapter, dedup.py:
                           the §3.1.2 mix (50/17/25/8) and select_anneal picks §3.1.3 data
     8. write_shards       uint32 token shards with BOS/EOS document boundaries + index
 
-Reads:  documents from corpus.py: without --input its built-in corpus (the standard
+Reads:  documents from corpus.py: without --data its built-in corpus (the standard
         library's source and docstrings, pydoc topics, numpy/torch docstrings); with
-        --input, .txt/.md, JSONL, HTML and WARC(.gz) files and folders. Unreadable
+        --data, .txt/.md, JSONL, HTML and WARC(.gz) files and folders. Unreadable
         records are skipped and counted (report.json "read" stage, "read_issues").
 Writes: out/data/{train,val,anneal}_NNN.bin (raw uint32 ids) + .idx (uint64 document
         starts), meta.json (what pretrain.py reads), tokenizer.model (trained here when
@@ -44,7 +44,7 @@ In Python (each stage returns (kept, dropped); dropped = [(id, reason, detail)])
         docs, dropped = dedup.dedup_documents(docs)    # ... and so on, stage by stage
 
 Run:    python data.py                                   # built-in corpus -> out/data
-        python data.py --input crawl.warc.gz my_jsonl/ --out out/mydata
+        python data.py --data crawl.warc.gz my_jsonl/ --out out/mydata
         python -m pytest -q tests/test_data.py tests/test_dedup.py
 
 Thresholds: the paper names its filters but rarely their numbers, so this file takes
@@ -1115,12 +1115,14 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
 @cli
 def main(argv=None):
     p = argparse.ArgumentParser(description="Llama 3 pre-training data pipeline (§3.1)")
-    p.add_argument("--input", nargs="+", default=None, help="files/folders (txt, md, jsonl, html, warc[.gz]); default: built-in corpus")
+    p.add_argument("--data", "--input", dest="input", nargs="+", default=None,
+                   help="files/folders (txt, md, jsonl, html, warc[.gz]); default: built-in corpus")
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder")
     p.add_argument("--tokenizer", default=None, help="tokenizer.model (default OUT/tokenizer.model, trained when missing)")
     p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size when training a tokenizer")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: min(2, cores))")
+    p.add_argument("--workers", "--threads", dest="workers", type=int, default=None,
+                   help="worker processes (default: min(2, cores))")
     p.add_argument("--val-fraction", type=float, default=0.02)
     p.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard file")
     p.add_argument("--dirty-words", default=None, help="file with one dirty word per line (default: a small built-in list)")
@@ -1138,7 +1140,7 @@ def main(argv=None):
     mix = _parse_mix(args.mix) if args.mix else None
     for path in args.input or []:
         if not os.path.lexists(path):
-            raise UsageError(f"--input {path}: no such file or folder")
+            raise UsageError(f"--data {path}: no such file or folder")
     build(args.out, args.input, args.tokenizer, args.vocab_size, args.seed, args.workers, args.val_fraction,
           args.shard_tokens, _read_word_file(args.dirty_words) if args.dirty_words else None,
           _read_word_file(args.blocked_domains) if args.blocked_domains else (), args.quality_threshold, mix,

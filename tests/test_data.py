@@ -384,7 +384,7 @@ def test_build_deterministic_and_trains_missing_tokenizer(tmp_path, monkeypatch)
     outs = [tmp_path / "out0", tmp_path / "out1"]
     # once through the command line (2 workers), once from Python (1 worker), streaming
     # the documents in chunks of ~1,000 characters instead of 8 MB: the same bytes out
-    D.main(["--input", str(root), "--out", str(outs[0]), "--vocab-size", "520", "--seed", "3"])
+    D.main(["--data", str(root), "--out", str(outs[0]), "--vocab-size", "520", "--seed", "3"])
     monkeypatch.setattr(D, "CHUNK_CHARS", 1000)
     D.build(str(outs[1]), [str(root)], None, vocab_size=520, seed=3, workers=1, val_fraction=0.02)
     names = sorted(p.name for p in outs[0].iterdir() if p.name != "timings.json")
