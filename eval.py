@@ -115,9 +115,10 @@ def read_texts(path: str) -> list[str]:
     return texts
 
 
-def held_out_texts(data_dir: str, split: str = "val") -> list[str]:
-    """The documents of a data.py folder's held-out split, decoded to text with the
-    data's own tokenizer (so a model with another vocabulary reads the same text)."""
+def held_out_texts(data_dir: str, split: str = "val", max_tokens: int = 1 << 20) -> list[str]:
+    """The documents of a data.py folder's held-out split (its first max_tokens), decoded
+    to text with the data's own tokenizer (so a model with another vocabulary reads the
+    same text)."""
     meta_path = os.path.join(data_dir, "meta.json")
     try:
         with open(meta_path) as f:
@@ -129,7 +130,7 @@ def held_out_texts(data_dir: str, split: str = "val") -> list[str]:
     from tokenizer import Tokenizer
     tokenizer = Tokenizer(meta["tokenizer"])
     stream = TokenStream(data_dir, meta, split)
-    ids = stream.read(0, stream.n_tokens)
+    ids = stream.read(0, min(stream.n_tokens, max_tokens))
     starts = np.flatnonzero(ids == meta["bos_id"]).tolist() + [len(ids)]  # every document is [bos] .. [eos]
     special = {meta["bos_id"], meta["eos_id"]}
     return [tokenizer.decode([t for t in ids[a:b].tolist() if t not in special]) for a, b in zip(starts, starts[1:])]
