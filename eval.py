@@ -545,6 +545,19 @@ def needle_in_a_haystack(model, tokenizer, haystack: list[int], lengths: list[in
 # 6. The report: eval.json and eval.png
 
 
+def draw_niah(ax, niah: dict, title: str):
+    """The needle heat map on a matplotlib axis: depth (rows) x length (columns), % retrieved."""
+    acc = np.array(niah["accuracy"]) * 100
+    ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(niah["lengths"])), [str(x) for x in niah["lengths"]])
+    ax.set_yticks(range(len(niah["depths"])), [f"{d:.0%}" for d in niah["depths"]])
+    for (i, j), v in np.ndenumerate(acc):
+        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=9)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    ax.set_title(title, fontsize=10)
+
+
 def plot(result: dict, path: str) -> str:
     """Left: the needle heat map (depth x length, % retrieved). Right: benchmark accuracies."""
     import matplotlib
@@ -555,15 +568,7 @@ def plot(result: dict, path: str) -> str:
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4.2), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         if panel == "niah":
-            acc = np.array(niah["accuracy"]) * 100
-            ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
-            ax.set_xticks(range(len(niah["lengths"])), [str(x) for x in niah["lengths"]])
-            ax.set_yticks(range(len(niah["depths"])), [f"{d:.0%}" for d in niah["depths"]])
-            for (i, j), v in np.ndenumerate(acc):
-                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=9)
-            ax.set_xlabel("context length (tokens)")
-            ax.set_ylabel("needle depth")
-            ax.set_title(f"needle in a haystack: % retrieved ({niah['trials']} keys per cell)")
+            draw_niah(ax, niah, f"needle in a haystack: % retrieved ({niah['trials']} keys per cell)")
         else:
             names = list(bench)
             ax.barh(names, [100 * bench[n]["acc"] for n in names], label="acc")
