@@ -171,6 +171,9 @@ class LongContextConfig:
         for flag, text in (("--lengths", self.lengths), ("--eval-lengths", self.eval_lengths)):
             if not re.fullmatch(r"\d+(,\d+)*", text) or min(int(x) for x in text.split(",")) < 128:
                 raise UsageError(f"{flag}: expected comma-separated lengths >= 128, got {text!r}")
+        if not re.fullmatch(r"|off|\d+(\.\d*)?:\d+", self.rope_scaling):
+            raise UsageError(f"--rope-scaling: expected FACTOR:ORIGINAL_LEN (e.g. 4:256), 'off' or '', "
+                             f"got {self.rope_scaling!r}")
 
 
 def measure(cfg: LongContextConfig, ckpt: str, name: str) -> dict:
