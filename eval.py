@@ -517,27 +517,36 @@ def says_key(response: str, key: str) -> bool:
 def needle_in_a_haystack(model, tokenizer, haystack: list[int], lengths: list[int], depths: list[float],
                          trials: int = 4, seed: int = 0, batch_size: int = 16) -> dict:
     """Accuracy of greedy pass-key retrieval per (depth, length), `trials` keys and
-    filler offsets per cell. -> {"lengths", "depths", "accuracy" [depth][length],
-    "by_length" {str(length): acc}, "overall", "examples"}."""
+    filler offsets per cell; and the key's mean log-loss per token given the prompt
+    (teacher-forced: it falls as retrieval is being learned, before any key comes out
+    whole). -> {"lengths", "depths",
+    "accuracy" [depth][length], "by_length" {str(length): acc}, "key_nll_by_length",
+    "overall", "examples"}."""
     rng = random.Random(f"niah/{seed}")
     cells = [(li, di, needle_example(haystack, tokenizer, L, d, random_key(rng), rng.randrange(len(haystack))))
              for li, L in enumerate(lengths) for di, d in enumerate(depths) for _ in range(trials)]
     right = np.zeros((len(depths), len(lengths)))
+    nll, n_tokens = np.zeros(len(lengths)), np.zeros(len(lengths))
     examples = []
     progress = Progress("needle in a haystack", len(cells))
     for start in range(0, len(cells), batch_size):
         batch = cells[start: start + batch_size]
         outs = generate(model, tokenizer, [ex["ids"] for _, _, ex in batch],
                         max_new_tokens=max(len(ex["answer"]) for _, _, ex in batch) + 1, temperature=0.0)
-        for (li, di, ex), ids in zip(batch, outs):
+        scores = score_continuations(model, [[(ex["ids"], ex["answer"])] for _, _, ex in batch],
+                                     pad_id=getattr(tokenizer, "pad_id", 0))
+        for (li, di, ex), ids, (score,) in zip(batch, outs, scores):
             response = tokenizer.decode(ids)
             right[di, li] += says_key(response, ex["key"])
+            nll[li] -= score
+            n_tokens[li] += len(ex["answer"])
             if len(examples) < 2 * len(lengths) and di == len(depths) // 2:
                 examples.append({"length": lengths[li], "key": ex["key"], "response": response})
         progress.update(len(batch))
     accuracy = right / trials
     return {"lengths": lengths, "depths": depths, "trials": trials, "accuracy": accuracy.round(4).tolist(),
             "by_length": {str(L): round(float(accuracy[:, li].mean()), 4) for li, L in enumerate(lengths)},
+            "key_nll_by_length": {str(L): round(float(nll[li] / n_tokens[li]), 4) for li, L in enumerate(lengths)},
             "overall": round(float(accuracy.mean()), 4), "examples": examples, **progress.stats()}
 
 

@@ -166,6 +166,12 @@ def test_needle_in_a_haystack_report_shape(tok):
     r = E.needle_in_a_haystack(model, tok, haystack, [160, 256], [0.0, 1.0], trials=2, batch_size=3)
     assert r["lengths"] == [160, 256] and len(r["accuracy"]) == 2 and len(r["accuracy"][0]) == 2
     assert set(r["by_length"]) == {"160", "256"} and all(0 <= v <= 1 for v in r["by_length"].values())
+    # the key's log-loss per token, as the naive score of the one cell's prompt gives it
+    one = E.needle_in_a_haystack(model, tok, haystack, [160], [0.0], trials=1)
+    rng = random.Random("niah/0")
+    ex = E.needle_example(haystack, tok, 160, 0.0, E.random_key(rng), rng.randrange(len(haystack)))
+    expected = -E.score_one(model, ex["ids"], ex["answer"]) / len(ex["answer"])
+    assert one["key_nll_by_length"]["160"] == pytest.approx(expected, abs=1e-3)
 
 
 # -----------------------------------------------------------------------------
