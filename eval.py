@@ -238,7 +238,11 @@ def score_continuations(model, items: list[list[tuple[list[int], list[int]]]], p
     B, P = prefix.shape
     L = max(len(r) for r in rests)
     S = P + L  # cache slots
-    if S > model.args.max_seq_len:
+    if S > model.args.max_seq_len:  # the longest prefix + the longest rest: left padding wastes slots
+        if len(items) > 1:  # every row fits alone: score the halves
+            half = len(items) // 2
+            return score_continuations(model, items[:half], pad_id, chunk) + \
+                score_continuations(model, items[half:], pad_id, chunk)
         raise ValueError(f"{S} tokens > max_seq_len {model.args.max_seq_len}")
     setup_caches(model, B, S)
     try:

@@ -103,6 +103,17 @@ def test_shared_prefill_scores_equal_scoring_each_choice_alone():
     assert [x for scores in reverse for x in scores] == pytest.approx(flat, abs=1e-4)
 
 
+def test_rows_that_fit_alone_are_scored_even_when_their_batch_would_not():
+    """A long prompt with a short choice and a short prompt with a long one: left-padded
+    together they need 253 + 5 cache slots > max_seq_len 256, yet each fits alone."""
+    model = tiny_model()
+    rng = random.Random(3)
+    items = [[([256] + [rng.randrange(256) for _ in range(252)], [1, 2, 3])],
+             [([256] + [rng.randrange(256) for _ in range(9)], [4, 5, 6, 7, 8])]]
+    scores = E.score_continuations(model, items)
+    assert [s[0] for s in scores] == pytest.approx([E.score_one(model, *it[0]) for it in items], abs=1e-4)
+
+
 def test_choice_scores_equal_transformers():
     pytest.importorskip("transformers")
     import bench
