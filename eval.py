@@ -331,7 +331,8 @@ def parse_row(row) -> tuple[dict | None, str]:
         item, why = _choices_row(ctx, row["endings"], row.get("label"))
         return (item, "hellaswag") if item else (None, why)
     if "goal" in row and "sol1" in row:
-        item, why = _choices_row(f"Question: {row['goal']}\nAnswer:", [row.get("sol1"), row.get("sol2")], row.get("label"))
+        item, why = _choices_row(f"Question: {row['goal']}\nAnswer:", [row.get("sol1"), row.get("sol2")],
+                                 row.get("label"))
         return (item, "piqa") if item else (None, why)
     if "sentence" in row and "option1" in row:
         sentence, options = row["sentence"], [row.get("option1"), row.get("option2")]
@@ -522,35 +523,41 @@ def needle_in_a_haystack(model, tokenizer, haystack: list[int], lengths: list[in
                          trials: int = 4, seed: int = 0, batch_size: int = 16) -> dict:
     """Accuracy of greedy pass-key retrieval per (depth, length), `trials` keys and
     filler offsets per cell; and the key's mean log-loss per token given the prompt
-    (teacher-forced: it falls as retrieval is being learned, before any key comes out
-    whole). -> {"lengths", "depths",
-    "accuracy" [depth][length], "by_length" {str(length): acc}, "key_nll_by_length",
+    (teacher-forced), beside that of a decoy key the haystack does not hold: learning
+    that a number comes lowers both, retrieval only the key's (key < decoy before any
+    key comes out whole). -> {"lengths", "depths", "accuracy" [depth][length],
+    "by_length" {str(length): acc}, "key_nll_by_length", "decoy_nll_by_length",
     "overall", "examples"}."""
-    rng = random.Random(f"niah/{seed}")
+    rng, decoys = random.Random(f"niah/{seed}"), random.Random(f"niah-decoy/{seed}")
     cells = [(li, di, needle_example(haystack, tokenizer, L, d, random_key(rng), rng.randrange(len(haystack))))
              for li, L in enumerate(lengths) for di, d in enumerate(depths) for _ in range(trials)]
     right = np.zeros((len(depths), len(lengths)))
-    nll, n_tokens = np.zeros(len(lengths)), np.zeros(len(lengths))
+    nll, n_tokens = np.zeros((2, len(lengths))), np.zeros((2, len(lengths)))  # key, decoy
     examples = []
     progress = Progress("needle in a haystack", len(cells))
     for start in range(0, len(cells), batch_size):
         batch = cells[start: start + batch_size]
         outs = generate(model, tokenizer, [ex["ids"] for _, _, ex in batch],
                         max_new_tokens=max(len(ex["answer"]) for _, _, ex in batch) + 1, temperature=0.0)
-        scores = score_continuations(model, [[(ex["ids"], ex["answer"])] for _, _, ex in batch],
+        decoy = [tokenizer.encode(" " + random_key(decoys)) for _ in batch]
+        scores = score_continuations(model, [[(ex["ids"], ex["answer"]), (ex["ids"], d)]
+                                             for (_, _, ex), d in zip(batch, decoy)],
                                      pad_id=getattr(tokenizer, "pad_id", 0))
-        for (li, di, ex), ids, (score,) in zip(batch, outs, scores):
+        for (li, di, ex), ids, d, score in zip(batch, outs, decoy, scores):
             response = tokenizer.decode(ids)
             right[di, li] += says_key(response, ex["key"])
-            nll[li] -= score
-            n_tokens[li] += len(ex["answer"])
+            nll[:, li] -= score
+            n_tokens[:, li] += [len(ex["answer"]), len(d)]
             if len(examples) < 2 * len(lengths) and di == len(depths) // 2:
                 examples.append({"length": lengths[li], "key": ex["key"], "response": response})
         progress.update(len(batch))
     accuracy = right / trials
     return {"lengths": lengths, "depths": depths, "trials": trials, "accuracy": accuracy.round(4).tolist(),
             "by_length": {str(L): round(float(accuracy[:, li].mean()), 4) for li, L in enumerate(lengths)},
-            "key_nll_by_length": {str(L): round(float(nll[li] / n_tokens[li]), 4) for li, L in enumerate(lengths)},
+            "key_nll_by_length": {str(L): round(float(nll[0, li] / n_tokens[0, li]), 4)
+                                  for li, L in enumerate(lengths)},
+            "decoy_nll_by_length": {str(L): round(float(nll[1, li] / n_tokens[1, li]), 4)
+                                    for li, L in enumerate(lengths)},
             "overall": round(float(accuracy.mean()), 4), "examples": examples, **progress.stats()}
 
 
@@ -692,7 +699,10 @@ def run(cfg: EvalConfig) -> dict:
             print0(f"needle in a haystack: lengths {lengths}, depths {depths}, {cfg.niah_trials} keys each")
             result["niah"] = needle_in_a_haystack(model, tokenizer, haystack, lengths, depths, cfg.niah_trials,
                                                   cfg.seed, cfg.batch_size)
-            print0("  accuracy by length: " + ", ".join(f"{k}: {v:.0%}" for k, v in result["niah"]["by_length"].items()))
+            print0("  accuracy by length: " + ", ".join(f"{k}: {v:.0%}" for k, v in result["niah"]["by_length"].items())
+                   + "; key vs decoy log-loss: " + ", ".join(
+                       f"{k}: {v:.2f}/{result['niah']['decoy_nll_by_length'][k]:.2f}"
+                       for k, v in result["niah"]["key_nll_by_length"].items()))
         elif name == "tasks":
             result.setdefault("benchmarks", {})["tasks"] = eval_builtin_tasks(model, tokenizer, cfg.n_eval or 500,
                                                                               cfg.seed)

@@ -187,6 +187,7 @@ def measure(cfg: LongContextConfig, ckpt: str, name: str) -> dict:
 
 def summary(record: dict) -> dict:
     return {"niah": record["niah"]["by_length"], "key_nll": record["niah"]["key_nll_by_length"],
+            "decoy_nll": record["niah"]["decoy_nll_by_length"],
             "short_loss": round(record["bpb"]["loss"], 4),
             "bits_per_byte": round(record["bpb"]["bits_per_byte"], 4)}
 

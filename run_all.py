@@ -75,7 +75,8 @@ def long_context_stage(out: str) -> tuple[str, list[str], str]:
     training starts from its model, as the paper's does from the 128K-context one."""
     d = lambda *p: os.path.join(out, *p)  # noqa: E731
     return ("longctx", [PY, "longcontext.py", "--init", d("pretrain", "final"), "--data", d("data"),
-                        "--out", d("longctx")], "long-context stage: context grown in stages, needle before/after (§3.4.2)")
+                        "--out", d("longctx")],
+            "long-context stage: context grown in stages, needle before/after (§3.4.2)")
 
 
 def long_context_summary(out: str) -> dict:

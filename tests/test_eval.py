@@ -183,6 +183,9 @@ def test_needle_in_a_haystack_report_shape(tok):
     ex = E.needle_example(haystack, tok, 160, 0.0, E.random_key(rng), rng.randrange(len(haystack)))
     expected = -E.score_one(model, ex["ids"], ex["answer"]) / len(ex["answer"])
     assert one["key_nll_by_length"]["160"] == pytest.approx(expected, abs=1e-3)
+    decoy = tok.encode(" " + E.random_key(random.Random("niah-decoy/0")))
+    expected = -E.score_one(model, ex["ids"], decoy) / len(decoy)
+    assert one["decoy_nll_by_length"]["160"] == pytest.approx(expected, abs=1e-3)
 
 
 # -----------------------------------------------------------------------------
