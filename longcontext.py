@@ -148,7 +148,9 @@ class LongContextConfig:
     steps: int = arg(40, "optimizer steps per stage (at most: --time-budget-min shortens them)")
     time_budget_min: float = arg(1.2, "minutes per stage (pretrain.py's --time-budget-min; 0 = no limit)")
     tokens_per_step: int = arg(4096, "tokens per optimizer step")
-    lr: float = arg(1e-3, "peak learning rate of each stage (warm-up 3 steps, then cosine)")
+    # 1e-3 cost 0.24 nats of short-context held-out loss in two stages, 3e-4 cost 0.07
+    # (docs/NOTES.md); §3.4.2 ends a stage only once short-context performance has recovered.
+    lr: float = arg(3e-4, "peak learning rate of each stage (warm-up 3 steps, then cosine)")
     rope_theta: float = arg(0.0, "RoPE θ for the stage (0 = the model's; ablation: 10000)")
     rope_scaling: str = arg("", "Llama 3.1 frequency scaling 'FACTOR:ORIGINAL_LEN', 'off', '' = the model's")
     eval_lengths: str = arg("256,512,1024", "needle lengths measured before and after (past the last stage "
