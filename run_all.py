@@ -164,7 +164,7 @@ SECTIONS = {  # stage -> (record files, fields worth showing)
     "tokenizer": (["tokenizer/stats.json"], ("n_words", "chars_per_token", "tokenizer")),
     "pretrain": (["pretrain/report.json"], ("loss", "steps", "tokens", "seconds", "mfu", "parameters",
                                             "world_size")),
-    "longctx": (["longctx/report.json"], ("before.", "after.", "seq_len", "short_loss", "bits_per_byte",
+    "longctx": (["longctx/report.json"], ("niah.", "seq_len", "short_loss", "bits_per_byte",
                                           "rope_theta", "seconds")),
     "sft": (["sft/report.json"], ("accuracy", "loss", "steps", "seconds", "tokens")),
     "reward": (["reward/report.json"], ("accuracy", "margin", "loss", "steps", "seconds")),
