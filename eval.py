@@ -513,6 +513,15 @@ def random_key(rng: random.Random) -> str:
     return str(rng.randrange(10000, 100000))  # 5 digits, as the pass-key test
 
 
+def decoy_for(answer: list[int], tokenizer, rng: random.Random) -> list[int]:
+    """Another key's ids, as many tokens as the answer (so it fits where the answer does)."""
+    for _ in range(1000):
+        ids = tokenizer.encode(" " + random_key(rng))
+        if len(ids) == len(answer):
+            return ids
+    raise ValueError("no decoy key tokenizes to the answer's length")
+
+
 def says_key(response: str, key: str) -> bool:
     """Right when the response starts with the key (and no more digits): ' 48213.' yes, ' 482130' no."""
     m = re.match(r"\s*(\d+)", response)
@@ -539,7 +548,7 @@ def needle_in_a_haystack(model, tokenizer, haystack: list[int], lengths: list[in
         batch = cells[start: start + batch_size]
         outs = generate(model, tokenizer, [ex["ids"] for _, _, ex in batch],
                         max_new_tokens=max(len(ex["answer"]) for _, _, ex in batch) + 1, temperature=0.0)
-        decoy = [tokenizer.encode(" " + random_key(decoys)) for _ in batch]
+        decoy = [decoy_for(ex["answer"], tokenizer, decoys) for _, _, ex in batch]
         scores = score_continuations(model, [[(ex["ids"], ex["answer"]), (ex["ids"], d)]
                                              for (_, _, ex), d in zip(batch, decoy)],
                                      pad_id=getattr(tokenizer, "pad_id", 0))

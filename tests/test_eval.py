@@ -166,6 +166,13 @@ def test_needle_goes_where_the_generator_says(tok, depth):
     assert ids[1: ex["needle_at"]] == [haystack[(7 + i) % len(haystack)] for i in range(ex["needle_at"] - 1)]
 
 
+def test_needle_fills_the_whole_context(tok):
+    """Prompts of exactly max_seq_len tokens (answer included) are generated and scored."""
+    model = tiny_model()  # max_seq_len 256
+    r = E.needle_in_a_haystack(model, tok, tok.encode("Filler text. " * 50), [256], [0.0, 0.5, 1.0], trials=2)
+    assert set(r["key_nll_by_length"]) == set(r["decoy_nll_by_length"]) == {"256"}
+
+
 def test_says_key():
     assert E.says_key(" 48213.", "48213") and E.says_key("48213", "48213")
     assert not E.says_key(" 482130", "48213") and not E.says_key(" the 48213", "48213")
@@ -183,7 +190,7 @@ def test_needle_in_a_haystack_report_shape(tok):
     ex = E.needle_example(haystack, tok, 160, 0.0, E.random_key(rng), rng.randrange(len(haystack)))
     expected = -E.score_one(model, ex["ids"], ex["answer"]) / len(ex["answer"])
     assert one["key_nll_by_length"]["160"] == pytest.approx(expected, abs=1e-3)
-    decoy = tok.encode(" " + E.random_key(random.Random("niah-decoy/0")))
+    decoy = E.decoy_for(ex["answer"], tok, random.Random("niah-decoy/0"))
     expected = -E.score_one(model, ex["ids"], decoy) / len(decoy)
     assert one["decoy_nll_by_length"]["160"] == pytest.approx(expected, abs=1e-3)
 
