@@ -6,9 +6,10 @@ Stage: long-context pre-training. §3.4.2: Llama 3 is pre-trained at 8K tokens, 
 context grows to 128K in six stages (~800B tokens); "a stage ends when short-context
 performance has recovered and needle-in-a-haystack is solved at that length". Ours: the
 default model is pre-trained at 256 tokens (pretrain.py), then continues at 512, then
-1,024, a fixed number of steps each (a couple of minutes on 2 CPU cores in all), with
-eval.py before and after every stage: needle accuracy per length and the short-context
-(256-token windows) held-out loss.
+1,024, a fixed time each (1.2 minutes of training; 5-8 minutes in all with the
+evaluations on 2 busy CPU cores), with eval.py before and after every stage: needle
+accuracy per length and the short-context (256-token windows) held-out loss. At this
+scale the model learns the answer's format but not the look-up (docs/NOTES.md).
 
 What a small model needs to learn retrieval in minutes. Long documents alone would not
 teach it: a 15M-parameter model pre-trained for a few minutes has never needed to look
