@@ -44,10 +44,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -155,6 +156,12 @@ class PretrainConfig(TrainConfig):
     long_context_seq_len: int = arg(1024, "sequence length of the long-context stage")
     anneal_data_fraction: float = arg(0.3, "share of annealing rows from data.py's 'anneal' split "
                                            "(§3.1.3: 30% new data, 70% default mix)")
+    # A later stage starts from an earlier one's weights: §3.4.2's long-context stage
+    # (longcontext.py) is `--init out/pretrain/final --seq-len 1024 --data <its data>`.
+    init: str = arg("", "start from this checkpoint's weights (any format) instead of --model's random ones")
+    rope_theta: float = arg(0.0, "RoPE θ (0 = the model's: 500,000 for Llama 3, §3.2; Llama 2 had 10,000)")
+    rope_scaling: str = arg("", "Llama 3.1 RoPE frequency scaling 'FACTOR:ORIGINAL_LEN' (e.g. '4:256'), "
+                                "'off', or '' = the model's")
     eval_tokens: int = arg(32768, "held-out tokens per evaluation (global)")
     # §3.3.2's other two dimensions (parallel.py). World = dp x pp x cp x tp.
     cp: int = arg(1, "context-parallel degree: each sequence split over this many ranks (seq len % 2cp == 0)")
@@ -188,6 +195,9 @@ class PretrainConfig(TrainConfig):
                 get_schedule_class(self.pp_schedule)
             except ValueError as e:
                 raise UsageError(f"--pp-schedule: {e}") from None
+        if self.rope_theta < 0 or not re.fullmatch(r"|off|\d+(\.\d*)?:\d+", self.rope_scaling):
+            raise UsageError(f"--rope-theta must be >= 0 and --rope-scaling FACTOR:ORIGINAL_LEN, 'off' or '' "
+                             f"(got {self.rope_theta!r}, {self.rope_scaling!r})")
 
 
 # -----------------------------------------------------------------------------
@@ -245,6 +255,19 @@ def stage_at(cfg: PretrainConfig, step: int, total_steps: int) -> tuple[int, int
     if cfg.long_context_steps > 0 and step >= total_steps - cfg.long_context_steps:
         seq_len = cfg.long_context_seq_len
     return seq_len, tokens
+
+
+def rope_overrides(cfg: PretrainConfig) -> dict:
+    """--rope-theta / --rope-scaling as ModelArgs fields. '4:256' stretches the RoPE
+    wavelengths longer than 256 tokens 4x (model.rope_frequencies), as Llama 3.1 does
+    with 8:8192; with θ this is the ablation of longcontext.py."""
+    fields = {"rope_theta": cfg.rope_theta} if cfg.rope_theta else {}
+    if cfg.rope_scaling == "off":
+        fields["use_scaled_rope"] = False
+    elif cfg.rope_scaling:
+        factor, original = cfg.rope_scaling.split(":")
+        fields.update(use_scaled_rope=True, rope_scale_factor=float(factor), rope_original_max_seq_len=int(original))
+    return fields
 
 
 def longest_seq_len(cfg: PretrainConfig) -> int:
@@ -626,22 +649,37 @@ def main(argv=None) -> int:
            f"tokens, vocabulary {meta['vocab_size']:,} ({cfg.data})")
 
     # ---- model: the vocabulary comes from the tokenizer the data was built with ---
-    model_args = ModelArgs.from_name(cfg.model, vocab_size=meta["vocab_size"],
-                                     max_seq_len=max(longest_seq_len(cfg), ModelArgs.from_name(cfg.model).max_seq_len))
     # Mixed precision: train() runs every forward under bf16 autocast (fp32 master
     # weights). On GPUs FSDP2 also all-gathers the weights in bf16 (half the traffic,
     # torchtitan's setting); on CPU (gloo) we keep fp32 communication -- it is cheap there.
     bf16_gpu = dist.device.type == "cuda" and train_dtype(cfg, dist) == torch.bfloat16
+    parallel_kw = dict(param_dtype="bf16" if bf16_gpu else "fp32", activation_checkpointing=cfg.activation_checkpointing,
+                       compile=cfg.compile, reshard_after_forward=cfg.reshard_after_forward)
     try:
-        model = parallel.build_model(model_args, dist, seed=cfg.seed, param_dtype="bf16" if bf16_gpu else "fp32",
-                                     activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
-                                     reshard_after_forward=cfg.reshard_after_forward, pp_schedule=cfg.pp_schedule,
-                                     pp_microbatches=cfg.pp_microbatches, pp_stages_per_rank=cfg.pp_stages_per_rank)
+        if cfg.init:  # an earlier stage's weights; RoPE (not a weight) may change with the context
+            if cfg.pp > 1:
+                raise ValueError("--init with --pp: not supported (start from the checkpoint with --resume instead)")
+            checkpoint.check_tokenizer(cfg.init, meta.get("tokenizer"))
+            model, init_args = checkpoint.load_model(cfg.init, device=dist.device)
+            if init_args.vocab_size != meta["vocab_size"]:
+                raise UsageError(f"--init {cfg.init}: vocabulary {init_args.vocab_size} != the data's {meta['vocab_size']}")
+            model.args = model_args = replace(init_args, max_seq_len=max(longest_seq_len(cfg), init_args.max_seq_len),
+                                              **rope_overrides(cfg))
+            model.reset_rope()
+            model = parallel.parallelize(model, dist, **parallel_kw)
+        else:
+            longest = max(longest_seq_len(cfg), ModelArgs.from_name(cfg.model).max_seq_len)
+            model_args = ModelArgs.from_name(cfg.model, vocab_size=meta["vocab_size"], max_seq_len=longest,
+                                             **rope_overrides(cfg))
+            model = parallel.build_model(model_args, dist, seed=cfg.seed, pp_schedule=cfg.pp_schedule,
+                                         pp_microbatches=cfg.pp_microbatches,
+                                         pp_stages_per_rank=cfg.pp_stages_per_rank, **parallel_kw)
     except ValueError as e:  # a layout this model cannot take (tied embeddings with --pp, heads % tp, ...)
         raise UsageError(str(e)) from None
     model.train()
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
-    print0(f"model {cfg.model}: {count_params(model_args):,} parameters, "
+    print0(f"model {cfg.init or cfg.model}: {count_params(model_args):,} parameters, RoPE θ "
+           f"{model_args.rope_theta:,.0f}{' scaled' if model_args.use_scaled_rope else ''}, "
            f"{flops_per_token(model_args, cfg.seq_len) / 1e6:.1f} MFLOPs/token at seq {cfg.seq_len}")
     rows = cfg.tokens_per_step // cfg.seq_len
     print0(f"batch: {cfg.tokens_per_step:,} tokens/step = {rows} rows of {cfg.seq_len}, "
@@ -660,7 +698,8 @@ def main(argv=None) -> int:
     losses = result["losses"]
     report = {
         "status": "stopped" if result["final_dir"] is None else "done",
-        "model": cfg.model, "parameters": count_params(model_args), "world_size": dist.world_size,
+        "model": cfg.model, "init": cfg.init or None, "parameters": count_params(model_args),
+        "world_size": dist.world_size,
         "steps": result["step"], "total_steps": result["total_steps"],
         "first_loss": losses[min(losses)] if losses else None,
         "last_loss": losses[max(losses)] if losses else None, **result["last_eval"],

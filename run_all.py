@@ -6,6 +6,7 @@ process with its output streamed):
   data       §3.1    data.py       curate the built-in corpus, train the BPE, write shards
   tokenizer  §3.2    tokenizer.py  characters per token, ours vs Meta's (if installed)
   pretrain   §3.4    pretrain.py   torchrun, 2 ranks (FSDP2), a few minutes
+  longctx    §3.4.2  longcontext.py  context 256 -> 512 -> 1024, needle in a haystack before/after
   sft        §4.1.3  sft.py        supervised fine-tuning on the built-in tasks
   reward     §4.1.2  reward.py     the reward model on preference pairs
   rejection  §4.2.2  reward.py     best-of-K rejection sampling with the reward model
@@ -52,7 +53,8 @@ def stages(out: str) -> list[tuple[str, list[str], str]]:
                        "--out", d("tokenizer", "stats.json")], "characters per token (§3.2)"),
         ("pretrain", torchrun + ["pretrain.py", "--data", d("data"), "--out", d("pretrain")],
          "FSDP2 pre-training on 2 ranks (§3.4)"),
-        ("sft", [PY, "sft.py", "--init", d("pretrain", "final"), "--out", d("sft"),
+        long_context_stage(out),
+        ("sft", [PY, "sft.py", "--init", d("longctx", "final"), "--out", d("sft"),
                  "--tokenizer", d("data", "tokenizer.model")], "supervised fine-tuning (§4.1.3)"),
         ("reward", [PY, "reward.py", "--init", d("sft", "final"), "--out", d("reward")],
          "reward model (§4.1.2)"),
@@ -65,6 +67,28 @@ def stages(out: str) -> list[tuple[str, list[str], str]]:
         ("chat", [PY, "sample.py", "--ckpt", d("dpo", "final"), "--chat", "--temperature", "0"],
          "a scripted chat with the final model (§6)"),
     ]
+
+
+def long_context_stage(out: str) -> tuple[str, list[str], str]:
+    """§3.4.2: grow the pre-trained model's context in stages, measured with eval.py
+    before and after (needle accuracy per length, short-context held-out loss). Post-
+    training starts from its model, as the paper's does from the 128K-context one."""
+    d = lambda *p: os.path.join(out, *p)  # noqa: E731
+    return ("longctx", [PY, "longcontext.py", "--init", d("pretrain", "final"), "--data", d("data"),
+                        "--out", d("longctx")],
+            "long-context stage: context grown in stages, needle before/after (§3.4.2)")
+
+
+def long_context_summary(out: str) -> dict:
+    """summary.json's share of the long-context stage: needle accuracy per length before
+    and after it, and the pre-trained model's held-out bits per byte (eval.py)."""
+    record = _load(os.path.join(out, "longctx", "report.json"))
+    if record is None:
+        return {}
+    return {"niah": {"before": record["before"]["niah"], "after": record["after"]["niah"]},
+            "pretrain": {"bits_per_byte": record["before"]["bits_per_byte"]},
+            "longctx": {"short_loss_before": record["before"]["short_loss"],
+                        "short_loss_after": record["after"]["short_loss"]}}
 
 
 def _resolve(cmd: list[str]) -> list[str]:
@@ -140,6 +164,8 @@ SECTIONS = {  # stage -> (record files, fields worth showing)
     "tokenizer": (["tokenizer/stats.json"], ("n_words", "chars_per_token", "tokenizer")),
     "pretrain": (["pretrain/report.json"], ("loss", "steps", "tokens", "seconds", "mfu", "parameters",
                                             "world_size")),
+    "longctx": (["longctx/report.json"], ("niah.", "seq_len", "short_loss", "bits_per_byte",
+                                          "rope_theta", "seconds")),
     "sft": (["sft/report.json"], ("accuracy", "loss", "steps", "seconds", "tokens")),
     "reward": (["reward/report.json"], ("accuracy", "margin", "loss", "steps", "seconds")),
     "rejection": (["rejection/report.json"], ("correct", "rate", "k", "prompts", "seconds")),
@@ -179,6 +205,10 @@ def write_report(out: str, timings: dict):
             found = True
         if not found:
             lines += ["(no record: stage not run)", ""]
+    summary = {**(_load(os.path.join(out, "summary.json")) or {}), **long_context_summary(out)}
+    if summary:
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
     path = os.path.join(out, "REPORT.md")
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -590,3 +590,18 @@ def test_interrupt_saves_exits_and_resumes_exactly(data_dir, two_rank_reference,
     assert losses_of(out) == losses_of(two_rank_reference)
     ref_w, got_w = final_weights(two_rank_reference), final_weights(out)
     assert all(torch.equal(got_w[k], ref_w[k]) for k in ref_w)
+
+
+def test_init_continues_from_a_checkpoint_with_new_rope(data_dir, reference, tmp_path):
+    """--init starts from a checkpoint's weights (the long-context stage: longer rows,
+    RoPE θ and the 3.1 scaling changed), not from random ones."""
+    out = str(tmp_path / "longer")
+    assert run_inprocess(data_dir, out, "--init", os.path.join(reference, "final"), "--seq-len", "64",
+                         "--rope-theta", "10000", "--rope-scaling", "2:32", "--max-steps", "2") == 0
+    first_random, last_reference = losses_of(reference)[1], losses_of(reference)[6]
+    assert losses_of(out)[1] < (first_random + last_reference) / 2  # starts where the reference ended
+    _, args = checkpoint.load_model(os.path.join(out, "final"))
+    assert (args.rope_theta, args.use_scaled_rope, args.rope_scale_factor, args.rope_original_max_seq_len) == \
+        (10000.0, True, 2.0, 32)
+    with pytest.raises(SystemExit):
+        common.parse_config(pretrain.PretrainConfig, ["--rope-scaling", "fast"])

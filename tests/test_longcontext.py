@@ -1,0 +1,57 @@
+"""Tests of longcontext.py: a training row is exactly its length, holds the needle before
+every question and ends with the answer; the data folder is what pretrain.py reads; bad
+flags are one-line errors. (The stage itself runs in run_all.py; its numbers are in
+docs/NOTES.md.)"""
+import json
+import random
+
+import numpy as np
+import pytest
+
+import eval as E
+import longcontext as LC
+
+
+def test_training_document_has_the_needle_then_its_answers(tok):
+    filler = tok.encode("Some filler sentence here. Another one follows it.\n" * 20)
+    for seed in range(20):  # depths anywhere, the needle last included
+        rng = random.Random(seed)
+        ids = LC.training_document(filler[:300], tok, 300, rng, queries=3, spans=2)
+        assert len(ids) == 300 and ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+        text = tok.decode(ids[1:-1])
+        key = text.split("The pass key is ")[1][:5]
+        assert text.endswith(f"{E.QUESTION} {key}")  # the last question, answered, at the very end
+        assert text.count(f"{E.QUESTION} {key}") == 3  # every answer is the needle's key
+        assert text.index(E.NEEDLE.format(key=key)) < text.index(E.QUESTION)
+
+
+def test_data_folder_reads_as_pretrain_data(tmp_path, tok_path):
+    src = tmp_path / "data"
+    src.mkdir()
+    from tokenizer import Tokenizer
+    tok = Tokenizer(tok_path)
+    docs = [[tok.bos_id] + tok.encode(f"Document {i}. " * 30) + [tok.eos_id] for i in range(20)]
+    train = np.array(sum(docs, []), dtype=np.uint32)
+    train.tofile(src / "train_000.bin")
+    train[:1000].tofile(src / "val_000.bin")
+    meta = {"tokenizer": tok_path, "vocab_size": 512, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "dtype": "uint32",
+            "splits": {"train": {"files": ["train_000.bin"], "tokens": len(train)},
+                       "val": {"files": ["val_000.bin"], "tokens": 1000}}}
+    (src / "meta.json").write_text(json.dumps(meta))
+    out = tmp_path / "lc"
+    record = LC.write_long_context_data(str(src), str(out), seq_len=256, n_docs=5)
+    rows = np.fromfile(out / "train_000.bin", dtype=np.uint32).reshape(5, 256)
+    assert (rows[:, 0] == tok.bos_id).all() and (rows[:, -1] == tok.eos_id).all()
+    assert ((rows == tok.bos_id).sum(1) == 1).all()  # no document break inside a row: the needle stays visible
+    assert record["splits"]["train"]["tokens"] == 5 * 256
+    assert (out / "val_000.bin").read_bytes() == (src / "val_000.bin").read_bytes()  # the same held-out text
+
+
+@pytest.mark.parametrize("argv, message", [(["--lengths", "512,abc"], "--lengths"),
+                                           (["--eval-lengths", "64"], "--eval-lengths"),
+                                           (["--rope-scaling", "x"], "--rope-scaling"),
+                                           (["--steps", "0"], "--steps")])
+def test_bad_flags_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        LC.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
