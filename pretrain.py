@@ -317,6 +317,26 @@ def _step_dir(ckpt_dir: str, step: int) -> str:
     return os.path.join(ckpt_dir, f"step_{step:08d}")  # checkpoint.save_checkpoint's naming
 
 
+def fit_time_budget(cfg: TrainConfig, step: int, total_steps: int, per_step: float, overhead: float,
+                    elapsed: float, dist) -> int:
+    """The number of steps that ends training within cfg.time_budget_min, from the
+    seconds per step measured so far (warm-up/compilation left out) plus evaluation and
+    checkpoint seconds per step (before the first of those: 15% of a step). Never more
+    than cfg.max_steps, never fewer than step + 1; every rank agrees (the minimum)."""
+    per_step_all = per_step + (overhead if overhead > 0 else 0.15 * per_step)
+    fit = step + int((cfg.time_budget_min * 60 - elapsed) / per_step_all)
+    fit_t = torch.tensor(min(cfg.max_steps, max(step + 1, fit)), device=dist.device)
+    if dist.world_size > 1:  # every rank must agree on the schedule
+        torch.distributed.all_reduce(fit_t, op=torch.distributed.ReduceOp.MIN)
+    new_total = int(fit_t)
+    if new_total != total_steps and (abs(new_total - total_steps) >= 0.05 * total_steps or step < 10):
+        print0(f"time budget {cfg.time_budget_min:g} min at {per_step:.2f} s/step (+{overhead:.2f} s/step "
+               f"eval and checkpoints): {new_total} steps (was {total_steps})")
+        if cfg.anneal_steps > new_total:
+            print0(f"{flag('anneal_steps')} {cfg.anneal_steps} is longer than the shortened run: annealing all")
+    return new_total
+
+
 def start_run(cfg: TrainConfig):
     """What every training stage does first -> (dist, logger), or None when cfg.out
     holds a finished run (its record is kept; a new run needs a new --out). Then:
@@ -472,27 +492,20 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
             if seq_len:
                 # 6N + attention FLOPs per token (PaLM appendix B) over the peak of all ranks.
                 mfu = flops_per_token(model_args, seq_len) * tok_s / (peak * dist.world_size)
-            if cfg.time_budget_min > 0 and len(step_times) == 3 and not start_state.get("total_steps"):
-                # Fit the run into the time budget, from the speed of steps 2-3 (step 1
-                # pays for warm-up) with 15% kept for evaluation and checkpoints.
-                per_step = sum(step_times[1:]) / 2
-                fit = int((cfg.time_budget_min * 60 - (time.time() - t_run)) * 0.85 / per_step) + step
-                fit = torch.tensor(fit, device=dist.device)
-                if dist.world_size > 1:  # every rank must agree on the schedule
-                    torch.distributed.all_reduce(fit, op=torch.distributed.ReduceOp.MIN)
-                new_total = min(total_steps, max(step + 1, int(fit)))  # never longer than asked
-                if new_total != total_steps:
-                    print0(f"time budget {cfg.time_budget_min} min at {per_step:.2f} s/step: "
-                           f"training {new_total} steps instead of {total_steps}")
-                    total_steps = new_total
-                    if cfg.anneal_steps > total_steps:
-                        print0(f"{flag('anneal_steps')} {cfg.anneal_steps} is longer than the shortened "
-                               f"run: annealing all {total_steps} steps")
-            recent = step_times[-10:]
-            eta = (total_steps - step) * sum(recent) / len(recent)
+            # The first steps pay for warm-up (with --compile: for compilation); the ETA and
+            # the time budget use the steps after them, re-estimated every 10 steps until
+            # annealing starts (a busy machine that calms down gets its steps back).
+            timed = step_times[(2 if cfg.compile else 1):][-20:]
+            per_step = sum(timed) / len(timed) if timed else step_times[-1]
+            overhead = max(0.0, time.time() - t_run - sum(step_times)) / len(step_times)  # eval, checkpoints
+            if (cfg.time_budget_min > 0 and timed and (len(timed) == 1 or step % 10 == 0)
+                    and not start_state.get("total_steps") and step < total_steps - cfg.anneal_steps):
+                total_steps = fit_time_budget(cfg, step, total_steps, per_step, overhead, time.time() - t_run, dist)
+            eta = (total_steps - step) * (per_step + overhead)
+            eta_field = {"eta_s": round(eta, 1)} if timed else {"eta": "compiling" if cfg.compile else "warm-up"}
             if step % cfg.log_every == 0 or step == total_steps:
                 logger.log(step, loss=loss_v, lr=lr, grad_norm=norm_v, tok_s=tok_s, mfu=mfu,
-                           eta_s=round(eta, 1), **extra_metrics)
+                           **eta_field, **extra_metrics)
 
             # ---- evaluation and checkpoints ---------------------------------------------
             if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
