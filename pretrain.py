@@ -69,8 +69,8 @@ class TrainConfig:
     reward, dpo) has a config that extends this one with its own model/data fields."""
     out: str = arg("out/pretrain", "where checkpoints, logs and the final model go")
     max_steps: int = arg(300, "optimizer steps (the cosine schedule is laid over these)")
-    time_budget_min: float = arg(0.0, "if > 0: after a few timed steps, shorten the run "
-                                      "(max_steps) so that it ends within this many minutes")
+    time_budget_min: float = arg(0.0, "if > 0: fit the run (at most max_steps) into this many minutes, "
+                                      "re-estimated from the measured step time every 10 steps")
     lr: float = arg(3e-3, "peak learning rate (§3.4.1: 8e-5 for 405B; small models take more)")
     min_lr_ratio: float = arg(0.01, "cosine decays to this fraction of the peak (§3.4.1: 1%)")
     warmup_steps: int = arg(20, "linear warm-up steps (§3.4.1: 8,000)")
@@ -119,31 +119,32 @@ class TrainConfig:
 @dataclass
 class PretrainConfig(TrainConfig):
     """Pre-training (§3.4): every field is a --kebab-case flag."""
-    # The default run: small-15m on the built-in corpus, 2 ranks on a 2-core CPU, in
-    # 4-5 minutes; --time-budget-min shortens the schedule on a slower machine. In a run
-    # this short, more (noisier) steps of 4,096 tokens beat fewer bigger ones.
-    max_steps: int = arg(160, "optimizer steps (the cosine schedule is laid over these)")
-    time_budget_min: float = arg(4.5, "if > 0: after a few timed steps, shorten the run "
-                                      "(max_steps) so that training ends within this many minutes")
-    lr: float = arg(2e-3, "peak learning rate (§3.4.1: 8e-5 for 405B; small models take more)")
-    # §3.4.1 warms up over 8,000 of 1,200,000 steps (0.7%); a run of 160 steps needs
-    # relatively more: 10%.
+    # The default run: 4.5 minutes on 2 ranks of a 2-core CPU, the built-in corpus, and
+    # the model the scaling laws (§3.2.1) choose for that budget: `python scaling.py`
+    # measured dial-4 (1.25M parameters) as compute-optimal there; the time budget sets
+    # the number of steps (max_steps is only a cap).
+    max_steps: int = arg(3000, "optimizer steps (the cosine schedule is laid over these)")
+    time_budget_min: float = arg(4.5, "if > 0: fit the run (at most max_steps) into this many minutes, "
+                                      "re-estimated from the measured step time every 10 steps")
+    lr: float = arg(5e-3, "peak learning rate (§3.4.1: 8e-5 for 405B; small models take more)")
+    # §3.4.1 warms up over 8,000 of 1,200,000 steps (0.7%); our runs of a few hundred
+    # steps need relatively more.
     warmup_steps: int = arg(16, "linear warm-up steps (§3.4.1: 8,000)")
     # §3.4.3 anneals the last 40M tokens (of ~15.6T: a tiny fraction) and averages the
-    # checkpoints saved meanwhile. Ours: the last 10% of the steps, 4 checkpoints.
+    # checkpoints saved meanwhile. Ours: the last 16 steps, 4 checkpoints.
     anneal_steps: int = arg(16, "last N steps: LR linearly to 0, Polyak-average checkpoints (§3.4.3)")
-    eval_every: int = arg(40, "evaluate held-out loss every N steps (0 = only at the end)")
-    ckpt_every: int = arg(40, "checkpoint every N steps (and always at the end)")
+    eval_every: int = arg(100, "evaluate held-out loss every N steps (0 = only at the end)")
+    ckpt_every: int = arg(100, "checkpoint every N steps (and always at the end)")
     # The model: a name from model.CONFIGS; the vocabulary comes from the data.
-    model: str = arg("small-15m", "model.ModelArgs.from_name name (small-15m, llama3-8b, ...)")
+    model: str = arg("dial-4", "model.ModelArgs.from_name name (dial-4, small-15m, llama3-8b, ...)")
     data: str = arg(DEFAULT_DATA, f"data.py output folder (only {DEFAULT_DATA} is built if missing)")
-    # The batch. §3.4.1: 4M tokens per step in sequences of 4,096 at first. Ours: 4K
-    # tokens per step in sequences of 256, i.e. 16 rows, split over the ranks and into
-    # gradient-accumulation micro-batches of batch_size rows (2 ranks: 8 rows each, no
-    # accumulation; 1 process: 2 micro-batches of 8).
+    # The batch. §3.4.1: 4M tokens per step in sequences of 4,096 at first. Ours: 2K
+    # tokens per step in sequences of 256, i.e. 8 rows, split over the ranks and into
+    # gradient-accumulation micro-batches of batch_size rows (2 ranks: 4 rows each;
+    # 1 process: 1 micro-batch of 8). scaling.py's batch for this budget.
     seq_len: int = arg(256, "training sequence length (tokens per row)")
     batch_size: int = arg(8, "rows per micro-batch per rank (at --seq-len)")
-    tokens_per_step: int = arg(4096, "global tokens per optimizer step (grad accumulation)")
+    tokens_per_step: int = arg(2048, "global tokens per optimizer step (grad accumulation)")
     # §3.4.1-3.4.2: the batch and the context grow during training.
     seq_len_schedule: str = arg("", "sequence-length growth, 'step:len,...' e.g. '0:128,200:256'")
     batch_schedule: str = arg("", "tokens-per-step growth, 'step:tokens,...' e.g. '0:8192,100:16384'")

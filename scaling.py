@@ -10,7 +10,7 @@ method has two steps, and this file runs both, with pretrain.py's training loop:
 1. IsoFLOPs curves. A budget C buys D = C / (6·N) training tokens for a model of N
    parameters (N without the embeddings; 6 FLOPs per parameter and token: forward 2,
    backward 4). At each budget we train several sizes of one size dial (model.py's
-   dial-w: 4 layers of width 32·w), each with a cosine schedule that decays to 10% of
+   dial-w: 4 layers of width 16·w), each with a cosine schedule that decays to 10% of
    its peak (as the paper's scaling runs), and fit a second-degree polynomial of the
    held-out loss against log N. Its minimum is the compute-optimal model N*(C), D*(C).
    A power law through the minima, D*(C) = A·C^α (the paper: α = 0.53, A = 0.29), and
@@ -73,18 +73,16 @@ class ScalingConfig:
     quick: bool = arg(False, "a reduced grid (~6 min on 2 cores): fewer budgets, sizes and SFT runs")
     budgets: str = arg("", "compute budgets in FLOPs, comma-separated (default: the full or the quick grid)")
     sizes: int = arg(0, "dial sizes per budget, around a first guess of the optimum (default 5; quick 4)")
-    dial: str = arg("1-12", "the dial sizes available, 'first-last' (model.py's dial-w: width 32·w)")
+    dial: str = arg("1-16", "the dial sizes available, 'first-last' (model.py's dial-w: width 16·w)")
     extrapolate: float = arg(4.0, "train the predicted compute-optimal model at this multiple of the largest budget")
-    tokens_per_step: int = arg(2048, "the largest batch, in tokens; a budget whose largest model would get "
-                                     "fewer than --min-steps steps uses a smaller one (the paper fixes one per budget)")
-    min_steps: int = arg(64, "the fewest optimizer steps a run should get (sets the batch of small budgets)")
+    tokens_per_step: int = arg(2048, "the largest batch, in tokens (a budget's batch grows as its square root)")
     seq_len: int = arg(256, "training sequence length")
-    max_epochs: float = arg(1.0, "leave out the sizes that would repeat the training data more than this")
+    max_epochs: float = arg(1.5, "leave out the sizes that would repeat the training data more than this")
     sft_runs: int = arg(-1, "models to fine-tune for step 2, spread over the losses (default 7; quick 3)")
     sft_steps: int = arg(100, "optimizer steps of each step-2 SFT (sft.py's default is 200)")
     n_eval: int = arg(200, "held-out task prompts of each step-2 SFT")
     default_minutes: float = arg(4.5, "the pipeline's pre-training time budget (pretrain.py --time-budget-min)")
-    speed_dial: str = arg("", "dial sizes whose tokens/s decide the default model (default '2-7'; quick '2-5')")
+    speed_dial: str = arg("", "dial sizes whose tokens/s decide the default model (default '2-8'; quick '2-6')")
     speed_ranks: int = arg(2, "ranks of the speed measurement (2: torchrun, as the pipeline; 1: this process)")
     speed_steps: int = arg(12, "optimizer steps of each speed measurement (the first 2 are not counted)")
     speed_repeats: int = arg(-1, "repeats of the speed measurement, interleaved (default 2; quick 1)")
@@ -100,7 +98,7 @@ class ScalingConfig:
             raise UsageError(f"--extrapolate must be >= 1 (got {self.extrapolate!r})")
         if self.speed_steps < 3:
             raise UsageError(f"--speed-steps must be >= 3: the first 2 are not timed (got {self.speed_steps!r})")
-        for name in ("tokens_per_step", "min_steps", "seq_len", "sft_steps", "n_eval", "speed_ranks"):
+        for name in ("tokens_per_step", "seq_len", "sft_steps", "n_eval", "speed_ranks"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)!r})")
         if self.tokens_per_step % self.seq_len:
@@ -109,8 +107,8 @@ class ScalingConfig:
 
 # The two grids. Budgets 3x apart; the full grid's largest budget costs ~1-2 minutes
 # per size on 2 idle cores, the extrapolation ~5, the step-2 SFTs ~1 each.
-FULL = dict(budgets="5e10,1.5e11,4e11,1e12", sizes=5, sft_runs=7, speed_dial="2-7", speed_repeats=2)
-QUICK = dict(budgets="2e10,6e10,2e11", sizes=4, sft_runs=3, speed_dial="2-5", speed_repeats=1)
+FULL = dict(budgets="5e10,1e11,2e11,4e11", sizes=5, sft_runs=7, speed_dial="2-8", speed_repeats=2)
+QUICK = dict(budgets="2e10,5e10,1.2e11", sizes=4, sft_runs=3, speed_dial="2-6", speed_repeats=1)
 
 
 def resolve(cfg: ScalingConfig) -> ScalingConfig:
@@ -138,7 +136,7 @@ def parse_list(text: str, what: str) -> list[float]:
 
 
 def dial(w: int, vocab_size: int) -> M.ModelArgs:
-    """model.py's dial-w with the data's vocabulary: 4 layers of width 32·w, 4 query
+    """model.py's dial-w with the data's vocabulary: 4 layers of width 16·w, 4 query
     heads sharing 2 KV heads (GQA), SwiGLU -- every Llama 3 feature at any size. A
     width dial at a fixed depth: its steps are finer than a depth dial's at the small
     end (N grows as w², not as d³), and small models cost less per token."""
@@ -147,7 +145,7 @@ def dial(w: int, vocab_size: int) -> M.ModelArgs:
 
 def non_embedding_params(args: M.ModelArgs) -> int:
     """N of C = 6·N·D: every parameter but the token embedding and the output layer
-    (which, untied, is a second vocab x dim table). dial-6 with 8,192 tokens: 2,436,096."""
+    (which, untied, is a second vocab x dim table). dial-6 with 8,192 tokens: 406,368."""
     return M.count_params(args) - args.vocab_size * args.dim * (1 if args.tie_embeddings else 2)
 
 
@@ -156,8 +154,9 @@ def sizes_for_budget(flops: float, dial_sizes: list[int], n_params: dict[int, in
     """`count` consecutive dial sizes whose middle one is nearest (in log N) to a first
     guess of the optimum, 20 tokens per parameter (Hoffmann et al.'s rule: C = 6·N·20N);
     shifted inwards at the ends of the dial. Sizes that would train on more than
-    max_tokens (one epoch: the paper never repeats its data) are left out. main() adds
-    a size where the best one is at an edge."""
+    max_tokens are left out (the paper never repeats its data; a little repetition is
+    harmless: Muennighoff et al., 2023, found 4 epochs nearly as good as new data).
+    main() adds a size where the best one is at an edge."""
     dial_sizes = [w for w in dial_sizes if flops / (6 * n_params[w]) <= max_tokens]
     guess = math.log(math.sqrt(flops / 120))
     centre = min(range(len(dial_sizes)), key=lambda i: abs(math.log(n_params[dial_sizes[i]]) - guess))
@@ -259,12 +258,13 @@ def quietly(out_dir: str):
     return stack
 
 
-def batch_for(cfg: ScalingConfig, tokens: float) -> int:
-    """Tokens per step for a budget: §3.2.1 fixes one batch per compute budget (250K to
-    4M tokens). Ours: the largest power of two of rows, up to --tokens-per-step, that
-    still gives `tokens` (the budget's largest model's) --min-steps steps."""
-    rows = tokens / cfg.min_steps / cfg.seq_len
-    return cfg.seq_len * max(1, min(cfg.tokens_per_step // cfg.seq_len, 2 ** int(math.log2(max(1.0, rows)))))
+def batch_for(cfg: ScalingConfig, flops: float) -> int:
+    """Tokens per step at a budget. §3.2.1 fixes one batch per budget, growing with it
+    (250K tokens at 6e18 FLOPs to 4M at 1e22, about C^0.37). Ours grows as √C: one row
+    at 1e11 FLOPs, a power of two of rows, up to --tokens-per-step. (Growing as C would
+    give a budget's compute-optimal model fewer steps the larger the budget.)"""
+    rows = 2 ** round(math.log2(math.sqrt(flops / 1e11)))
+    return cfg.seq_len * max(1, min(cfg.tokens_per_step // cfg.seq_len, rows))
 
 
 def pretrain_run(cfg: ScalingConfig, w: int, flops: float, tokens_per_step: int, vocab_size: int,
@@ -495,7 +495,7 @@ def main(argv=None) -> int:
         if len(sizes) < 3:
             raise UsageError(f"budget {C:.3g} FLOPs: fewer than 3 sizes of --dial {cfg.dial} train within "
                              f"{cfg.max_epochs:g} epoch(s) of {n_train:,} tokens; lower the budget or widen the dial")
-        tokens_per_step = batch_for(cfg, C / (6 * n_params[sizes[-1]]))
+        tokens_per_step = batch_for(cfg, C)
         print(f"budget {C:.3g} FLOPs: dial-{sizes[0]}..{sizes[-1]} "
               f"({n_params[sizes[0]] / 1e6:.3f}M-{n_params[sizes[-1]] / 1e6:.3f}M), {tokens_per_step} tokens/step",
               flush=True)
@@ -541,8 +541,9 @@ def main(argv=None) -> int:
     # ---- the extrapolation: 4x past the largest budget -------------------------------------
     Cx = cfg.extrapolate * budgets[-1]
     n_opt = Cx / (6 * A * Cx ** alpha)
-    dx = min(dial_sizes, key=lambda w: abs(math.log(n_params[w] / n_opt)))
-    xrun = pretrain_run(cfg, dx, Cx, batch_for(cfg, Cx / (6 * n_params[dx])), vocab, f"C{Cx:.3g}_dial-{dx}_extrapolated")
+    fits_data = [w for w in dial_sizes if Cx / (6 * n_params[w]) <= n_train * cfg.max_epochs]
+    dx = min(fits_data or dial_sizes[-1:], key=lambda w: abs(math.log(n_params[w] / n_opt)))
+    xrun = pretrain_run(cfg, dx, Cx, batch_for(cfg, Cx), vocab, f"C{Cx:.3g}_dial-{dx}_extrapolated")
     extra = {"flops": Cx, "optimal_params": n_opt, "params": xrun["params"], "model": xrun["model"],
              "tokens": xrun["tokens"], "predicted_loss": predicted_loss(fit, Cx, xrun["params"]),
              "predicted_loss_at_optimum": B * Cx ** neg_beta, "measured_loss": xrun["val_loss"],

@@ -64,8 +64,8 @@ def test_non_embedding_params_counts_the_built_model():
         expected = sum(p.numel() for k, p in built.named_parameters() if not k.startswith(("tok_embeddings", "output")))
         assert scaling.non_embedding_params(args) == expected
     assert scaling.non_embedding_params(M.ModelArgs.from_name("small-15m")) == 9_442_176  # 15.7M - 2·8192·384
-    dial = [scaling.dial(w, 8192) for w in range(1, 13)]
-    assert [a.dim for a in dial] == [32 * w for w in range(1, 13)] and {a.n_layers for a in dial} == {4}
+    dial = [scaling.dial(w, 8192) for w in range(1, 17)]
+    assert [a.dim for a in dial] == [16 * w for w in range(1, 17)] and {a.n_layers for a in dial} == {4}
 
 
 def test_sizes_for_budget_centres_shifts_and_skips_repeated_data():
@@ -77,12 +77,10 @@ def test_sizes_for_budget_centres_shifts_and_skips_repeated_data():
     assert scaling.sizes_for_budget(3.072e10, list(n), n, 5, max_tokens=1e6)[0] == 3
 
 
-def test_batch_gives_the_largest_model_its_steps():
-    cfg = scaling.ScalingConfig(tokens_per_step=2048, seq_len=256, min_steps=64)
-    assert scaling.batch_for(cfg, 64 * 2048 * 10) == 2048  # capped at --tokens-per-step
-    assert scaling.batch_for(cfg, 64 * 512) == 512
-    assert scaling.batch_for(cfg, 64 * 700) == 512  # a power of two of rows, rounded down
-    assert scaling.batch_for(cfg, 10) == 256  # at least one row
+def test_batch_grows_as_the_square_root_of_the_budget():
+    cfg = scaling.ScalingConfig(tokens_per_step=2048, seq_len=256)
+    assert [scaling.batch_for(cfg, C) for C in (1e10, 1e11, 4e11, 1.6e12, 6.4e12, 1e14)] == [
+        256, 256, 512, 1024, 2048, 2048]  # at least one row, at most --tokens-per-step
 
 
 def test_pick_evenly_spans_the_losses():
@@ -125,7 +123,7 @@ def test_tiny_grid_writes_scaling_json_and_the_figures(tmp_path, tok_path):
     data = write_byte_shards(str(tmp_path), tok_path)
     out = str(tmp_path / "scaling")
     argv = ["--quick", "--data", data, "--out", out, "--budgets", "2e8,6e8", "--sizes", "3", "--dial", "1-4",
-            "--seq-len", "64", "--tokens-per-step", "256", "--min-steps", "8", "--sft-runs", "2", "--sft-steps", "3",
+            "--seq-len", "64", "--tokens-per-step", "256", "--sft-runs", "2", "--sft-steps", "3",
             "--n-eval", "8", "--speed-dial", "1-2", "--speed-ranks", "1", "--speed-steps", "3",
             "--default-minutes", "1", "--threads", "1", "--device", "cpu"]
     torch.manual_seed(0)
