@@ -322,10 +322,11 @@ def fit_time_budget(cfg: TrainConfig, step: int, total_steps: int, per_step: flo
                     elapsed: float, dist) -> int:
     """The number of steps that ends training within cfg.time_budget_min, from the
     seconds per step measured so far (warm-up/compilation left out) plus evaluation and
-    checkpoint seconds per step (before the first of those: 15% of a step). Never more
-    than cfg.max_steps, never fewer than step + 1; every rank agrees (the minimum)."""
+    checkpoint seconds per step (before the first of those: 15% of a step), with 5% of
+    the budget kept for the end (last evaluation, averaging, export). Never more than
+    cfg.max_steps, never fewer than step + 1; every rank agrees (the minimum)."""
     per_step_all = per_step + (overhead if overhead > 0 else 0.15 * per_step)
-    fit = step + int((cfg.time_budget_min * 60 - elapsed) / per_step_all)
+    fit = step + int((0.95 * cfg.time_budget_min * 60 - elapsed) / per_step_all)
     fit_t = torch.tensor(min(cfg.max_steps, max(step + 1, fit)), device=dist.device)
     if dist.world_size > 1:  # every rank must agree on the schedule
         torch.distributed.all_reduce(fit_t, op=torch.distributed.ReduceOp.MIN)
