@@ -8,8 +8,11 @@ compute-optimal size at 3.8e25 FLOPs (402B parameters on 16.55T tokens). The pap
 method has two steps, and this file runs both, with pretrain.py's training loop:
 
 1. IsoFLOPs curves. A budget C buys D = C / (6·N) training tokens for a model of N
-   parameters (N without the embeddings; 6 FLOPs per parameter and token: forward 2,
-   backward 4). At each budget we train several sizes of one size dial (model.py's
+   parameters (6 FLOPs per parameter and token: forward 2, backward 4). N counts the
+   parameters that multiply: all but the input embedding table, whose lookup costs no
+   FLOPs -- the untied output layer stays, it is a matmul (and the largest one in our
+   small models); so 6·N·D is the training FLOPs (without attention: ~20% here), as in
+   model.flops_per_token. At each budget we train several sizes of one size dial (model.py's
    dial-w: 4 layers of width 16·w), each with a cosine schedule that decays to 10% of
    its peak (as the paper's scaling runs), and fit a second-degree polynomial of the
    held-out loss against log N. Its minimum is the compute-optimal model N*(C), D*(C).
@@ -72,21 +75,22 @@ class ScalingConfig:
     data: str = arg(DEFAULT_DATA, "data.py output folder")
     quick: bool = arg(False, "a reduced grid (~6 min on 2 cores): fewer budgets, sizes and SFT runs")
     budgets: str = arg("", "compute budgets in FLOPs, comma-separated (default: the full or the quick grid)")
-    sizes: int = arg(0, "dial sizes per budget, around a first guess of the optimum (default 5; quick 4)")
+    sizes: int = arg(0, "dial sizes per budget, around a first guess of the optimum (default 5; quick 3)")
     dial: str = arg("1-16", "the dial sizes available, 'first-last' (model.py's dial-w: width 16·w)")
     extrapolate: float = arg(4.0, "train the predicted compute-optimal model at this multiple of the largest budget")
     tokens_per_step: int = arg(2048, "the largest batch, in tokens (a budget's batch grows as its square root)")
     seq_len: int = arg(256, "training sequence length")
-    max_epochs: float = arg(1.5, "leave out the sizes that would repeat the training data more than this")
-    sft_runs: int = arg(-1, "models to fine-tune for step 2, spread over the losses (default 7; quick 3)")
+    max_epochs: float = arg(1.0, "leave out the sizes that would repeat the training data more than this")
+    sft_runs: int = arg(-1, "models to fine-tune for step 2, spread over the losses (default 5; quick 3)")
     sft_steps: int = arg(100, "optimizer steps of each step-2 SFT (sft.py's default is 200)")
     n_eval: int = arg(200, "held-out task prompts of each step-2 SFT")
     default_minutes: float = arg(4.5, "the pipeline's pre-training time budget (pretrain.py --time-budget-min)")
-    speed_dial: str = arg("", "dial sizes whose tokens/s decide the default model (default '2-8'; quick '2-6')")
+    speed_dial: str = arg("", "dial sizes whose tokens/s decide the default model (default '1-6'; quick '1-4')")
     speed_ranks: int = arg(2, "ranks of the speed measurement (2: torchrun, as the pipeline; 1: this process)")
     speed_steps: int = arg(12, "optimizer steps of each speed measurement (the first 2 are not counted)")
     speed_repeats: int = arg(-1, "repeats of the speed measurement, interleaved (default 2; quick 1)")
-    speed_tokens_per_step: int = arg(4096, "tokens per step of the speed measurement (pretrain.py's default)")
+    speed_tokens_per_step: int = arg(pretrain.PretrainConfig.tokens_per_step,
+                                     "tokens per step of the speed measurement (pretrain.py's default)")
     seed: int = arg(0, "weights and data order of every run")
     threads: int = arg(0, "CPU threads (0 = the cores / ranks rule of common.set_threads)")
     device: str = arg("", "cpu | cuda (default: cuda if available)")
@@ -107,8 +111,8 @@ class ScalingConfig:
 
 # The two grids. Budgets 3x apart; the full grid's largest budget costs ~1-2 minutes
 # per size on 2 idle cores, the extrapolation ~5, the step-2 SFTs ~1 each.
-FULL = dict(budgets="5e10,1e11,2e11,4e11", sizes=5, sft_runs=7, speed_dial="2-8", speed_repeats=2)
-QUICK = dict(budgets="2e10,5e10,1.2e11", sizes=4, sft_runs=3, speed_dial="2-6", speed_repeats=1)
+FULL = dict(budgets="2.5e11,5e11,1e12,2e12", sizes=5, sft_runs=5, speed_dial="1-6", speed_repeats=2)
+QUICK = dict(budgets="1.25e11,2.5e11,5e11", sizes=3, sft_runs=3, speed_dial="1-4", speed_repeats=1)
 
 
 def resolve(cfg: ScalingConfig) -> ScalingConfig:
@@ -143,9 +147,14 @@ def dial(w: int, vocab_size: int) -> M.ModelArgs:
     return M.ModelArgs.from_name(f"dial-{w}", vocab_size=vocab_size)
 
 
+def matmul_params(args: M.ModelArgs) -> int:
+    """N of C = 6·N·D: the parameters that multiply, i.e. all but the input embedding
+    (a lookup); model.flops_per_token at no attention is 6·N. dial-6: 1,192,800."""
+    return round(M.flops_per_token(args, 0) / 6)
+
+
 def non_embedding_params(args: M.ModelArgs) -> int:
-    """N of C = 6·N·D: every parameter but the token embedding and the output layer
-    (which, untied, is a second vocab x dim table). dial-6 with 8,192 tokens: 406,368."""
+    """Kaplan et al.'s count, for the record: without the output layer either."""
     return M.count_params(args) - args.vocab_size * args.dim * (1 if args.tie_embeddings else 2)
 
 
@@ -154,9 +163,8 @@ def sizes_for_budget(flops: float, dial_sizes: list[int], n_params: dict[int, in
     """`count` consecutive dial sizes whose middle one is nearest (in log N) to a first
     guess of the optimum, 20 tokens per parameter (Hoffmann et al.'s rule: C = 6·N·20N);
     shifted inwards at the ends of the dial. Sizes that would train on more than
-    max_tokens are left out (the paper never repeats its data; a little repetition is
-    harmless: Muennighoff et al., 2023, found 4 epochs nearly as good as new data).
-    main() adds a size where the best one is at an edge."""
+    max_tokens are left out (the paper never repeats its data). main() adds a size
+    where the best one is at an edge."""
     dial_sizes = [w for w in dial_sizes if flops / (6 * n_params[w]) <= max_tokens]
     guess = math.log(math.sqrt(flops / 120))
     centre = min(range(len(dial_sizes)), key=lambda i: abs(math.log(n_params[dial_sizes[i]]) - guess))
@@ -261,9 +269,9 @@ def quietly(out_dir: str):
 def batch_for(cfg: ScalingConfig, flops: float) -> int:
     """Tokens per step at a budget. §3.2.1 fixes one batch per budget, growing with it
     (250K tokens at 6e18 FLOPs to 4M at 1e22, about C^0.37). Ours grows as √C: one row
-    at 1e11 FLOPs, a power of two of rows, up to --tokens-per-step. (Growing as C would
+    at 2.5e10 FLOPs, a power of two of rows, up to --tokens-per-step. (Growing as C would
     give a budget's compute-optimal model fewer steps the larger the budget.)"""
-    rows = 2 ** round(math.log2(math.sqrt(flops / 1e11)))
+    rows = 2 ** round(math.log2(math.sqrt(flops / 2.5e10)))
     return cfg.seq_len * max(1, min(cfg.tokens_per_step // cfg.seq_len, rows))
 
 
@@ -272,7 +280,7 @@ def pretrain_run(cfg: ScalingConfig, w: int, flops: float, tokens_per_step: int,
     """Pre-train dial-`w` for flops / (6·N) tokens with pretrain.main (in this
     process); -> the run's record. A run finished earlier in OUT is read back."""
     args = dial(w, vocab_size)
-    n = non_embedding_params(args)
+    n = matmul_params(args)
     steps = max(1, round(flops / (6 * n * tokens_per_step)))
     out = os.path.join(cfg.out, "runs", name)
     argv = ["--model", f"dial-{w}", "--data", cfg.data, "--out", out, "--seed", str(cfg.seed),
@@ -293,7 +301,7 @@ def pretrain_run(cfg: ScalingConfig, w: int, flops: float, tokens_per_step: int,
         report = json.load(f)
     tokens = steps * tokens_per_step
     return {"name": name, "model": f"dial-{w}", "dial": w, "params": n,
-            "params_total": M.count_params(args), "budget": flops, "tokens": tokens, "flops": 6 * n * tokens,
+            "params_total": M.count_params(args), "params_non_embedding": non_embedding_params(args), "budget": flops, "tokens": tokens, "flops": 6 * n * tokens,
             "steps": steps, "tokens_per_step": tokens_per_step, "lr": float(f"{peak_lr(args):.3g}"),
             "seconds": round(report.get("train_seconds") or time.time() - t0, 1),
             "val_loss": report["val_loss"], "load": round(load, 2), "final": os.path.join(out, "final")}
@@ -480,7 +488,7 @@ def main(argv=None) -> int:
         rank, world_size, is_main = 0, 1, True
     meta = ensure_data(cfg.data, _Dist())
     vocab = meta["vocab_size"]
-    n_params = {w: non_embedding_params(dial(w, vocab)) for w in dial_sizes}
+    n_params = {w: matmul_params(dial(w, vocab)) for w in dial_sizes}
     if len(budgets) < 2 or cfg.sizes < 3 or len(dial_sizes) < cfg.sizes:
         raise UsageError(f"need >= 2 budgets and >= 3 sizes per budget from --dial {cfg.dial} "
                          f"(got {len(budgets)} budgets, --sizes {cfg.sizes})")
@@ -518,9 +526,9 @@ def main(argv=None) -> int:
         here = [here[w] for w in sorted(here)]
         fit = fit_isoflops([r["params"] for r in here], [r["val_loss"] for r in here])
         fit.update(flops=C, tokens=C / (6 * fit["params"]), seconds=round(sum(r["seconds"] for r in here), 1),
-                   edge=fit["params"] <= min(r["params"] for r in here) or fit["params"] >= max(r["params"] for r in here))
+                   edge=not here[0]["params"] < fit["params"] < here[-1]["params"])
         print(f"  -> N* {fit['params'] / 1e6:.3f}M, D* {fit['tokens'] / 1e6:.2f}M tokens, loss {fit['loss']:.4f}; "
-              f"this budget took {fit['seconds']:.0f} s here" + ("  (minimum at the grid's edge)" if fit["edge"] else ""),
+              f"this budget took {fit['seconds']:.0f} s here" + ("  (minimum at an edge)" if fit["edge"] else ""),
               flush=True)
         runs += here
         fits.append(fit)
@@ -581,7 +589,7 @@ def main(argv=None) -> int:
         candidates = []
         for name in speed_names:
             args = dial(int(name.split("-")[1]), vocab)
-            n = non_embedding_params(args)
+            n = matmul_params(args)
             tok_s = float(np.median(speeds[name]))
             flops = 6 * n * tok_s * seconds
             n_star = flops / (6 * A * flops ** alpha)
@@ -597,8 +605,8 @@ def main(argv=None) -> int:
             print(f"  {c['model']:8s} N {c['params'] / 1e6:6.3f}M  {np.median(c['tok_s']):8,.0f} tok/s  "
                   f"{cfg.default_minutes:g} min = {c['flops']:.3g} FLOPs -> N* {c['optimal_params'] / 1e6:.3f}M "
                   f"(N/N* {c['ratio']:.2f}), predicted loss {c['predicted_loss']:.4f}", flush=True)
-        print(f"default model for {cfg.default_minutes:g} min: {best['model']} ({best['params'] / 1e6:.3f}M non-embedding, "
-              f"N/N* = {best['ratio']:.2f}) on {best['tokens'] / 1e6:.2f}M tokens", flush=True)
+        print(f"default model for {cfg.default_minutes:g} min: {best['model']} ({best['params'] / 1e6:.3f}M "
+              f"N, N/N* = {best['ratio']:.2f}) on {best['tokens'] / 1e6:.2f}M tokens", flush=True)
 
     # ---- the record and the figures --------------------------------------------------------
     record = {"config": asdict(cfg), "runs": runs + [xrun], "isoflops": fits, "fit": fit, "extrapolation": extra,
