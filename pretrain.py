@@ -339,6 +339,21 @@ def fit_time_budget(cfg: TrainConfig, step: int, total_steps: int, per_step: flo
     return new_total
 
 
+def timed_steps(step_times: list[float], compile: bool) -> list[float]:
+    """The step times that measure the speed: not the first step (warm-up: allocations,
+    first kernels) nor, with --compile, the second (compilation can spill into it);
+    the last 20 of the others. [9.0, 0.5, 0.4] -> [0.5, 0.4]; with compile -> [0.4]."""
+    return step_times[(2 if compile else 1):][-20:]
+
+
+def eta_record(timed: list[float], steps_left: int, overhead: float, compile: bool) -> dict:
+    """The log's ETA: steps left x (mean timed step + eval/checkpoint seconds per step);
+    before any timed step, what the run is doing instead of a wrong estimate."""
+    if not timed:
+        return {"eta": "compiling" if compile else "warm-up"}
+    return {"eta_s": round(steps_left * (sum(timed) / len(timed) + overhead), 1)}
+
+
 def start_run(cfg: TrainConfig):
     """What every training stage does first -> (dist, logger), or None when cfg.out
     holds a finished run (its record is kept; a new run needs a new --out). Then:
@@ -497,14 +512,13 @@ def train(cfg: TrainConfig, dist, model, optimizer, next_batch, loss_fn, *, eval
             # The first steps pay for warm-up (with --compile: for compilation); the ETA and
             # the time budget use the steps after them, re-estimated every 10 steps until
             # annealing starts (a busy machine that calms down gets its steps back).
-            timed = step_times[(2 if cfg.compile else 1):][-20:]
+            timed = timed_steps(step_times, cfg.compile)
             per_step = sum(timed) / len(timed) if timed else step_times[-1]
             overhead = max(0.0, time.time() - t_run - sum(step_times)) / len(step_times)  # eval, checkpoints
             if (cfg.time_budget_min > 0 and timed and (len(timed) == 1 or step % 10 == 0)
                     and not start_state.get("total_steps") and step < total_steps - cfg.anneal_steps):
                 total_steps = fit_time_budget(cfg, step, total_steps, per_step, overhead, time.time() - t_run, dist)
-            eta = (total_steps - step) * (per_step + overhead)
-            eta_field = {"eta_s": round(eta, 1)} if timed else {"eta": "compiling" if cfg.compile else "warm-up"}
+            eta_field = eta_record(timed, total_steps - step, overhead, cfg.compile)
             if step % cfg.log_every == 0 or step == total_steps:
                 logger.log(step, loss=loss_v, lr=lr, grad_norm=norm_v, tok_s=tok_s, mfu=mfu,
                            **eta_field, **extra_metrics)

@@ -111,8 +111,8 @@ class ScalingConfig:
 
 # The two grids. Budgets 3x apart; the full grid's largest budget costs ~1-2 minutes
 # per size on 2 idle cores, the extrapolation ~5, the step-2 SFTs ~1 each.
-FULL = dict(budgets="2.5e11,5e11,1e12,2e12", sizes=5, sft_runs=5, speed_dial="1-6", speed_repeats=2)
-QUICK = dict(budgets="1.25e11,2.5e11,5e11", sizes=3, sft_runs=3, speed_dial="1-4", speed_repeats=1)
+FULL = dict(budgets="1.25e11,2.5e11,5e11,1e12", sizes=5, sft_runs=5, speed_dial="1-6", speed_repeats=2)
+QUICK = dict(budgets="2e10,4e10,8e10", sizes=3, sft_runs=3, speed_dial="1-3", speed_repeats=1)
 
 
 def resolve(cfg: ScalingConfig) -> ScalingConfig:

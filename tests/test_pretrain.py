@@ -570,6 +570,18 @@ def test_time_budget_fits_the_remaining_time_and_grows_back():
     assert pretrain.fit_time_budget(cfg, 40, 90, 0.5, 0.0, 70.0, OneRank()) == 41
 
 
+def test_eta_leaves_out_warm_up_and_says_compiling():
+    # with --compile the first two steps compile: "compiling", not an ETA from a 30 s step
+    assert pretrain.timed_steps([30.0, 4.0], compile=True) == []
+    assert pretrain.eta_record([], 100, 0.0, compile=True) == {"eta": "compiling"}
+    assert pretrain.eta_record([], 100, 0.0, compile=False) == {"eta": "warm-up"}
+    assert pretrain.timed_steps([30.0, 4.0, 0.5, 0.3], compile=True) == [0.5, 0.3]
+    assert pretrain.timed_steps([30.0, 0.5, 0.3], compile=False) == [0.5, 0.3]
+    assert pretrain.timed_steps([9.0] + [1.0] * 30 + [0.5] * 20, compile=False) == [0.5] * 20  # the recent speed
+    # 10 steps left at 0.4 s/step + 0.1 s/step of evaluation and checkpoints
+    assert pretrain.eta_record([0.5, 0.3], 10, 0.1, compile=True) == {"eta_s": 5.0}
+
+
 def test_first_step_is_warm_up_in_the_log(reference):
     records = [json.loads(line) for line in open(os.path.join(reference, "log.jsonl"))]
     steps = [r for r in records if "loss" in r]
