@@ -82,8 +82,8 @@ class ScalingConfig:
     seq_len: int = arg(256, "training sequence length")
     max_epochs: float = arg(1.0, "leave out the sizes that would repeat the training data more than this")
     sft_runs: int = arg(-1, "models to fine-tune for step 2, spread over the losses (default 5; quick 3)")
-    sft_steps: int = arg(100, "optimizer steps of each step-2 SFT (sft.py's default is 200)")
-    n_eval: int = arg(200, "held-out task prompts of each step-2 SFT")
+    sft_steps: int = arg(0, "optimizer steps of each step-2 SFT (default 100; quick 40; sft.py's own is 200)")
+    n_eval: int = arg(0, "held-out task prompts of each step-2 SFT (default 200; quick 100)")
     default_minutes: float = arg(4.5, "the pipeline's pre-training time budget (pretrain.py --time-budget-min)")
     speed_dial: str = arg("", "dial sizes whose tokens/s decide the default model (default '1-6'; quick '1-4')")
     speed_ranks: int = arg(2, "ranks of the speed measurement (2: torchrun, as the pipeline; 1: this process)")
@@ -102,8 +102,8 @@ class ScalingConfig:
             raise UsageError(f"--extrapolate must be >= 1 (got {self.extrapolate!r})")
         if self.speed_steps < 3:
             raise UsageError(f"--speed-steps must be >= 3: the first 2 are not timed (got {self.speed_steps!r})")
-        for name in ("tokens_per_step", "seq_len", "sft_steps", "n_eval", "speed_ranks"):
-            if getattr(self, name) <= 0:
+        for name in ("tokens_per_step", "seq_len", "speed_ranks", "sft_steps", "n_eval"):
+            if getattr(self, name) < (0 if name in ("sft_steps", "n_eval") else 1):  # 0: the grid's default
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)!r})")
         if self.tokens_per_step % self.seq_len:
             raise UsageError(f"--tokens-per-step {self.tokens_per_step} is not a multiple of --seq-len {self.seq_len}")
@@ -111,8 +111,10 @@ class ScalingConfig:
 
 # The two grids. Budgets 3x apart; the full grid's largest budget costs ~1-2 minutes
 # per size on 2 idle cores, the extrapolation ~5, the step-2 SFTs ~1 each.
-FULL = dict(budgets="1.25e11,2.5e11,5e11,1e12", sizes=5, sft_runs=5, speed_dial="1-6", speed_repeats=2)
-QUICK = dict(budgets="2e10,4e10,8e10", sizes=3, sft_runs=3, speed_dial="1-3", speed_repeats=1)
+FULL = dict(budgets="1.25e11,2.5e11,5e11,1e12", sizes=5, sft_runs=5, sft_steps=100, n_eval=200,
+            speed_dial="1-6", speed_repeats=2)
+QUICK = dict(budgets="2e10,4e10,8e10", sizes=3, sft_runs=3, sft_steps=40, n_eval=100,
+             speed_dial="1-3", speed_repeats=1)
 
 
 def resolve(cfg: ScalingConfig) -> ScalingConfig:
