@@ -188,16 +188,19 @@ def peak_lr(args: M.ModelArgs) -> float:
 def fit_isoflops(params, losses) -> dict:
     """One IsoFLOPs curve: loss ≈ a·x² + b·x + c with x = log10 N (least squares; on an
     IsoFLOPs curve log D = log(C/6) - log N, so this is the paper's parabola in log D).
-    -> {"params": N at the vertex 10^(-b/2a), "loss": the fitted loss there, "coeffs": [a, b, c]}.
-    A curve with no minimum (a <= 0), or one more than half a decade beyond the sizes
-    measured, returns its best measured point."""
+    -> {"params": N at the vertex 10^(-b/2a), "loss": the fitted loss there, "coeffs": [a, b, c],
+    "edge": False when the vertex lies strictly inside the sizes measured}. A curve with no
+    minimum (a <= 0), or one more than half a decade beyond the sizes measured, returns
+    its best measured point (an edge)."""
     x, y = np.log10(np.asarray(params, dtype=np.float64)), np.asarray(losses, dtype=np.float64)
     a, b, c = np.polyfit(x, y, 2)
+    coeffs = [float(a), float(b), float(c)]
     if a <= 0 or not x.min() - 0.5 <= -b / (2 * a) <= x.max() + 0.5:
         i = int(np.argmin(y))
-        return {"params": float(10 ** x[i]), "loss": float(y[i]), "coeffs": [float(a), float(b), float(c)]}
+        return {"params": float(10 ** x[i]), "loss": float(y[i]), "coeffs": coeffs, "edge": True}
     vertex = -b / (2 * a)
-    return {"params": float(10 ** vertex), "loss": float(c - b * b / (4 * a)), "coeffs": [float(a), float(b), float(c)]}
+    return {"params": float(10 ** vertex), "loss": float(c - b * b / (4 * a)), "coeffs": coeffs,
+            "edge": not x.min() < vertex < x.max()}
 
 
 def fit_power_law(x, y) -> tuple[float, float]:
@@ -527,8 +530,7 @@ def main(argv=None) -> int:
             sizes = [dial_sizes[i + step]] if more else []
         here = [here[w] for w in sorted(here)]
         fit = fit_isoflops([r["params"] for r in here], [r["val_loss"] for r in here])
-        fit.update(flops=C, tokens=C / (6 * fit["params"]), seconds=round(sum(r["seconds"] for r in here), 1),
-                   edge=not here[0]["params"] < fit["params"] < here[-1]["params"])
+        fit.update(flops=C, tokens=C / (6 * fit["params"]), seconds=round(sum(r["seconds"] for r in here), 1))
         print(f"  -> N* {fit['params'] / 1e6:.3f}M, D* {fit['tokens'] / 1e6:.2f}M tokens, loss {fit['loss']:.4f}; "
               f"this budget took {fit['seconds']:.0f} s here" + ("  (minimum at an edge)" if fit["edge"] else ""),
               flush=True)

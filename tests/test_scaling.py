@@ -29,8 +29,13 @@ def test_isoflops_parabola_recovers_its_vertex():
     noisy = 2.5 + 0.4 * (np.log10(n) - math.log10(3e5)) ** 2 + np.array([0.02, -0.01, 0.015, -0.02, 0.01, 0.0])
     a, b, _ = np.polyfit(np.log10(n), noisy, 2)
     assert scaling.fit_isoflops(n, noisy)["params"] == pytest.approx(10 ** (-b / (2 * a)), rel=1e-9)
-    # no minimum (a falling curve): the best measured point, not a maximum
-    assert scaling.fit_isoflops(n, -np.log10(n))["params"] == pytest.approx(5e6)
+    assert not fit["edge"]
+    # no minimum (a falling curve): the best measured point, not a maximum, and an edge
+    falling = scaling.fit_isoflops(n, -np.log10(n))
+    assert falling["params"] == pytest.approx(5e6) and falling["edge"]
+    # a vertex beyond the smallest size (within half a decade) is kept, but marked an edge
+    beyond = scaling.fit_isoflops(n, 2.5 + 0.4 * (np.log10(n) - math.log10(1e4)) ** 2)
+    assert beyond["params"] == pytest.approx(1e4, rel=1e-9) and beyond["edge"]
 
 
 def test_power_law_recovers_the_papers_law():
