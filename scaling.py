@@ -35,8 +35,8 @@ Writes: OUT/scaling.json (every run, the fits, the extrapolation, the default bu
         compute-optimal models), OUT/loss_to_accuracy.png (Figure 4, right),
         OUT/runs/<name>/ (each pre-training run, its log in stdout.log), OUT/sft/<name>/.
         A run already finished in OUT is read back, not trained again.
-Run:    python scaling.py --out out/scaling          # the full grid, ~30 min on 2 idle cores
-        python scaling.py --quick --out out/scaling_quick   # a reduced grid, ~6 min
+Run:    python scaling.py --out out/scaling          # the full grid: 85 min on 2 cores busy with other jobs
+        python scaling.py --quick --out out/scaling_quick   # a reduced grid: 160 CPU-seconds, ~3 min idle
         python scaling.py --budgets 1e11,3e11,1e12 --sizes 3   # your own grid
 
 Read next: pretrain.py (whose default model and budget come from this measurement),
@@ -109,8 +109,8 @@ class ScalingConfig:
             raise UsageError(f"--tokens-per-step {self.tokens_per_step} is not a multiple of --seq-len {self.seq_len}")
 
 
-# The two grids. Budgets 3x apart; the full grid's largest budget costs ~1-2 minutes
-# per size on 2 idle cores, the extrapolation ~5, the step-2 SFTs ~1 each.
+# The two grids, budgets 2x apart. On 2 cores shared with other jobs (load ~10) the full
+# grid's largest budget took 25 minutes, the extrapolation 22, each step-2 SFT ~2.
 FULL = dict(budgets="1.25e11,2.5e11,5e11,1e12", sizes=5, sft_runs=5, sft_steps=100, n_eval=200,
             speed_dial="1-6", speed_repeats=2)
 QUICK = dict(budgets="2e10,4e10,8e10", sizes=3, sft_runs=3, sft_steps=40, n_eval=100,
