@@ -543,11 +543,15 @@ def main(argv=None) -> int:
     used = inner if len(inner) >= 2 else fits
     if len(used) < len(fits):
         print(f"power laws from the {len(used)} budgets whose minimum lies inside their sizes", flush=True)
+    elif len(inner) < 2:
+        print(f"WARNING: {len(fits) - len(inner)} of {len(fits)} minima lie at an edge of the sizes tried: the grid "
+              f"does not bracket the optimum and the power laws below are not a measurement", flush=True)
     A, alpha = fit_power_law([f["flops"] for f in used], [f["tokens"] for f in used])
     B, neg_beta = fit_power_law([f["flops"] for f in used], [f["loss"] for f in used])
     curv = [f["coeffs"][0] for f in fits if f["coeffs"][0] > 0]
     fit = {"alpha": alpha, "A": A, "B": B, "beta": -neg_beta, "curvature": float(np.mean(curv)) if curv else 0.0,
-           "budgets_used": [f["flops"] for f in used], "paper": {"alpha": PAPER_ALPHA, "A": PAPER_A}}
+           "budgets_used": [f["flops"] for f in used], "bracketed": len(inner),
+           "paper": {"alpha": PAPER_ALPHA, "A": PAPER_A}}
     print(f"D*(C) = {A:.4g}·C^{alpha:.4f} (paper: 0.29·C^0.53); L*(C) = {B:.4g}·C^-{-neg_beta:.4f}", flush=True)
 
     # ---- the extrapolation: 4x past the largest budget -------------------------------------
