@@ -27,7 +27,9 @@ method has two steps, and this file runs both, with pretrain.py's training loop:
 Then the question the default pipeline asks: which model to pre-train in
 pretrain.py's time budget on THIS machine. The tokens per second of each dial size,
 measured as pretrain runs (2 ranks under torchrun), turn minutes into FLOPs; the fits
-give each size's predicted loss at its FLOPs, and the best is the default model.
+give each size's predicted loss at its FLOPs, and the best is proposed. A fit whose
+minima all lie at an edge of the sizes tried (the output prints a WARNING) proposes
+nothing trustworthy: then train the candidates in the budget and compare.
 
 Reads:  out/data (data.py builds it if missing), or --data.
 Writes: OUT/scaling.json (every run, the fits, the extrapolation, the default budget),
