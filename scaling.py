@@ -38,7 +38,7 @@ Writes: OUT/scaling.json (every run, the fits, the extrapolation, the default bu
         OUT/runs/<name>/ (each pre-training run, its log in stdout.log), OUT/sft/<name>/.
         A run already finished in OUT is read back, not trained again.
 Run:    python scaling.py --out out/scaling          # the full grid: 85 min on 2 cores busy with other jobs
-        python scaling.py --quick --out out/scaling_quick   # a reduced grid: 160 CPU-seconds, ~3 min idle
+        python scaling.py --quick --out out/scaling_quick   # a reduced grid: 2.7 min at load ~3
         python scaling.py --budgets 1e11,3e11,1e12 --sizes 3   # your own grid
 
 Read next: pretrain.py (whose default model and budget come from this measurement),
@@ -75,7 +75,7 @@ class ScalingConfig:
     """The scaling-law runs (§3.2.1): every field is a --kebab-case flag."""
     out: str = arg("out/scaling", "where scaling.json, the figures and every run go")
     data: str = arg(DEFAULT_DATA, "data.py output folder")
-    quick: bool = arg(False, "a reduced grid (~6 min on 2 cores): fewer budgets, sizes and SFT runs")
+    quick: bool = arg(False, "a reduced grid (under 3 min on 2 cores): fewer budgets, sizes and SFT runs")
     budgets: str = arg("", "compute budgets in FLOPs, comma-separated (default: the full or the quick grid)")
     sizes: int = arg(0, "dial sizes per budget, around a first guess of the optimum (default 5; quick 3)")
     dial: str = arg("1-16", "the dial sizes available, 'first-last' (model.py's dial-w: width 16·w)")
