@@ -494,6 +494,59 @@ class Interrupts(contextlib.AbstractContextManager):
 
 
 # -----------------------------------------------------------------------------
+# Run control: the step every rank stops at, the time budget, the ETA (pretrain.train)
+
+
+def agreed_signal(interrupts, dist) -> int:
+    """The signal number every rank acts on after this step (0: none). A terminal's
+    Ctrl-C reaches all ranks, a scheduler's SIGTERM may reach one first: the ranks take
+    the maximum over all of them, so they all stop at the same step (one scalar
+    all-reduce per step)."""
+    signum = int(interrupts.signal or 0)
+    if dist.world_size > 1:
+        flag_t = torch.tensor(signum, device=dist.device)
+        torch.distributed.all_reduce(flag_t, op=torch.distributed.ReduceOp.MAX)
+        signum = int(flag_t)
+    return signum
+
+
+def fit_time_budget(cfg, step: int, total_steps: int, per_step: float, overhead: float,
+                    elapsed: float, dist) -> int:
+    """The number of steps that ends training within cfg.time_budget_min, from the
+    seconds per step measured so far (warm-up/compilation left out) plus evaluation and
+    checkpoint seconds per step (before the first of those: 15% of a step), with 5% of
+    the budget kept for the end (last evaluation, averaging, export). Never more than
+    cfg.max_steps, never fewer than step + 1; every rank agrees (the minimum)."""
+    per_step_all = per_step + (overhead if overhead > 0 else 0.15 * per_step)
+    fit = step + int((0.95 * cfg.time_budget_min * 60 - elapsed) / per_step_all)
+    fit_t = torch.tensor(min(cfg.max_steps, max(step + 1, fit)), device=dist.device)
+    if dist.world_size > 1:  # every rank must agree on the schedule
+        torch.distributed.all_reduce(fit_t, op=torch.distributed.ReduceOp.MIN)
+    new_total = int(fit_t)
+    if new_total != total_steps and (abs(new_total - total_steps) >= 0.05 * total_steps or step < 10):
+        print0(f"time budget {cfg.time_budget_min:g} min at {per_step:.2f} s/step (+{overhead:.2f} s/step "
+               f"eval and checkpoints): {new_total} steps (was {total_steps})")
+        if cfg.anneal_steps > new_total:
+            print0(f"{flag('anneal_steps')} {cfg.anneal_steps} is longer than the shortened run: annealing all")
+    return new_total
+
+
+def timed_steps(step_times: list[float], compile: bool) -> list[float]:
+    """The step times that measure the speed: not the first step (warm-up: allocations,
+    first kernels) nor, with --compile, the second (compilation can spill into it);
+    the last 20 of the others. [9.0, 0.5, 0.4] -> [0.5, 0.4]; with compile -> [0.4]."""
+    return step_times[(2 if compile else 1):][-20:]
+
+
+def eta_record(timed: list[float], steps_left: int, overhead: float, compile: bool) -> dict:
+    """The log's ETA: steps left x (mean timed step + eval/checkpoint seconds per step);
+    before any timed step, what the run is doing instead of a wrong estimate."""
+    if not timed:
+        return {"eta": "compiling" if compile else "warm-up"}
+    return {"eta_s": round(steps_left * (sum(timed) / len(timed) + overhead), 1)}
+
+
+# -----------------------------------------------------------------------------
 # 8. Runs: the logger (print + JSONL + PNG), a finished run's record, claiming OUT
 
 

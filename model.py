@@ -59,8 +59,7 @@ class ModelArgs:
     rope_original_max_seq_len: int = 8192  # the context the model was pre-trained at
     max_seq_len: int = 8192  # longest sequence (sizes the RoPE table and the KV cache)
     tie_embeddings: bool = False  # Llama 3.2 1B/3B share tok_embeddings and output
-    hidden_dim: Optional[int] = None  # explicit FFN width (HF's intermediate_size);
-    #                                   None derives it from multiple_of & multiplier
+    hidden_dim: Optional[int] = None  # explicit FFN width (HF's intermediate_size); None: derived
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -125,9 +124,9 @@ CONFIGS = {
                         ffn_dim_multiplier=1.5, **_SCALED_32),
     "llama3.2-3b": dict(_LLAMA3_8B, dim=3072, n_layers=28, n_heads=24, multiple_of=256,
                         ffn_dim_multiplier=1.0, **_SCALED_32),
-    # Small ones, our choice, that keep every Llama 3 feature (GQA, θ=500,000, SwiGLU,
-    # untied output) and train on a laptop CPU. The vocabulary is the 8,192-token BPE
-    # that tokenizer.py trains on the built-in corpus.
+    # Small ones, our choice, that keep every Llama 3 feature (GQA, θ=500,000, SwiGLU, untied
+    # output) and train on a laptop CPU, with the 8,192-token BPE of tokenizer.py. dial-w, the size
+    # dial of the scaling-law runs (§3.2.1, scaling.py): 4 layers of width 16·w (tiny-1m is dial-4).
     "tiny-1m": dict(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=8192,
                     multiple_of=32, rope_theta=500000.0, max_seq_len=512),
     "small-7m": dict(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=8192,
@@ -135,6 +134,7 @@ CONFIGS = {
     "small-15m": dict(dim=384, n_layers=6, n_heads=6, n_kv_heads=2, vocab_size=8192,
                       multiple_of=128, rope_theta=500000.0, max_seq_len=1024),
 }
+CONFIGS.update({f"dial-{w}": dict(CONFIGS["tiny-1m"], dim=16 * w, max_seq_len=1024) for w in range(1, 17)})
 
 # -----------------------------------------------------------------------------
 # 2. RMSNorm and rotary position embeddings (RoPE)

@@ -336,14 +336,15 @@ def test_missing_data_is_built_first(tmp_path, monkeypatch):
 
 
 def test_time_budget_shortens_the_schedule(data_dir, tmp_path):
-    """--time-budget-min: after timing 3 steps the schedule is cut to fit (here: to
-    one more step), recorded in the checkpoints, and the run ends with an export."""
+    """--time-budget-min: at the first timed step (step 2; step 1 is warm-up) the
+    schedule is cut to fit (here: to one more step), recorded in the checkpoints, and
+    the run ends with an export."""
     out = str(tmp_path / "budget")
     run_inprocess(data_dir, out, "--time-budget-min", "0.0001")
-    assert sorted(losses_of(out)) == [1, 2, 3, 4]
+    assert sorted(losses_of(out)) == [1, 2, 3]
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
-    assert report["total_steps"] == 4 and report["status"] == "done"
+    assert report["total_steps"] == 3 and report["status"] == "done"
     assert os.path.exists(os.path.join(out, "final", "model.pt"))
 
 
@@ -605,3 +606,41 @@ def test_init_continues_from_a_checkpoint_with_new_rope(data_dir, reference, tmp
         (10000.0, True, 2.0, 32)
     with pytest.raises(SystemExit):
         common.parse_config(pretrain.PretrainConfig, ["--rope-scaling", "fast"])
+# -----------------------------------------------------------------------------
+# the time budget: re-estimated during the run, warm-up and compilation left out
+
+
+def test_time_budget_fits_the_remaining_time_and_grows_back():
+    class OneRank:
+        world_size, device = 1, torch.device("cpu")
+    cfg = pretrain.PretrainConfig(time_budget_min=1.0, max_steps=1000)
+    # 60 s budget (57 s: 5% kept for the end), 10 s gone, 0.5 s/step, no evaluation yet
+    # (15% of a step kept for it): 47 / 0.575
+    assert pretrain.fit_time_budget(cfg, 4, 1000, 0.5, 0.0, 10.0, OneRank()) == 4 + 81
+    # measured evaluation/checkpoint seconds per step replace the 15% guess: 47 / 0.6
+    assert pretrain.fit_time_budget(cfg, 4, 86, 0.5, 0.1, 10.0, OneRank()) == 4 + 78
+    # the steps got faster (a busy machine calmed down): the run grows back, up to --max-steps
+    assert pretrain.fit_time_budget(cfg, 40, 90, 0.1, 0.0, 30.0, OneRank()) == 40 + 234
+    assert pretrain.fit_time_budget(cfg, 40, 90, 0.001, 0.0, 30.0, OneRank()) == 1000
+    # out of time: one more step, never fewer
+    assert pretrain.fit_time_budget(cfg, 40, 90, 0.5, 0.0, 70.0, OneRank()) == 41
+
+
+def test_eta_leaves_out_warm_up_and_says_compiling():
+    # with --compile the first two steps compile: "compiling", not an ETA from a 30 s step
+    assert pretrain.timed_steps([30.0, 4.0], compile=True) == []
+    assert pretrain.eta_record([], 100, 0.0, compile=True) == {"eta": "compiling"}
+    assert pretrain.eta_record([], 100, 0.0, compile=False) == {"eta": "warm-up"}
+    assert pretrain.timed_steps([30.0, 4.0, 0.5, 0.3], compile=True) == [0.5, 0.3]
+    assert pretrain.timed_steps([30.0, 0.5, 0.3], compile=False) == [0.5, 0.3]
+    assert pretrain.timed_steps([9.0] + [1.0] * 30 + [0.5] * 20, compile=False) == [0.5] * 20  # the recent speed
+    # 10 steps left at 0.4 s/step + 0.1 s/step of evaluation and checkpoints
+    assert pretrain.eta_record([0.5, 0.3], 10, 0.1, compile=True) == {"eta_s": 5.0}
+
+
+def test_first_step_is_warm_up_in_the_log(reference):
+    records = [json.loads(line) for line in open(os.path.join(reference, "log.jsonl"))]
+    steps = [r for r in records if "loss" in r]
+    assert steps[0]["eta"] == "warm-up" and "eta_s" not in steps[0]  # not an estimate from the slow first step
+    assert all("eta_s" in r for r in steps[1:])
+    assert steps[-1]["eta_s"] == 0.0
