@@ -81,6 +81,8 @@ class SFTConfig(TrainConfig):
     # Data: the built-in checked tasks, or your own conversations.
     data: str = arg("", "SFT conversations {'messages': [...]} (default: tasks.py's tasks)")
     eval_data: str = arg("", "held-out conversations for accuracy (default: tasks.py's held-out split)")
+    add_data: str = arg("", "comma-separated SFT JSONL files added to the training conversations: the "
+                            "rejection-sampled data of the rounds so far (§4.1.3)")
     tasks: str = arg("", "comma-separated subset of tasks.py's tasks (default: all)")
     n_train: int = arg(20000, "generated training conversations")
     n_eval: int = arg(250, "generated held-out conversations (accuracy is measured on these)")
@@ -363,6 +365,9 @@ def load_data(cfg: SFTConfig, tokenizer) -> tuple[list, list, dict]:
         train, skipped["train"] = T.read_sft_jsonl(cfg.data, cfg.seq_len, tokenizer, verbose=not quiet)
     else:
         train = T.make_examples(cfg.n_train, cfg.seed, tasks=cfg.tasks or None, split="train")
+    for path in [p.strip() for p in cfg.add_data.split(",") if p.strip()]:
+        rows, skipped[path] = T.read_sft_jsonl(path, cfg.seq_len, tokenizer, verbose=not quiet)
+        train = train + rows
     if cfg.eval_data:
         val, skipped["val"] = T.read_sft_jsonl(cfg.eval_data, cfg.seq_len, tokenizer, verbose=not quiet)
     elif cfg.data:
