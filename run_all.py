@@ -7,7 +7,7 @@ process with its output streamed and logged to OUT/logs/NAME.log):
   tokenizer  §3.2    tokenizer.py  characters per token, ours vs Meta's (if installed)
   pretrain   §3.4    pretrain.py   torchrun, 2 ranks (FSDP2), a few minutes
   sft        §4.1.3  sft.py        the first chat model: SFT on the built-in tasks
-  then --rounds N post-training rounds (§4.1, Figure 7 of the paper; N = 2 here, 6 there).
+  then --rounds N post-training rounds (§4.1.6; Figure 7 of the paper; N = 2 here, 6 there).
   Round r, in OUT/round_r/:
   reward     §4.1.2  reward.py     a reward model on the preference data so far: the
                                    generated pairs + the on-policy pairs of rounds < r
@@ -131,11 +131,20 @@ def log_path(out: str, name: str) -> str:
     return os.path.join(out, "logs", name.replace("/", "_") + ".log")
 
 
-def run_stage(stage: Stage, out: str) -> tuple[int, float]:
+def _children_cpu() -> float:
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # finished children, all threads
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_stage(stage: Stage, out: str) -> tuple[int, float, float]:
+    """Run one stage, its output streamed and logged -> (exit code, wall seconds, CPU
+    seconds). CPU seconds are what a busy machine does not inflate (much): on a machine
+    shared with other jobs, wall time says more about the others than about us."""
     path = log_path(out, stage.name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     print(f"\n{'=' * 78}\n[{stage.name}] {' '.join(shlex.quote(c) for c in stage.cmd)}\n{'=' * 78}", flush=True)
-    t0 = time.time()
+    t0, cpu0 = time.time(), _children_cpu()
     chat = stage.name == "chat"
     with open(path, "w") as log:
         proc = subprocess.Popen(stage.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -148,7 +157,7 @@ def run_stage(stage: Stage, out: str) -> tuple[int, float]:
             sys.stdout.write(line)
             log.write(line)
         code = proc.wait()
-    return code, time.time() - t0
+    return code, time.time() - t0, _children_cpu() - cpu0
 
 
 # -----------------------------------------------------------------------------
@@ -243,14 +252,14 @@ def verdicts(s: dict, out: str) -> list[tuple[str, str, str, bool | None, str]]:
                      f"{_pct(rm_pick)} vs random {_pct(rand)}", "> random",
                      gap is not None and gap > 0, "the RM alone does not pick better than chance"))
         sft = rd["sft_accuracy"]
-        rows.append((f"round {r} SFT (§4.1.3)", sft and f"task accuracy {_pct(sft)}", "no worse than the policy "
-                     "before it (-2 points)", sft is not None and prev is not None and sft >= prev - 0.02,
+        rows.append((f"round {r} SFT (§4.1.3)", sft and f"task accuracy {_pct(sft)}", "no worse than the SFT "
+                     "model before it (-2 points)", sft is not None and prev is not None and sft >= prev - 0.02,
                      "the rejection-sampled rows did not help"))
         dpo = rd["dpo_accuracy"]
         rows.append((f"round {r} DPO (§4.1.4)", dpo and f"task accuracy {_pct(dpo)} ({_pts(None if sft is None else dpo - sft)})",
                      "> its SFT model", dpo is not None and sft is not None and dpo > sft,
                      "the on-policy pairs did not move greedy answers"))
-        prev = dpo
+        prev = sft
     base = s["rounds"][0]["sft_accuracy"] if s["rounds"] else None
     final = s["final_accuracy"]
     rows.append(("all rounds", final and base and f"final {_pct(final)} vs round-1 SFT {_pct(base)}",
@@ -342,9 +351,11 @@ def write_report(out: str, s: dict, timings: dict):
     rows = verdicts(s, out)
     plots = plot_rounds(s, out)
     total = sum(t["seconds"] for t in timings.values())
+    cpu = sum(t.get("cpu_seconds", 0.0) for t in timings.values())
     lines = ["# Llama 3 herd, end to end on this machine", "",
-             f"Seed {s['seed']}, {len(s['rounds'])} post-training rounds, {total / 60:.1f} minutes of stages "
-             f"({os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f} when the report was written). "
+             f"Seed {s['seed']}, {len(s['rounds'])} post-training rounds, {total / 60:.1f} minutes of stages, "
+             f"{cpu / 60:.1f} CPU-minutes ({os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f} when "
+             "the report was written). "
              "Accuracies are greedy answers to the same held-out task prompts, checked by tasks.py.", "",
              "| stage | key number | expectation | verdict |", "|---|---|---|---|"]
     for stage, num, exp, ok, why in rows:
@@ -416,8 +427,11 @@ def write_report(out: str, s: dict, timings: dict):
     # ---- chat, timings
     lines += ["## Chat with the final model (§6)", ""] + chat_transcript(out)
     if timings:
-        lines += ["## Time per stage", "", "| stage | seconds | status |", "|---|---|---|"]
-        lines += [f"| {k} | {v['seconds']:.0f} | {v['status']} |" for k, v in timings.items()]
+        lines += ["## Time per stage", "", "Wall seconds, CPU seconds of the stage's processes (all threads), and "
+                  "the machine's 1-minute load average when the stage ended.", "",
+                  "| stage | seconds | CPU seconds | load | status |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['seconds']:.0f} | {v.get('cpu_seconds', float('nan')):.0f} | "
+                  f"{v.get('load', float('nan')):.1f} | {v['status']} |" for k, v in timings.items()]
         lines.append("")
     path = os.path.join(out, "REPORT.md")
     with open(path + ".tmp", "w") as f:
@@ -430,6 +444,7 @@ def finish(out: str, rounds: int, seed: int, timings: dict) -> dict:
     """summary.json + REPORT.md from whatever the stages wrote."""
     minutes = round(sum(t["seconds"] for t in timings.values()) / 60, 2) if timings else None
     s = summary(out, rounds, seed, minutes)
+    s["cpu_minutes"] = round(sum(t.get("cpu_seconds", 0.0) for t in timings.values()) / 60, 2) if timings else None
     from common import atomic_write_json
     atomic_write_json(os.path.join(out, "summary.json"), s)
     write_report(out, s, timings)
@@ -439,7 +454,7 @@ def finish(out: str, rounds: int, seed: int, timings: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Every stage of the paper, in order, then REPORT.md and summary.json.")
     p.add_argument("--out", default="out", help="output folder of every stage")
-    p.add_argument("--rounds", type=int, default=2, help="post-training rounds (§4.1: the paper ran six)")
+    p.add_argument("--rounds", type=int, default=2, help="post-training rounds (§4.1.6: the paper ran six)")
     p.add_argument("--seed", type=int, default=0, help="seeds every stage (data, weights, prompts, samples)")
     p.add_argument("--from", dest="start", default=None, help="resume at this stage (e.g. round2/sft)")
     p.add_argument("--only", nargs="*", default=None, help="run just these stages ('report': only the report)")
@@ -460,9 +475,9 @@ def main(argv=None) -> int:
     timings = _load(timings_path) or {}
     t_all = time.time()
     for stage in plan:
-        code, seconds = run_stage(stage._replace(cmd=_resolve(stage.cmd)), cli.out)
-        timings[stage.name] = {"seconds": seconds, "status": "ok" if code == 0 else f"failed ({code})",
-                               "what": stage.what}
+        code, seconds, cpu = run_stage(stage._replace(cmd=_resolve(stage.cmd)), cli.out)
+        timings[stage.name] = {"seconds": seconds, "cpu_seconds": cpu, "load": os.getloadavg()[0],
+                               "status": "ok" if code == 0 else f"failed ({code})", "what": stage.what}
         os.makedirs(os.path.dirname(timings_path), exist_ok=True)
         with open(timings_path, "w") as f:
             json.dump(timings, f, indent=1)
