@@ -337,6 +337,15 @@ class DPOConfig(TrainConfig):
     eval_every: int = arg(25, "held-out DPO metrics every N steps")
     ckpt_every: int = arg(100, "checkpoint every N steps")
 
+    def validate(self):
+        """TrainConfig's checks, with --max-steps 0 allowed (one epoch: known once the
+        pairs are read; run_dpo sets it before training)."""
+        steps, self.max_steps = self.max_steps, self.max_steps or 1
+        try:
+            super().validate()
+        finally:
+            self.max_steps = steps
+
 
 def run_dpo(cfg: DPOConfig) -> dict:
     import tasks

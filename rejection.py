@@ -8,12 +8,14 @@ the best candidate". Here:
   KV cache is computed once and shared by the K rows that sample.
 - The reward model (reward.py) scores the K samples of a prompt in ONE packed row (the
   prompt once, each response seeing only the prompt and itself).
-- The pick becomes SFT data (sft_rs.jsonl, for the next round's sft.py). The task
-  checker (tasks.py, the "execution feedback" of §4.3) says how often the pick is right,
-  against a random sample and against the best-of-K oracle, and where a prompt has both
-  a correct and a wrong sample it gives an on-policy preference pair for dpo.py
-  (chosen: the RM's favourite correct sample; rejected: the policy's most frequent wrong
-  answer, the mistake greedy decoding tends to make).
+- Two signals pick (pick()): the task checker (tasks.py, the "execution feedback" of
+  §4.3) filters out incorrect samples, as Llama 3 does for code and math; the reward
+  model picks among the samples that pass. The pick becomes SFT data (sft_rs.jsonl, for
+  this round's sft.py). The report gives both picks' accuracy against a random sample
+  and the best-of-K oracle: the RM's own pick, and the combined one.
+- Where a prompt has both a correct and a wrong sample it gives an on-policy preference
+  pair (chosen: the RM's favourite correct sample; rejected: the policy's most frequent
+  wrong answer) for dpo.py and the next round's reward model (§4.2.1).
 
 Reads:  a policy checkpoint (--init) and a reward model (--reward, out/reward/final);
         prompts from tasks.py (default) or an SFT JSONL (--data).
@@ -40,29 +42,63 @@ import tasks
 from common import OutputLock, atomic_write_json, cli, print0, set_threads
 
 
+def pick(scores: list[float], correct: list[bool] | None) -> tuple[int, int | None]:
+    """Which sample of a prompt becomes SFT data. -> (the reward model's own pick, the
+    combined pick). The two signals and what each decides:
+    - where the task has a checker (correct is a list), execution feedback decides
+      WHETHER a prompt yields data: only samples that pass are candidates (§4.3.1,
+      §4.3.3: incorrect code and math solutions are filtered out), and none pass ->
+      no pick (None);
+    - the reward model decides WHICH candidate: the highest-scored one (§4.2.2);
+      without a checker it picks among all K.
+    [0.1, 0.9, 0.5], [True, False, True] -> (1, 2);  [0.1, 0.9], None -> (1, 1)."""
+    rm_pick = max(range(len(scores)), key=lambda j: scores[j])
+    if correct is None:
+        return rm_pick, rm_pick
+    passing = [j for j in range(len(scores)) if correct[j]]
+    return rm_pick, (max(passing, key=lambda j: scores[j]) if passing else None)
+
+
+def on_policy_pair(prompt, example: dict, texts: list[str], scores: list[float], correct: list[bool]):
+    """A preference row from the policy's own K samples, or None: chosen = the
+    reward model's favourite correct sample, rejected = the policy's most frequent
+    WRONG answer (the mistake greedy decoding tends to make, the one DPO should push
+    down; ties go to the score). The checker says right and wrong, not the RM."""
+    right = [j for j, ok in enumerate(correct) if ok and texts[j].strip()]
+    wrong = [j for j, ok in enumerate(correct) if not ok and texts[j].strip()]
+    if not right or not wrong:
+        return None
+    seen = collections.Counter(" ".join(texts[j].split()) for j in wrong)
+    c = max(right, key=lambda j: scores[j])
+    r = max(wrong, key=lambda j: (seen[" ".join(texts[j].split())], scores[j]))
+    return {"task": example.get("task"), "prompt": list(prompt), "chosen": texts[c], "rejected": texts[r],
+            "meta": example.get("meta", {})}
+
+
 @torch.no_grad()
 def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: int = 8,
                      temperature: float = 0.8, top_p: float = 1.0, max_new_tokens: int = 32,
                      batch_prompts: int = 16, seed: int = 0, log_every: int = 1) -> tuple[list[dict], list[dict], dict]:
-    """K samples per prompt from the policy, the reward model picks the best.
+    """K samples per prompt from the policy; the reward model and the checker pick (pick()).
 
     examples: task examples ({"messages" (the last one, the reference answer, is
               dropped), "task", "meta"}) or prompts ({"prompt": [messages]}).
     -> (sft_rows, pairs, report):
-       sft_rows: {"messages": prompt + [the pick], "task", "meta": {..., "reward"}} -- the
-                 SFT JSONL format (§4.2.2: the pick becomes fine-tuning data);
-       pairs:    on-policy preference rows (chosen = the best-scored CORRECT sample,
-                 rejected = the policy's most frequent WRONG answer, ties broken by
-                 the score), where a prompt has both -- the checker decides right and
-                 wrong here, not the reward model;
-       report:   pick_correct (the RM's pick passes the checker), random_correct (a
-                 random sample does: the mean over samples), oracle_correct (best of K:
-                 any sample does), and timings."""
+       sft_rows: {"messages": prompt + [the pick], "task", "meta": {..., "reward",
+                 "pass_rate"}} -- the SFT JSONL format (§4.2.2: the pick becomes
+                 fine-tuning data); a checked prompt with no correct sample gives none;
+       pairs:    on-policy preference rows (on_policy_pair), filtered by
+                 reward.filter_preferences (§4.1.2, §4.2.1);
+       report:   on the checked prompts: rm_pick_correct (the RM's own pick passes
+                 the checker), pick_correct (the combined pick; with a checker on every
+                 prompt it is the oracle by construction), random_correct (a random
+                 sample: the mean over samples), oracle_correct (any of the K),
+                 rm_accuracy_on_samples (the RM ranks a correct sample above a wrong
+                 one of the same prompt), per task, and timings."""
     chat = R.chat_format(tokenizer)
     prompts = [e["prompt"] if "prompt" in e else e["messages"][:-1] for e in examples]
-    sft_rows, pairs = [], []
-    n_checked = pick = random_hits = oracle = 0
-    sample_pairs = []  # (correct sample scored above wrong sample) for every such pair
+    sft_rows, pairs, sample_pairs = [], [], []
+    counts = collections.defaultdict(lambda: collections.Counter())  # task -> sums of the rates below
     stats_total = {"prefill_s": 0.0, "decode_s": 0.0, "new_tokens": 0, "score_s": 0.0}
     t0 = time.time()
     for start in range(0, len(prompts), batch_prompts):
@@ -76,59 +112,53 @@ def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: i
             stats_total[key] += stats[key]
         t_score = time.time()
         texts_of = [[chat.tokenizer.decode(ids) for ids in samples[i * k:(i + 1) * k]] for i in range(len(batch))]
-        if reward_model is None:  # no judge yet: every sample scores 0, the "pick" is sample 0 (random)
+        if reward_model is None:  # no judge yet: every sample scores 0 (the first passing one is picked)
             scores_of = [[0.0] * k for _ in batch]
         else:
             scores_of = R.score_prompts(reward_model, chat, batch, texts_of)  # one packed row per prompt
         for i, prompt in enumerate(batch):
-            example = examples[start + i]
-            texts, scores = texts_of[i], scores_of[i]  # the K samples and their rewards
-            best = max(range(k), key=lambda j: scores[j])
-            row = {"messages": list(prompt) + [{"role": "assistant", "content": texts[best]}],
-                   "task": example.get("task"), "meta": {**example.get("meta", {}), "reward": scores[best], "k": k}}
-            if example.get("meta"):
-                correct = [tasks.check_response(example, t) for t in texts]
-                n_checked += 1
-                pick += correct[best]
-                random_hits += sum(correct) / k
-                oracle += any(correct)
-                row["meta"]["checker"] = correct[best]
+            example, texts, scores = examples[start + i], texts_of[i], scores_of[i]
+            correct = [tasks.check_response(example, t) for t in texts] if example.get("meta") else None
+            rm_pick, best = pick(scores, correct)
+            if correct is not None:
+                n = counts[example.get("task") or "other"]
+                n.update(prompts=1, rm_pick=correct[rm_pick], pick=best is not None, random=sum(correct) / k,
+                         oracle=any(correct))
                 right = [j for j in range(k) if correct[j] and texts[j].strip()]
                 wrong = [j for j in range(k) if not correct[j] and texts[j].strip()]
-                # The RM's own pairwise accuracy on the policy's samples (what picking needs).
-                sample_pairs += [scores[c] > scores[r] for c in right for r in wrong]
-                if right and wrong:  # on-policy pair for DPO (§4.1.4 uses the latest policy's samples)
-                    # chosen: the RM's favourite correct sample; rejected: the policy's most
-                    # frequent wrong answer -- the mistake greedy decoding tends to make, which
-                    # is the one DPO should push down (ties go to the RM's score).
-                    seen = collections.Counter(" ".join(texts[j].split()) for j in wrong)
-                    c = max(right, key=lambda j: scores[j])
-                    r = max(wrong, key=lambda j: (seen[" ".join(texts[j].split())], scores[j]))
-                    if " ".join(texts[c].split()) != " ".join(texts[r].split()):
-                        pairs.append({"task": example.get("task"), "prompt": list(prompt), "chosen": texts[c],
-                                      "rejected": texts[r], "meta": example.get("meta", {})})
-            sft_rows.append(row)
+                sample_pairs += [scores[c] > scores[r] for c in right for r in wrong]  # what picking needs
+                pair = on_policy_pair(prompt, example, texts, scores, correct)
+                pairs += [pair] if pair else []
+            if best is not None:
+                sft_rows.append({"messages": list(prompt) + [{"role": "assistant", "content": texts[best]}],
+                                 "task": example.get("task"), "meta": {**example.get("meta", {}), "reward": scores[best],
+                                 "k": k, "pass_rate": None if correct is None else sum(correct) / k}})
         stats_total["score_s"] += time.time() - t_score
         done = min(start + batch_prompts, len(prompts))
         if log_every and (start // batch_prompts) % log_every == 0:
             elapsed = time.time() - t0
-            msg = (f"rejection sampling: {done}/{len(prompts)} prompts, {elapsed:.0f}s, "
-                   f"eta {elapsed / done * (len(prompts) - done):.0f}s")
-            if n_checked:
-                msg += (f" | pick correct {pick / n_checked:.1%}, random {random_hits / n_checked:.1%}, "
-                        f"oracle {oracle / n_checked:.1%}")
+            total = sum(counts.values(), collections.Counter())
+            msg = f"rejection sampling: {done}/{len(prompts)} prompts, {elapsed:.0f}s, eta {elapsed / done * (len(prompts) - done):.0f}s"
+            if total["prompts"]:
+                msg += " | " + ", ".join(f"{name} {total[key] / total['prompts']:.1%}" for name, key in RATES)
             print0(msg, flush=True)
-    n = max(1, n_checked)
+    total = sum(counts.values(), collections.Counter())
+    rates = lambda c: {f"{key}_correct": c[key] / max(1, c["prompts"]) for _, key in RATES}  # noqa: E731
     report = {"prompts": len(prompts), "k": k, "temperature": temperature, "top_p": top_p,
-              "checked": n_checked, "pick_correct": pick / n, "random_correct": random_hits / n,
-              "oracle_correct": oracle / n, "pairs": len(pairs), "seconds": round(time.time() - t0, 1),
+              "checked": total["prompts"], **rates(total), "sft_rows": len(sft_rows), "seconds": round(time.time() - t0, 1),
+              "per_task": {task: rates(c) for task, c in sorted(counts.items())},
               "rm_accuracy_on_samples": sum(sample_pairs) / max(1, len(sample_pairs)),
               "rm_sample_pairs": len(sample_pairs),
               "generate_tokens_per_s": round(stats_total["new_tokens"]
                                              / max(1e-9, stats_total["prefill_s"] + stats_total["decode_s"]), 1),
               "score_seconds": round(stats_total["score_s"], 1)}
+    pairs = R.filter_preferences(pairs, " (on-policy pairs)")
+    report["pairs"] = len(pairs)
     return sft_rows, pairs, report
 
+
+# The rates reported: (what the log line calls it, the key: report[key + "_correct"]).
+RATES = (("RM pick", "rm_pick"), ("RM + checker pick", "pick"), ("random", "random"), ("oracle", "oracle"))
 
 
 @cli
@@ -182,8 +212,9 @@ def main(argv=None) -> dict:
     report = {"policy": policy_path, "reward": args.reward, **report,
               "files": {"sft": os.path.join(args.out, "sft_rs.jsonl"), "pairs": os.path.join(args.out, "pairs.jsonl")}}
     atomic_write_json(os.path.join(args.out, "report.json"), report)
-    print(f"summary: the reward model's pick is correct {report['pick_correct']:.1%} of the time; a random "
-          f"sample {report['random_correct']:.1%}; best-of-{args.k} oracle {report['oracle_correct']:.1%}; it ranks "
+    print(f"summary: the reward model's own pick is correct {report['rm_pick_correct']:.1%} of the time, with the "
+          f"checker's filter {report['pick_correct']:.1%}; a random sample {report['random_correct']:.1%}; best-of-"
+          f"{args.k} oracle {report['oracle_correct']:.1%}; the RM ranks "
           f"a correct sample above a wrong one in {report['rm_accuracy_on_samples']:.1%} of "
           f"{report['rm_sample_pairs']} such pairs. Wrote {len(sft_rows)} SFT rows and {len(pairs)} on-policy pairs "
           f"to {args.out}")

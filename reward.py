@@ -31,8 +31,9 @@ measurements behind them):
 - Half of the generated pairs are bare answers ("9" vs "6", no edited): the form the
   SFT policy answers in, i.e. what rejection sampling will ask the RM to judge.
 - The wrong answers imitate the policy's own mistakes (tasks.py's corrupt()).
-- `--on-policy-prompts N` also trains on the init model's own samples, labelled by the
-  task checker (§4.2.1's "preference data from the latest models"); off by default.
+- `--add-data` adds the on-policy pairs of earlier rounds (rejection.py, labelled by
+  the task checker: §4.2.1's "preference data from the latest models"); every pair
+  passes the similar-response and clearly-better filters (filter_preferences).
 
 Reads:  a checkpoint (--init), preference pairs (tasks.make_preference_pairs by
         default, or --data / --eval-data JSONL validated by tasks.read_preference_jsonl).
@@ -62,6 +63,7 @@ import checkpoint
 import model as M
 import parallel
 import pretrain
+import tasks
 from common import arg, atomic_torch_save, cli, finished_run, parse_config, print0
 from pretrain import TrainConfig
 
@@ -366,8 +368,7 @@ class PreferenceBatches:
     def _row(self, g: int) -> int:
         epoch, n = divmod(g, len(self.encoded))
         if epoch not in self._perms:
-            n_rows = len(self.encoded)
-            self._perms = {epoch: random.Random(f"{self.seed}:{epoch}").sample(range(n_rows), n_rows)}
+            self._perms = {epoch: random.Random(f"{self.seed}:{epoch}").sample(range(len(self.encoded)), len(self.encoded))}
         return self._perms[epoch][n]
 
     def __call__(self, step: int, total_steps: int) -> list[dict]:
@@ -386,22 +387,20 @@ def make_eval_fn(encoded: list[dict], batch_size: int, pad_id: int, dist):
 
     @torch.no_grad()
     def eval_fn(reward_model) -> dict:
-        sums = torch.zeros(4, dtype=torch.float64, device=dist.device)  # loss, right, margin, pairs
-        cr = torch.zeros(2, dtype=torch.float64, device=dist.device)  # chosen>rejected right, n
+        sums = torch.zeros(6, dtype=torch.float64, device=dist.device)  # loss, right, margin, pairs; c>r right, n
         for i in range(0, len(mine), batch_size):
             batch = preference_batch(mine[i:i + batch_size], pad_id, dist.device, None)
             better, worse = pair_scores(reward_model, batch)
             gap = (better - worse).double()
-            sums += torch.stack([F.softplus(-gap).sum(), (gap > 0).double().sum(), gap.sum(),
-                                 torch.tensor(float(len(gap)), dtype=torch.float64, device=gap.device)])
             is_cr = batch["pair_is_chosen_rejected"]
-            cr += torch.stack([(gap[is_cr] > 0).double().sum(), is_cr.double().sum()])
+            sums += torch.stack([F.softplus(-gap).sum(), (gap > 0).double().sum(), gap.sum(),
+                                 torch.tensor(float(len(gap)), dtype=torch.float64, device=gap.device),
+                                 (gap[is_cr] > 0).double().sum(), is_cr.double().sum()])
         if dist.world_size > 1:
             torch.distributed.all_reduce(sums)
-            torch.distributed.all_reduce(cr)
         n = max(1.0, sums[3].item())
         return {"val_loss": sums[0].item() / n, "val_accuracy": sums[1].item() / n,
-                "val_margin": sums[2].item() / n, "val_accuracy_chosen_rejected": cr[0].item() / max(1.0, cr[1].item())}
+                "val_margin": sums[2].item() / n, "val_accuracy_chosen_rejected": sums[4].item() / max(1.0, sums[5].item())}
 
     return eval_fn
 
@@ -423,16 +422,14 @@ class RewardConfig(TrainConfig):
     data: str = arg("", "preference JSONL (tasks.read_preference_jsonl format); default: generated pairs")
     eval_data: str = arg("", "held-out preference JSONL; default: generated 'val' pairs")
     tasks: str = arg("", "comma-separated tasks of tasks.py for the generated pairs (default: all)")
-    n_train: int = arg(10000, "generated training pairs (600 steps x 16 rows: each seen once)")
+    n_train: int = arg(5000, "generated training pairs (300 steps x 16 rows: each seen about once)")
     n_eval: int = arg(400, "generated held-out pairs (tasks.py's 'val' split: problems never trained on)")
-    on_policy_prompts: int = arg(0, "also train on the --init model's OWN samples: K per prompt for this "
-                                      "many prompts, a correct vs a wrong one labelled by the task checker "
-                                      "(§4.2.1: preference data from the latest model; 0 = off)")
-    on_policy_k: int = arg(8, "samples per prompt for the on-policy pairs")
+    add_data: str = arg("", "comma-separated preference JSONL files added to the training pairs: the on-policy "
+                            "pairs of earlier rounds (rejection.py's pairs.jsonl; §4.2.1); every 20th held out")
     terse_fraction: float = arg(0.5, "fraction of generated pairs that are bare right vs bare wrong answers, "
                                      "the form the policy answers in (tasks.make_preference_pairs)")
     batch_size: int = arg(16, "prompts (packed rows) per optimizer step")
-    max_steps: int = arg(600, "optimizer steps")
+    max_steps: int = arg(300, "optimizer steps (600 cost twice the time for ~3 points of held-out accuracy)")
     time_budget_min: float = arg(0.0, "if > 0: shorten the run to end within this many minutes (timed on "
                                       "steps 2-3, which a busy machine makes look slow: off by default)")
     lr: float = arg(5e-4, "peak learning rate (the paper gives none for the RM; measured on a 15M model: "
@@ -443,44 +440,60 @@ class RewardConfig(TrainConfig):
     ckpt_every: int = arg(100, "checkpoint every N steps")
 
 
-def load_pairs(cfg: RewardConfig, split: str) -> tuple[list[dict], list[dict]]:
-    """Preference rows for 'train' or 'val': from --data / --eval-data (validated: bad
-    lines are reported with their line number and skipped) or generated by tasks.py."""
-    import tasks
-    path = cfg.data if split == "train" else cfg.eval_data
-    if path:
-        return tasks.read_preference_jsonl(path, verbose=int(os.environ.get("RANK", "0")) == 0)
-    n = cfg.n_train if split == "train" else cfg.n_eval
-    return tasks.make_preference_pairs(n, cfg.seed, split=split, tasks=cfg.tasks or None,
-                                       terse_fraction=getattr(cfg, "terse_fraction", 0.0)), []
+RATINGS_KEPT = ("significantly better", "better")  # §4.2.1: of four ratings, the two used
 
 
-def sample_on_policy_pairs(policy: M.Transformer, tokenizer, cfg: RewardConfig) -> tuple[list[dict], list[dict], dict]:
-    """The init model's own answers as preference pairs (§4.2.1: each round's preference
-    data is sampled from the latest models; our annotator is the task checker, §4.3).
-    K samples per prompt (rejection_sample with no reward model yet); where a prompt
-    has a correct and a wrong sample, (correct, wrong) is a pair. Training pairs come
-    from 'train' prompts, held-out ones (a quarter as many prompts) from 'val' prompts.
-    Without them the reward model never sees the policy's failure modes (empty, malformed
-    or off-task answers) and can score them highest: its best-of-K pick was then no
-    better than a random sample."""
-    import tasks
-    from rejection import rejection_sample  # rejection.py imports this file: import on use
-    was_training = policy.training
-    policy.eval()
-    out = []
-    for split, n, seed in (("train", cfg.on_policy_prompts, cfg.seed + 101), ("val", max(1, cfg.on_policy_prompts // 4),
-                                                                             cfg.seed + 202)):
-        examples = tasks.make_examples(n, seed, tasks=cfg.tasks or None, split=split)
-        t0 = time.time()
-        _, pairs, rs = rejection_sample(policy, None, tokenizer, examples, k=cfg.on_policy_k, seed=seed, log_every=0)
-        print0(f"on-policy pairs ({split}): {len(pairs)} from {n} prompts x {cfg.on_policy_k} samples in "
-               f"{time.time() - t0:.0f}s (a sample is correct {rs['random_correct']:.1%} of the time)")
-        out.append((pairs, {"prompts": n, "pairs": len(pairs), "sample_correct": rs["random_correct"],
-                            "seconds": round(time.time() - t0, 1)}))
-    policy.train(was_training)
-    (train_pairs, train_info), (val_pairs, val_info) = out
-    return train_pairs, val_pairs, {"k": cfg.on_policy_k, "train": train_info, "val": val_info}
+def similar_responses(a: str, b: str, threshold: float = 0.9) -> bool:
+    """§4.1.2's "similar responses": the same text up to case, spaces, commas and a
+    final full stop (tasks.normalize), or at least `threshold` of their characters
+    matching (difflib's ratio, for long responses that differ in a word or two).
+    "7" vs "7." -> True; "The cat sat on the mat." vs "The cat sat on a mat." -> True;
+    "34" vs "43" -> False."""
+    import difflib
+    a, b = tasks.normalize(a), tasks.normalize(b)
+    return a == b or difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= threshold
+
+
+def preference_verdict(row: dict) -> str:
+    """Why a preference row is kept or dropped: "kept", "similar" or "unclear".
+    A row whose task has a checker (meta from tasks.py) is clearly better only when
+    the checker passes chosen and fails rejected (§4.3: execution feedback as the
+    rating "significantly better"); one answer right and one wrong is never
+    "similar", however alike the texts ("34" vs "43" is the whole point). Without a
+    checker: a "rating" field, when the row has one, must be in RATINGS_KEPT
+    (§4.2.1), and similar chosen/rejected texts are dropped (§4.1.2)."""
+    meta = row.get("meta")
+    if isinstance(meta, dict) and meta.get("task") in tasks.TASKS and "answer" in meta:
+        ok = tasks.check_response(meta, row["chosen"]) and not tasks.check_response(meta, row["rejected"])
+        return "kept" if ok else "unclear"
+    if row.get("rating") is not None and str(row["rating"]).lower() not in RATINGS_KEPT:
+        return "unclear"
+    return "similar" if similar_responses(row["chosen"], row["rejected"]) else "kept"
+
+
+def filter_preferences(rows: list[dict], what: str = "") -> list[dict]:
+    """Rows -> the kept ones (preference_verdict); prints what was dropped and why."""
+    verdicts = [preference_verdict(row) for row in rows]
+    if verdicts.count("kept") < len(rows):
+        print0(f"preference filter{what}: kept {verdicts.count('kept')}, dropped {verdicts.count('similar')} "
+               f"with similar responses (§4.1.2), {verdicts.count('unclear')} not clearly better (§4.2.1)")
+    return [row for row, v in zip(rows, verdicts) if v == "kept"]
+
+
+def load_pairs(cfg, split: str, paths: str | None = None) -> tuple[list[dict], list[dict]]:
+    """Filtered preference rows (filter_preferences) and the skipped lines: from
+    comma-separated JSONL files (`paths`, else --data for 'train' / --eval-data for
+    'val'; validated: bad lines are reported with their line number and skipped), or
+    generated by tasks.py. cfg: a RewardConfig or a DPOConfig."""
+    paths = paths if paths is not None else cfg.data if split == "train" else cfg.eval_data
+    rows, skipped = [], []
+    for path in [p.strip() for p in paths.split(",") if p.strip()]:
+        r, s = tasks.read_preference_jsonl(path, verbose=int(os.environ.get("RANK", "0")) == 0)
+        rows, skipped = rows + r, skipped + s
+    if not paths:
+        rows = tasks.make_preference_pairs(cfg.n_train if split == "train" else cfg.n_eval, cfg.seed, split=split,
+                                           tasks=cfg.tasks or None, terse_fraction=getattr(cfg, "terse_fraction", 0))
+    return filter_preferences(rows, f" ({paths or split})"), skipped
 
 
 def train_reward_model(cfg: RewardConfig) -> dict:
@@ -500,10 +513,9 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     # ---- data ---------------------------------------------------------------------
     train_rows, skipped = load_pairs(cfg, "train")
     eval_rows, eval_skipped = load_pairs(cfg, "val")
-    on_policy_report, on_policy_eval = None, []
-    if cfg.on_policy_prompts > 0 and not cfg.data:
-        on_policy_train, on_policy_eval, on_policy_report = sample_on_policy_pairs(trunk, chat.tokenizer, cfg)
-        train_rows = train_rows + on_policy_train
+    added, more_skipped = load_pairs(cfg, "train", cfg.add_data) if cfg.add_data else ([], [])  # §4.2.1
+    added_eval, skipped = added[::20], skipped + more_skipped
+    train_rows += [row for i, row in enumerate(added) if i % 20]
     train_encoded, dropped = encode_rows(chat, train_rows, model_args.max_seq_len)
     eval_encoded, eval_dropped = encode_rows(chat, eval_rows, model_args.max_seq_len)
     n_pairs = sum(len(ranking_pairs(len(e["responses"]))) for e in train_encoded)
@@ -543,12 +555,12 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     for task in sorted({e["task"] for e in eval_encoded}):
         per_task[task] = make_eval_fn([e for e in eval_encoded if e["task"] == task], cfg.batch_size, pad_id,
                                       dist)(reward_model)
-    if on_policy_eval:  # held-out pairs of the policy's own samples: what rejection sampling needs
-        encoded, _ = encode_rows(chat, on_policy_eval, model_args.max_seq_len)
+    if added_eval:  # held-out pairs of an earlier policy's own samples
+        encoded, _ = encode_rows(chat, added_eval, model_args.max_seq_len)
         per_task["on_policy"] = make_eval_fn(encoded, cfg.batch_size, pad_id, dist)(reward_model)
     report = {
         "status": "done", "init": init, "steps": result["step"], "total_steps": result["total_steps"],
-        "on_policy_sampling": on_policy_report,
+        "added_pairs": len(added) - len(added_eval),
         "train_rows": len(train_encoded), "train_pairs": n_pairs, "eval_rows": len(eval_encoded),
         "skipped_lines": skipped[:50] + eval_skipped[:50], "after": result["last_eval"],
         "heldout_accuracy": result["last_eval"].get("val_accuracy"),
@@ -568,9 +580,8 @@ def train_reward_model(cfg: RewardConfig) -> dict:
         print0(f"held-out pairwise accuracy {result['last_eval']['val_accuracy']:.1%}"
                f" (chosen vs rejected {result['last_eval']['val_accuracy_chosen_rejected']:.1%}), "
                f"margin {result['last_eval']['val_margin']:.2f}")
-        for task, m in report["per_task"].items():
-            print0(f"  {task:8s} accuracy {m['accuracy']:.1%} (chosen vs rejected {m['accuracy_chosen_rejected']:.1%})"
-                   f"  margin {m['margin']:.2f}")
+        print0("per task: " + ", ".join(f"{t} {m['accuracy']:.1%} ({m['accuracy_chosen_rejected']:.1%})"
+                                        for t, m in report["per_task"].items()))
     parallel.teardown_distributed()
     return report
 

@@ -176,3 +176,20 @@ def test_non_finite_loss_stops_with_one_line(tmp_path, tiny_ckpt, capsys):
     assert stop.value.code == 3
     assert "STOPPED: non-finite loss at step 2" in capsys.readouterr().out
     assert json.load(open(tmp_path / "dpo" / "report.json"))["status"] == "non-finite loss"
+
+
+def test_default_command_line_is_one_epoch(tmp_path, tiny_ckpt):
+    """`python dpo.py` with no --max-steps parses (0 = one epoch) and trains one epoch;
+    a negative value is still one line and exit code 2."""
+    import common
+    assert common.parse_config(D.DPOConfig, [], show=False).max_steps == 0
+    with pytest.raises(SystemExit) as bad:
+        common.parse_config(D.DPOConfig, ["--max-steps", "-1"], show=False)
+    assert bad.value.code == 2
+    rows = [{"prompt": [{"role": "user", "content": f"Add {i} and 1."}], "chosen": str(i + 1), "rejected": str(i)}
+            for i in range(20)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = D.main(["--init", tiny_ckpt, "--out", str(tmp_path / "dpo"), "--data", str(tmp_path / "train.jsonl"),
+                     "--n-eval-tasks", "0", "--batch-size", "4", "--eval-every", "0", "--dtype", "fp32",
+                     "--threads", "1", "--warmup-steps", "1"])
+    assert report["train_pairs"] == 19 and report["steps"] == 5  # 19 pairs / 4 per step, rounded up

@@ -2,7 +2,7 @@
 accuracy/margin on a toy case, the three-way ranking as ordered pairs, the packed row
 (prompt + shuffled responses in one sequence) scoring exactly like separate rows, bad
 preference lines reported with line numbers, a tiny end-to-end reward-model training
-(save, load) and rejection sampling. Tiny models and a byte-level tokenizer: seconds."""
+(save, load) and which preference pairs are kept. Tiny models and a byte-level tokenizer: seconds."""
 import json
 import math
 
@@ -13,7 +13,6 @@ import torch.nn.functional as F
 import checkpoint
 import model as M
 from tests.conftest import tiny_args
-import rejection
 import reward as R
 
 
@@ -192,60 +191,50 @@ def test_tiny_reward_model_learns_and_round_trips(tmp_path, tiny_ckpt, chat):
         assert (tmp_path / "rm" / "final" / name).exists()
     assert (tmp_path / "rm" / "accuracy.png").exists() and (tmp_path / "rm" / "report.json").exists()
 
-    # Rejection sampling with this RM and a tiny policy: K samples per prompt, one pick each.
+
+# -----------------------------------------------------------------------------
+# Which pairs are kept (§4.1.2: similar responses out; §4.2.1: clearly better only)
+
+
+def test_similar_responses():
+    assert R.similar_responses("7", "7.") and R.similar_responses(" The Answer is 9 ", "the answer is 9.")
+    assert R.similar_responses("The cat sat on the mat.", "The cat sat on a mat.")  # 90% of characters
+    assert not R.similar_responses("34", "43") and not R.similar_responses("9", "The answer is 9.")
+    assert not R.similar_responses("The cat sat on the mat.", "A dog ran.")
+
+
+def test_preference_filter_keeps_clearly_better_dissimilar_pairs(tmp_path):
     import tasks
-    policy, _ = checkpoint.load_model(tiny_ckpt)
-    examples = tasks.make_examples(3, seed=0, tasks=["larger"])
-    sft_rows, pairs, rs = rejection.rejection_sample(policy.eval(), rm, chat.tokenizer, examples, k=4, max_new_tokens=6,
-                                             batch_prompts=2, log_every=0)
-    assert len(sft_rows) == 3 and rs["checked"] == 3
-    for row, ex in zip(sft_rows, examples):
-        assert row["messages"][:-1] == ex["messages"][:-1] and row["messages"][-1]["role"] == "assistant"
-    assert 0 <= rs["random_correct"] <= rs["oracle_correct"] <= 1 and rs["pick_correct"] <= rs["oracle_correct"]
-
-    # The same from the command line (rejection.py), and a bad flag is one line, exit 2.
-    out = tmp_path / "rejection"
-    cli_report = rejection.main(["--init", tiny_ckpt, "--reward", report["final"], "--n-prompts", "4", "--k", "2",
-                                 "--max-new-tokens", "4", "--out", str(out), "--threads", "1"])
-    assert cli_report["prompts"] == 4 and cli_report["k"] == 2
-    assert (out / "sft_rs.jsonl").exists() and (out / "pairs.jsonl").exists() and (out / "report.json").exists()
-    with pytest.raises(SystemExit) as bad:
-        rejection.main(["--k", "0"])
-    assert bad.value.code == 2
-
-
-def test_on_policy_pairs_from_the_policys_own_samples(monkeypatch, tiny_ckpt, chat):
-    """§4.2.1: pairs from the init model's samples, labelled by the task checker. The
-    sampler is scripted (a random tiny model is almost never right): per prompt the K=4
-    samples are [right, wrong, empty, wrong]; prompts of one task get only wrong ones."""
-    import sample
-    import tasks
-
-    def scripted_generate(policy, tokenizer, prompts, num_samples=1, stats=None, **kw):
-        stats.update(prefill_s=0.0, decode_s=0.0, new_tokens=0)
-        out = []
-        for p in prompts:
-            text = tokenizer.decode(p)
-            example = next(e for e in pool if e["messages"][0]["content"] in text)
-            right = example["meta"]["answer"]
-            wrong = tasks.TASKS[example["task"]].corrupt(__import__("random").Random(0),
-                                                        example["messages"][0]["content"], right, example["meta"])
-            batch = [wrong, wrong, "", wrong] if example["task"] == "count" else [right, wrong, "", wrong]
-            out += [tokenizer.encode(t, bos=False) for t in batch]
-        return out
-
-    pool = (tasks.make_examples(40, 101, split="train") + tasks.make_examples(10, 202, split="val"))
-    monkeypatch.setattr(sample, "generate", scripted_generate)
-    policy, _ = checkpoint.load_model(tiny_ckpt)
-    cfg = R.RewardConfig(on_policy_prompts=40, on_policy_k=4, seed=0)
-    train, val, info = R.sample_on_policy_pairs(policy, chat.tokenizer, cfg)
-    expect = [e for e in pool[:40] if e["task"] != "count"]
-    assert len(train) == len(expect) and info["train"]["pairs"] == len(expect) and info["val"]["prompts"] == 10
-    for pair, e in zip(train, expect):
-        assert pair["prompt"] == e["messages"][:1] and pair["chosen"] == e["meta"]["answer"]
-        assert tasks.check_response(e, pair["chosen"]) and not tasks.check_response(e, pair["rejected"])
-    assert info["train"]["sample_correct"] == pytest.approx(0.25 * len(expect) / 40)
-    assert all(not p["task"] == "count" for p in val)
+    e = tasks.make_examples(1, seed=0, tasks="larger")[0]  # "Which is larger: x or y?"
+    right, meta = e["meta"]["answer"], e["meta"]
+    wrong = str(min(meta["x"], meta["y"]))
+    prompt = e["messages"][:1]
+    rows = {
+        "checked": {"prompt": prompt, "chosen": right, "rejected": wrong, "meta": meta},
+        # a checker sees through look-alike texts: one right, one wrong is a clear preference
+        "checked_alike": {"prompt": prompt, "chosen": f"The answer is {right}.", "rejected": f"The answer is {wrong}.",
+                          "meta": meta},
+        "both_right": {"prompt": prompt, "chosen": right, "rejected": f"It is {right}", "meta": meta},
+        "reversed": {"prompt": prompt, "chosen": wrong, "rejected": right, "meta": meta},
+        "plain": {"prompt": prompt, "chosen": "Paris is the capital.", "rejected": "I do not know."},
+        "similar": {"prompt": prompt, "chosen": "Paris is the capital.", "rejected": "paris is the capital"},
+        "rated_better": {"prompt": prompt, "chosen": "yes", "rejected": "no", "rating": "Better"},
+        "rated_slightly": {"prompt": prompt, "chosen": "yes", "rejected": "no", "rating": "slightly better"},
+    }
+    verdicts = {name: R.preference_verdict(row) for name, row in rows.items()}
+    assert verdicts == {"checked": "kept", "checked_alike": "kept", "both_right": "unclear", "reversed": "unclear",
+                        "plain": "kept", "similar": "similar", "rated_better": "kept", "rated_slightly": "unclear"}
+    assert R.filter_preferences(list(rows.values())) == [rows[k] for k in ("checked", "checked_alike", "plain",
+                                                                           "rated_better")]
+    # the same filter on reading a file (the reward model's and DPO's data)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
+    cfg = R.RewardConfig(data=str(tmp_path / "p.jsonl"))
+    kept, skipped = R.load_pairs(cfg, "train")
+    assert [r["chosen"] for r in kept] == [rows[k]["chosen"] for k in ("checked", "checked_alike", "plain",
+                                                                       "rated_better")] and not skipped
+    # generated pairs pass it whole: right vs wrong answers, edited vs chosen differ in form
+    generated = tasks.make_preference_pairs(200, seed=0, terse_fraction=0.5)
+    assert R.filter_preferences(generated) == generated
 
 
 def test_stopped_reward_run_resumes_exactly(tmp_path, tiny_ckpt):
