@@ -42,7 +42,8 @@ def test_train_and_held_out_prompts_are_disjoint():
 def test_checkers_accept_right_and_reject_corrupted_answers(name):
     task, rng = T.TASKS[name], random.Random(0)
     for e in T.make_examples(40, seed=3, tasks=[name]):
-        prompt, answer, meta = e["messages"][0]["content"], e["messages"][1]["content"], e["meta"]
+        prompt = next(m["content"] for m in e["messages"] if m["role"] == "user")
+        answer, meta = e["messages"][-1]["content"], e["meta"]
         assert task.check(meta, answer) and T.check_response(e, answer)
         assert T.check_response(meta, f"The answer is {answer}.")  # chatty but right
         assert T.check_response(meta, " " + answer.upper() + ". ")  # case, spaces, full stop
