@@ -13,6 +13,11 @@ What is notable here
 - `ChatFormat` is Meta's chat format, plus `encode_dialog`, which also returns the two
   masks post-training needs: which tokens the SFT loss trains on, and which tokens are
   formatting that DPO masks out (§4.1.4).
+- Tool use (§4.3.5) in Llama 3.1's format, Meta's ids exactly: tool calls after
+  <|python_tag|>, <|eom_id|> (waiting for a tool) vs <|eot_id|>, the ipython role for
+  results, "Environment: ipython" / "Tools:" in the system prompt (`system_prompt`), JSON
+  calls of custom tools, RAG context on a user message; and the inverse,
+  `parse_assistant_message`, which reads a generated message as Meta's tool_utils does.
 - `train_bpe` trains a byte-level BPE from scratch in readable pure Python that is still
   fast: pre-token chunks are counted once, and each merge updates the pair counts of
   only the chunks that contain the merged pair (no recount of the corpus per merge).
@@ -32,7 +37,8 @@ How to run
     python tokenizer.py bench                           # training speed vs HF tokenizers
 
 Read next: data.py (uses `train_tokenizer` and `Tokenizer.encode` to build the token
-shards), then tasks.py / sft.py / dpo.py (use `ChatFormat.encode_dialog`).
+shards), then tasks.py / sft.py / dpo.py (use `ChatFormat.encode_dialog`) and tools.py
+(runs the tool calls).
 """
 
 from __future__ import annotations
