@@ -574,7 +574,7 @@ def _check_messages(messages, what: str = "messages") -> Optional[tuple[str, str
         if "tool_calls" in m or "stop_reason" in m or "context" in m:
             from tokenizer import ChatFormat
             try:
-                ChatFormat._check(m)
+                ChatFormat.check_message(m)
             except ValueError as e:
                 return "tool", f"{what}[{i}]: {e}"
         if not m["content"].strip() and not (m["role"] == "assistant" and m.get("tool_calls")):

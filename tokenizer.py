@@ -539,7 +539,9 @@ class ChatFormat:
         self.strip = strip
 
     @staticmethod
-    def _check(message: dict) -> None:
+    def check_message(message: dict) -> None:
+        """ValueError (TypeError for a non-dict) naming the field if `message` is not a
+        message this format encodes (see the class docstring)."""
         if not isinstance(message, dict):
             raise TypeError(f"a message is a dict with 'role' and 'content', got {type(message).__name__}")
         for key in ("role", "content"):
@@ -571,7 +573,7 @@ class ChatFormat:
         """One message as (ids, written by the assistant, is formatting) pieces, in order:
         header, [<|python_tag|>], content, [\\n\\n + context], [tool calls], end token.
         Each piece is encoded on its own, as Meta does (so ids never merge across pieces)."""
-        self._check(message)
+        self.check_message(message)
         encode = lambda text: self.tokenizer.encode(text, bos=False, eos=False)  # noqa: E731
         clean = (lambda text: text.strip()) if self.strip else (lambda text: text)  # noqa: E731
         mine = message["role"] == "assistant"
