@@ -7,6 +7,7 @@ process with its output streamed):
   tokenizer  §3.2    tokenizer.py  characters per token, ours vs Meta's (if installed)
   pretrain   §3.4    pretrain.py   torchrun, 2 ranks (FSDP2), a few minutes
   sft        §4.1.3  sft.py        supervised fine-tuning on the built-in tasks
+  tools      §4.3.5  tools.py      tool use: SFT on calculator calls, accuracy with/without the tool
   reward     §4.1.2  reward.py     the reward model on preference pairs
   rejection  §4.2.2  reward.py     best-of-K rejection sampling with the reward model
   dpo        §4.1.4  dpo.py        direct preference optimization from the SFT model
@@ -15,7 +16,8 @@ process with its output streamed):
 It stops at the first failing stage (with that stage's exit code and the tail of its
 output) and can resume from a named stage: every stage reads only files that earlier
 stages wrote under --out. At the end it writes OUT/REPORT.md: for each stage its key
-numbers, read from the JSON records the stages wrote, and their PNG plots.
+numbers, read from the JSON records the stages wrote, and their PNG plots, and
+OUT/summary.json (the tool stage's {"tools": {"with_tool": x, "without_tool": y}}).
 
 Reads: nothing but the built-in data. Writes: out/ (or --out), OUT/REPORT.md.
 Run:   python run_all.py                     # everything, ~11-20 minutes on 2 CPU cores
@@ -54,6 +56,7 @@ def stages(out: str) -> list[tuple[str, list[str], str]]:
          "FSDP2 pre-training on 2 ranks (§3.4)"),
         ("sft", [PY, "sft.py", "--init", d("pretrain", "final"), "--out", d("sft"),
                  "--tokenizer", d("data", "tokenizer.model")], "supervised fine-tuning (§4.1.3)"),
+        tool_stage(out),
         ("reward", [PY, "reward.py", "--init", d("sft", "final"), "--out", d("reward")],
          "reward model (§4.1.2)"),
         ("rejection", [PY, "rejection.py", "--init", d("sft", "final"),
@@ -65,6 +68,33 @@ def stages(out: str) -> list[tuple[str, list[str], str]]:
         ("chat", [PY, "sample.py", "--ckpt", d("dpo", "final"), "--chat", "--temperature", "0"],
          "a scripted chat with the final model (§6)"),
     ]
+
+
+def tool_stage(out: str) -> tuple[str, list[str], str]:
+    """§4.3.5 tool use, a branch off the SFT model that no later stage reads: tools.py
+    learn teaches the model to call the code interpreter (a safe calculator) on 3-digit
+    products (~2 minutes of SFT), then measures held-out accuracy with the tool and
+    without it (OUT/tools/report.json; tool_report puts it in REPORT.md/summary.json)."""
+    return ("tools", [PY, "tools.py", "learn", "--init", os.path.join(out, "sft", "final"),
+                      "--out", os.path.join(out, "tools")],
+            "tool use (§4.3.5): SFT on calls of the calculator, accuracy with vs without it")
+
+
+def tool_report(out: str) -> tuple[list[str], dict]:
+    """The tool stage's REPORT.md lines (accuracies, one transcript) and its summary.json
+    entry {"tools": {"with_tool": x, "without_tool": y}} ({} if the stage did not run)."""
+    record = _load(os.path.join(out, "tools", "report.json"))
+    if not record or "with_tool" not in record:
+        return [], {}
+    lines = [f"Held-out 3-digit products ({record['n_eval']}), greedy, after {record.get('sft_steps')} steps of "
+             f"SFT on calculator dialogs ({record.get('sft_seconds') or 0:.0f}s):", "",
+             "| | accuracy | called the tool |", "|---|---|---|",
+             f"| with the tool | {record['with_tool']:.1%} | {record['with_tool_called_tool']:.1%} |",
+             f"| without it | {record['without_tool']:.1%} | {record['without_tool_called_tool']:.1%} |", ""]
+    for key in ("with_tool", "without_tool"):
+        if record.get(f"{key}_transcripts"):
+            lines += [f"{key.replace('_', ' ')}:", "```", record[f"{key}_transcripts"][0]["text"], "```", ""]
+    return lines, {"tools": {"with_tool": record["with_tool"], "without_tool": record["without_tool"]}}
 
 
 def _resolve(cmd: list[str]) -> list[str]:
@@ -141,6 +171,7 @@ SECTIONS = {  # stage -> (record files, fields worth showing)
     "pretrain": (["pretrain/report.json"], ("loss", "steps", "tokens", "seconds", "mfu", "parameters",
                                             "world_size")),
     "sft": (["sft/report.json"], ("accuracy", "loss", "steps", "seconds", "tokens")),
+    "tools": ([], ()),  # tool_report
     "reward": (["reward/report.json"], ("accuracy", "margin", "loss", "steps", "seconds")),
     "rejection": (["rejection/report.json"], ("correct", "rate", "k", "prompts", "seconds")),
     "dpo": (["dpo/report.json"], ("accuracy", "rewards/", "logps/", "loss", "steps", "seconds")),
@@ -177,13 +208,21 @@ def write_report(out: str, timings: dict):
                 lines += ["Typed in (one line per turn): " + " | ".join(f"`{c}`" for c in CHAT_SCRIPT), "",
                           "```", f.read()[-3000:].strip(), "```", ""]
             found = True
+        if name == "tools":
+            tool_lines, summary = tool_report(out)
+            lines += tool_lines
+            found = bool(tool_lines)
         if not found:
             lines += ["(no record: stage not run)", ""]
     path = os.path.join(out, "REPORT.md")
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(path + ".tmp", path)
-    print(f"wrote {path}")
+    summary_path = os.path.join(out, "summary.json")
+    with open(summary_path + ".tmp", "w") as f:
+        json.dump({**(_load(summary_path) or {}), **tool_report(out)[1]}, f, indent=1)
+    os.replace(summary_path + ".tmp", summary_path)
+    print(f"wrote {path}, {summary_path}")
 
 
 def main(argv=None) -> int:

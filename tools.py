@@ -361,47 +361,21 @@ def transcript(dialog: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-# -----------------------------------------------------------------------------
-# 4. Command line
-
-
-@cli
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Tool use (§4.3.5): the calculator, and held-out accuracy "
-                                                 "with the tool vs without it.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("calc", help="run the calculator on CODE and print the result (or the error)")
-    p.add_argument("code", help='e.g. "347 * 582"')
-    p = sub.add_parser("eval", help="held-out calculator problems, with the tool and without it")
-    p.add_argument("--ckpt", required=True, help="the model (any format checkpoint.load_model reads)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the one next to --ckpt)")
-    p.add_argument("--n-eval", type=int, default=500, help="held-out problems (tasks.py's val split)")
-    p.add_argument("--seed", type=int, default=0, help="which held-out problems (tasks.make_examples seed)")
-    p.add_argument("--task", default="calculator", help="the tasks.py task whose problems are asked")
-    p.add_argument("--batch-size", type=int, default=64, help="dialogs per generate() call")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="per assistant message")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = the cores rule)")
-    p.add_argument("--out", default="out/tools", help="folder for report.json")
-    args = parser.parse_args(argv)
-    if args.command == "calc":
-        print(calculate(args.code))
-        return 0
-
+def evaluate_checkpoint(ckpt: str, args, extra: Optional[dict] = None) -> dict:
+    """`eval`: the same held-out problems with the tool and without it -> report.json
+    {"with_tool": x, "without_tool": y, ...} in args.out, with transcripts."""
     import sample
     import tasks
     from common import set_threads
-    if args.n_eval < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
-        raise UsageError("--n-eval, --batch-size and --max-new-tokens must be >= 1")
     if args.task not in tasks.TASKS:
         raise UsageError(f"--task {args.task!r}: unknown; known: {', '.join(tasks.TASKS)}")
     set_threads(args.threads, args.device or "cpu")
     try:
-        model, tokenizer = sample.load_for_inference(args.ckpt, args.tokenizer, args.device)
+        model, tokenizer = sample.load_for_inference(ckpt, args.tokenizer, args.device)
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     examples = tasks.make_examples(args.n_eval, args.seed, tasks=[args.task], split="val")
-    report = {"ckpt": args.ckpt, "task": args.task, "n_eval": args.n_eval, "seed": args.seed}
+    report = {"ckpt": ckpt, "task": args.task, "n_eval": args.n_eval, "seed": args.seed, **(extra or {})}
     for key, with_tool in (("with_tool", True), ("without_tool", False)):
         t0 = time.time()
         result = evaluate(model, tokenizer, examples, with_tool=with_tool, batch_size=args.batch_size,
@@ -419,6 +393,73 @@ def main(argv=None):
     print(f"summary: {json.dumps({'tools': {'with_tool': report['with_tool'], 'without_tool': report['without_tool']}})}"
           f"; wrote {path}")
     return report
+
+
+# The recipe of `learn` (run_all's tool stage), from a model that went through SFT on the
+# default tasks: three calculator dialogs for one multiply question (the same problems
+# answered in its head, so that "without the tool" is the model's own best answer).
+LEARN_TASKS = "calculator,calculator,calculator,multiply"
+LEARN_STEPS, LEARN_TOKENS, LEARN_LR = 100, 1024, 1e-3
+
+
+def learn(args) -> dict | int:
+    """`learn`: SFT on the calculator's tool-calling dialogs (sft.py, into OUT/sft), then
+    evaluate_checkpoint on the result (OUT/report.json). run_all's tool stage."""
+    import sft
+    sft_out = os.path.join(args.out, "sft")
+    argv = ["--init", args.init, "--out", sft_out, "--tasks", LEARN_TASKS, "--seed", str(args.seed),
+            "--max-steps", str(args.max_steps), "--tokens-per-step", str(args.tokens_per_step),
+            "--lr", str(args.lr), "--n-train", str(args.n_train), "--n-eval", "100", "--eval-every", "100000",
+            "--threads", str(args.threads)] + (["--device", args.device] if args.device else []) \
+        + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
+    record = sft.main(argv)
+    if not isinstance(record, dict) or record.get("status") != "done":
+        return record if isinstance(record, int) and record else 1
+    extra = {"init": args.init, "sft_steps": record.get("steps"), "sft_seconds": record.get("train_seconds"),
+             "sft_tasks": LEARN_TASKS, "sft_accuracy": (record.get("accuracy_after") or {}).get("overall")}
+    return evaluate_checkpoint(os.path.join(sft_out, "final"), args, extra)
+
+
+# -----------------------------------------------------------------------------
+# 4. Command line
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Tool use (§4.3.5): the calculator, and held-out accuracy "
+                                                 "with the tool vs without it.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("calc", help="run the calculator on CODE and print the result (or the error)")
+    p.add_argument("code", help='e.g. "347 * 582"')
+    evaluator = sub.add_parser("eval", help="held-out calculator problems, with the tool and without it")
+    evaluator.add_argument("--ckpt", required=True, help="the model (any format checkpoint.load_model reads)")
+    learner = sub.add_parser("learn", help="SFT on the calculator's tool-calling dialogs (sft.py), then eval "
+                                           "(run_all's tool stage)")
+    learner.add_argument("--init", default="out/sft/final", help="the model to teach (after SFT on the default tasks)")
+    learner.add_argument("--max-steps", type=int, default=LEARN_STEPS, help="SFT optimizer steps")
+    learner.add_argument("--tokens-per-step", type=int, default=LEARN_TOKENS, help="SFT tokens per step")
+    learner.add_argument("--lr", type=float, default=LEARN_LR, help="SFT peak learning rate")
+    learner.add_argument("--n-train", type=int, default=20000, help="generated training dialogs")
+    for p, n_eval in ((evaluator, 500), (learner, 200)):
+        p.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the one next to the model)")
+        p.add_argument("--n-eval", type=int, default=n_eval, help="held-out problems (tasks.py's val split)")
+        p.add_argument("--seed", type=int, default=0, help="which problems (tasks.make_examples seed); SFT's seed")
+        p.add_argument("--task", default="calculator", help="the tasks.py task whose problems are asked")
+        p.add_argument("--batch-size", type=int, default=64, help="dialogs per generate() call")
+        p.add_argument("--max-new-tokens", type=int, default=32, help="per assistant message")
+        p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+        p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = the cores rule)")
+        p.add_argument("--out", default="out/tools", help="folder for report.json (learn: and sft/)")
+    args = parser.parse_args(argv)
+    if args.command == "calc":
+        print(calculate(args.code))
+        return 0
+
+    if args.n_eval < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
+        raise UsageError("--n-eval, --batch-size and --max-new-tokens must be >= 1")
+    if args.command == "learn":
+        return learn(args)
+    return evaluate_checkpoint(args.ckpt, args)
 
 
 if __name__ == "__main__":

@@ -264,3 +264,27 @@ def test_cli_eval_writes_report(tmp_path, tok_path, tok, monkeypatch, capsys):
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["with_tool"] == 1.0 and "ipython> " in saved["with_tool_transcripts"][0]["text"]
     assert '"tools": {"with_tool": 1.0, "without_tool": 0.0}' in capsys.readouterr().out
+
+
+def test_learn_teaches_then_evaluates(tmp_path, tok_path):
+    """`learn` (run_all's tool stage) on a tiny model: SFT on calculator dialogs into
+    OUT/sft (the weights change), then report.json with both accuracies."""
+    from conftest import tiny_args
+    import checkpoint
+    import model as M
+    torch.manual_seed(0)
+    init, out = str(tmp_path / "init"), str(tmp_path / "tools")
+    checkpoint.save_model(M.Transformer(tiny_args()), tiny_args(), init, tokenizer_path=tok_path)
+    report = tools.main(["learn", "--init", init, "--out", out, "--max-steps", "3", "--tokens-per-step", "512",
+                         "--n-train", "40", "--n-eval", "4", "--max-new-tokens", "4", "--threads", "1"])
+    assert report["sft_steps"] == 3 and report["sft_tasks"] == tools.LEARN_TASKS and report["init"] == init
+    assert 0.0 <= report["with_tool"] <= 1.0 and 0.0 <= report["without_tool"] <= 1.0 and report["n_eval"] == 4
+    saved = json.loads(open(f"{out}/report.json").read())
+    assert saved["with_tool"] == report["with_tool"] and saved["ckpt"] == f"{out}/sft/final"
+    sft_record = json.loads(open(f"{out}/sft/report.json").read())
+    assert sft_record["steps"] == 3 and sft_record["train_conversations"] == 40
+    assert json.loads(open(f"{out}/sft/config.json").read())["tasks"] == tools.LEARN_TASKS
+    tuned, _ = checkpoint.load_model(f"{out}/sft/final")
+    start, _ = checkpoint.load_model(init)
+    assert not torch.equal(tuned.output.weight, start.output.weight)
+    assert tools.main(["learn", "--init", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
