@@ -32,13 +32,14 @@ What is notable here
   answers in its head; a call it makes anyway is not run), on tasks.py's calculator
   problems (3-digit products: no 15M model multiplies those in its head).
 
-Reads:  a checkpoint (--ckpt) and its tokenizer, for `eval`.
-Writes: `eval` writes OUT/report.json (--out, default out/tools).
+Reads:  a checkpoint (--ckpt for `eval`, --init for `learn`) and its tokenizer.
+Writes: OUT/report.json (--out, default out/tools); `learn` also its SFT run in OUT/sft.
 
 How to run
     python tools.py calc "347 * 582"                       # -> 201954
     python tools.py calc "__import__('os')"                # -> error: ... not allowed
     python tasks.py --tasks calculator,multiply --out out/tools_data   # see the SFT conversations
+    python tools.py learn --init out/sft/final --out out/tools   # SFT on calls, then eval (run_all's stage)
     python sft.py --init out/pretrain/final --tasks calculator,multiply --out out/sft_tools
     python tools.py eval --ckpt out/sft_tools/final --n-eval 500
     python sample.py --ckpt out/sft_tools/final --chat --tools
