@@ -8,6 +8,8 @@ process with its output streamed and logged to OUT/logs/NAME.log):
   pretrain   §3.4    pretrain.py   torchrun, 2 ranks (FSDP2), a few minutes
   longctx    §3.4.2  longcontext.py  context 512 -> 1024, needle in a haystack before/after
   sft        §4.1.3  sft.py        the first chat model: SFT on the built-in tasks
+  tools      §4.3.5  tools.py      a branch off it: SFT on calculator calls, then held-out
+                                   accuracy with the tool vs without it (nothing reads it)
   then --rounds N post-training rounds (§4.1.6; Figure 7 of the paper; N = 2 here, 6 there).
   Round r, in OUT/round_r/:
   reward     §4.1.2  reward.py     a reward model on the preference data so far: the
@@ -99,6 +101,8 @@ def stages(out: str, rounds: int = 2, seed: int = 0) -> list[Stage]:
               "long-context stage: context grown in stages, needle in a haystack before/after (§3.4.2)"),
         Stage("sft", [PY, "sft.py", "--init", base_model(out), "--out", d("sft")] + s,
               "the first chat model: supervised fine-tuning on the task data (§4.1.3)"),
+        Stage("tools", [PY, "tools.py", "learn", "--init", d("sft", "final"), "--out", d("tools")] + s,
+              "tool use (§4.3.5): SFT on calculator calls, accuracy with vs without the tool"),
     ]
     for r in range(1, rounds + 1):
         R = lambda *p: round_dir(out, r, *p)  # noqa: E731
@@ -217,6 +221,8 @@ def summary(out: str, rounds: int, seed: int, minutes: float | None) -> dict:
             "dpo_accuracy": _get(dpo, "task_accuracy_after", "accuracy")})
     last = result["rounds"][-1]["dpo_accuracy"] if result["rounds"] else result["sft_accuracy"]
     result["final_accuracy"] = last
+    tools = rec("tools", "report.json")
+    result["tools"] = {"with_tool": tools.get("with_tool"), "without_tool": tools.get("without_tool")}
     return result
 
 
@@ -279,6 +285,10 @@ def verdicts(s: dict, out: str) -> list[tuple[str, str, str, bool | None, str]]:
                      "> its SFT model", dpo is not None and sft is not None and dpo > sft,
                      "the on-policy pairs did not move greedy answers"))
         prev = sft
+    with_tool, without = _get(s, "tools", "with_tool"), _get(s, "tools", "without_tool")
+    rows.append(("tool use (§4.3.5)", with_tool is not None and f"with the tool {_pct(with_tool)}, without "
+                 f"{_pct(without)}", ">= 90% with, near 0% without", with_tool is not None and with_tool >= 0.9,
+                 "a short SFT learns the call's format, not to copy the numbers (docs/NOTES.md)"))
     base = s["rounds"][0]["sft_accuracy"] if s["rounds"] else None
     final = s["final_accuracy"]
     rows.append(("all rounds", final and base and f"final {_pct(final)} vs round-1 SFT {_pct(base)}",
@@ -419,6 +429,19 @@ def write_report(out: str, s: dict, timings: dict):
                   f"{_pct(_get(sft, 'accuracy_before', 'overall'))} -> {_pct(_get(sft, 'accuracy_after', 'overall'))} "
                   f"({_per_task(sft.get('accuracy_after'))})", ""]
     _image(lines, out, "sft/report.png", "SFT")
+
+    # ---- tool use, a branch off the first SFT model
+    tl = rec("tools", "report.json")
+    lines += ["## Tool use (§4.3.5)", ""]
+    if tl.get("with_tool") is not None:
+        lines += [f"Held-out 3-digit products ({tl.get('n_eval')}), greedy, after {tl.get('sft_steps')} steps of SFT "
+                  f"on calculator dialogs ({tl.get('sft_seconds') or 0:.0f} s):", "",
+                  "| | accuracy | called the tool |", "|---|---|---|",
+                  f"| with the tool | {_pct(tl['with_tool'])} | {_pct(tl.get('with_tool_called_tool'))} |",
+                  f"| without it | {_pct(tl['without_tool'])} | {_pct(tl.get('without_tool_called_tool'))} |", ""]
+        for key in ("with_tool", "without_tool"):
+            if tl.get(f"{key}_transcripts"):
+                lines += [f"{key.replace('_', ' ')}:", "```", tl[f"{key}_transcripts"][0]["text"], "```", ""]
 
     # ---- the rounds
     for rd in s["rounds"]:

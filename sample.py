@@ -415,16 +415,15 @@ CHAT_HELP = ("commands: /help this list, /reset forget the dialog, /system TEXT 
 def chat(model: M.Transformer, tokenizer, *, system: Optional[str] = None, max_new_tokens: int = 512,
          temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P, top_k: Optional[int] = None,
          seed: Optional[int] = None, compile: bool = False, input_fn: Callable[[str], str] = input,
-         out=None) -> list[dict]:
-    """Interactive chat in Llama 3's format (tokenizer.ChatFormat). Each turn encodes
-    the whole dialog (bos, system, user/assistant turns, assistant header), streams the
-    reply and stops at tokenizer.stop_tokens (<|eot_id|> ends a turn). Commands:
-    those of CHAT_HELP (printed at the start and on /help).
-    input_fn and out let tests drive it without a terminal. Returns the dialog."""
-    from tokenizer import ChatFormat
-
-    out = out or sys.stdout
-    formatter = ChatFormat(tokenizer)
+         out=None, tools: bool = False) -> list[dict]:
+    """Interactive chat in Llama 3's format (tokenizer.ChatFormat): each turn streams the
+    reply to the whole dialog until a stop token (<|eot_id|> ends a turn); commands: CHAT_HELP.
+    tools=True turns the code interpreter on (§4.3.5): tools.run_dialogs runs each call and
+    sends its ipython result back. input_fn/out let tests drive it. Returns the dialog."""
+    from tokenizer import ChatFormat, system_prompt
+    from tools import run_dialogs
+    out, formatter = out or sys.stdout, ChatFormat(tokenizer)
+    system = "\n\n".join(filter(None, [system_prompt(["code_interpreter"]) if tools else "", system]))
     start = [{"role": "system", "content": system}] if system else []
     dialog = list(start)
     out.write(CHAT_HELP + "\n")
@@ -437,17 +436,14 @@ def chat(model: M.Transformer, tokenizer, *, system: Optional[str] = None, max_n
         command = line.strip()
         if command in ("/exit", "/quit"):
             break
-        if command == "/help":  # answered here, never sent to the model
-            out.write(CHAT_HELP + "\n")
+        if command == "/help" or not command:  # /help is answered here, never sent to the model
+            out.write(CHAT_HELP + "\n" if command else "")
             continue
         if command == "/reset" or command.startswith("/system"):
             if command.startswith("/system"):  # a new system prompt (none if empty)
-                text = command[len("/system"):].strip()
-                start = [{"role": "system", "content": text}] if text else []
+                start = [{"role": "system", "content": text} for text in [command[len("/system"):].strip()] if text]
             dialog = list(start)
             out.write(f"(dialog reset{'' if command == '/reset' else '; new system prompt'})\n")
-            continue
-        if not command:
             continue
         dialog.append({"role": "user", "content": line})
         prompt = formatter.encode_dialog_prompt(dialog)
@@ -459,16 +455,19 @@ def chat(model: M.Transformer, tokenizer, *, system: Optional[str] = None, max_n
             out.write(f"(message too long: {len(prompt)} tokens, max_seq_len {model.args.max_seq_len})\n")
             dialog.pop()
             continue
-        out.write("assistant> ")
-        stream = TextStream(tokenizer, out, tokenizer.stop_tokens)
-        stats: dict = {}
-        try:
-            generate(model, tokenizer, [prompt], max_new_tokens, temperature, top_p, top_k,
-                     stop_tokens=tokenizer.stop_tokens, seed=seed, compile=compile, on_token=stream, stats=stats)
-        except KeyboardInterrupt:  # Ctrl-C during a reply: keep what was said, back to the prompt
-            out.write(" (stopped)")
-        reply = stream.finish()
-        dialog.append({"role": "assistant", "content": reply})
+        def reply(prompts):  # stream one reply, its stop token kept (tools.run_dialogs parses it)
+            out.write("assistant> ")
+            stream = TextStream(tokenizer, out, tokenizer.stop_tokens)
+            try:
+                return generate(model, tokenizer, prompts, max_new_tokens, temperature, top_p, top_k, seed=seed,
+                                compile=compile, on_token=stream, include_stop=True)
+            except KeyboardInterrupt:  # Ctrl-C during a reply: keep what was said, back to the prompt
+                out.write(" (stopped)")
+                return [stream.ids]
+            finally:
+                stream.finish()
+        run_dialogs(reply, formatter, [dialog], tools=tools,
+                    on_message=lambda _, message: out.write(f"ipython> {message['content']}\n"))
     return dialog
 
 
@@ -519,6 +518,7 @@ def parse_args(argv=None):
     mode.add_argument("--prompts", default=None, help="file: one prompt per line, or .jsonl rows {\"prompt\": ...}")
     mode.add_argument("--chat", action="store_true", help="interactive chat in Llama 3's chat format")
     p.add_argument("--system", default=None, help="system prompt for --chat / --chat-template")
+    p.add_argument("--tools", action="store_true", help="--chat with the code interpreter on (tools.py, §4.3.5)")
     p.add_argument("--chat-template", action="store_true", help="wrap each --prompt/--prompts text in "
                    "Llama 3's chat format (user turn + assistant header); needed for SFT/DPO models")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -598,7 +598,7 @@ def main(argv=None) -> int:
            f"{model.freqs_cis.device}; tokenizer {tokenizer.model_path}")
     try:
         if cli.chat:
-            chat(model, tokenizer, system=cli.system, max_new_tokens=cli.max_new_tokens, seed=cli.seed,
+            chat(model, tokenizer, system=cli.system, max_new_tokens=cli.max_new_tokens, seed=cli.seed, tools=cli.tools,
                  input_fn=input_from_rank0 if distributed else input,
                  out=sys.stdout if is_main else io.StringIO(), **kw)
         elif cli.prompts:

@@ -17,6 +17,10 @@ generator of tiny tasks, each with a checker for any answer:
     add      "What is 4 + 5?"                          -> "9"
     sort     "Sort: 5 1 8 3"                           -> "1 3 5 8"
     reverse  "Reverse: c a t"                          -> "t a c"
+    multiply "What is 347 * 582?"                      -> "201954"   (in its head)
+    calculator  the same, with the code interpreter (§4.3.5): system "Environment:
+             ipython", a call "<|python_tag|>347 * 582<|eom_id|>", the tool's result
+             as an ipython message, then the answer "201954" (tools.py runs the calls)
 
 What is notable here
 - Answers are short and canonical, and their format follows the tokenizer: the
@@ -142,12 +146,15 @@ class Task:
     """generate(rng, difficulty=DEFAULT_DIFFICULTY) -> (prompt, answer, meta);
     check(meta_or_prompt, response) -> bool;
     corrupt(rng, prompt, answer, meta) -> a plausible WRONG answer (for the rejected
-    response of a preference pair; check() is always False on it)."""
+    response of a preference pair; check() is always False on it);
+    conversation(prompt, answer, meta) -> the SFT messages (None: one user turn and the
+    answer; the calculator's has a system prompt, a tool call and its result too)."""
     name: str
     description: str
     generate: Callable[[random.Random], tuple]
     check: Callable[[dict, str], bool]
     corrupt: Callable[[random.Random, str, str, dict], str]
+    conversation: Optional[Callable[[str, str, dict], list]] = None
 
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -304,6 +311,35 @@ def _corrupt_count(rng, prompt, answer, meta):
     return str(_wrong_number(rng, int(answer), spread=(1, 2)))
 
 
+# ---- multiply / calculator: the product of two 3-digit numbers. A 1-15M model cannot
+# multiply those in its head (multiply: it answers directly, near 0% right); with the code
+# interpreter (calculator, §4.3.5) it only has to copy: the expression into the call, the
+# tool's result into the answer. Difficulty does not apply: always 3 digits.
+
+def _gen_multiply(rng, d: Difficulty = DEFAULT_DIFFICULTY):
+    a, b = rng.randrange(100, 1000), rng.randrange(100, 1000)
+    return f"What is {a} * {b}?", str(a * b), {"a": a, "b": b}
+
+
+def _corrupt_multiply(rng, prompt, answer, meta):
+    # Off by one of the factors or by a power of ten: a slip in one partial product.
+    return str(int(answer) + rng.choice([-1, 1]) * rng.choice([10, 100, 1000, meta["a"], meta["b"]]))
+
+
+def _calculator_conversation(prompt: str, answer: str, meta: dict) -> list[dict]:
+    """§4.3.5's single-step trajectory: system prompt, user prompt, tool call, tool output,
+    final answer. The call is really executed (tools.calculate), as the paper's are."""
+    from tokenizer import system_prompt
+    from tools import calculate
+    code = f"{meta['a']} * {meta['b']}"
+    return [{"role": "system", "content": system_prompt(["code_interpreter"])},  # "Environment: ipython"
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": "", "stop_reason": "end_of_message",
+             "tool_calls": [{"tool_name": "code_interpreter", "arguments": {"code": code}}]},
+            {"role": "ipython", "content": calculate(code)},
+            {"role": "assistant", "content": answer}]
+
+
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("add", "sum of two one-digit numbers", _gen_add, check_answer, _corrupt_add),
     Task("larger", "the larger of two numbers below 100", _gen_larger, check_answer, _corrupt_larger),
@@ -315,6 +351,10 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("last", "the last of 3-6 digits", _gen_last, check_answer, _corrupt_pick),
     Task("max", "the largest of 3-6 digits", _gen_max, check_answer, _corrupt_pick),
     Task("digit", "the one digit among 3-5 letters", _gen_digit, check_answer, _corrupt_digit),
+    Task("multiply", "product of two 3-digit numbers, answered directly", _gen_multiply, check_answer,
+         _corrupt_multiply),
+    Task("calculator", "product of two 3-digit numbers with the code interpreter (§4.3.5)", _gen_multiply,
+         check_answer, _corrupt_multiply, _calculator_conversation),
 ]}
 # The default mixture: the tasks a small model learns in minutes of CPU SFT -- the
 # copy/extract tasks, which need attention to one prompt token; sort, reverse, repeat
@@ -335,6 +375,7 @@ _SOLVERS = [
     ("last", re.compile(r"Last of: ([\d ]+)"), lambda g: g[0].split()[-1]),
     ("digit", re.compile(r"Find the digit: ([a-z\d ]+)"), lambda g: next(x for x in g[0].split() if x.isdigit())),
     ("max", re.compile(r"Largest of: ([\d ]+)"), lambda g: str(max(int(x) for x in g[0].split()))),
+    ("multiply", re.compile(r"What is (\d+) \* (\d+)\?"), lambda g: str(int(g[0]) * int(g[1]))),
 ]
 
 
@@ -406,9 +447,10 @@ def make_examples(n: int, seed: int = 0, tasks=None, split: str = "train",
     for i in range(n):
         name = names[i % len(names)]
         prompt, answer, meta = _draw(rng, name, split, difficulty or DEFAULT_DIFFICULTY)
-        out.append({"task": name, "messages": [{"role": "user", "content": prompt},
-                                               {"role": "assistant", "content": answer}],
-                    "meta": meta})
+        conversation = TASKS[name].conversation
+        messages = conversation(prompt, answer, meta) if conversation else \
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        out.append({"task": name, "messages": messages, "meta": meta})
     return out
 
 
@@ -453,10 +495,12 @@ def make_preference_pairs(n: int, seed: int = 0, split: str = "train", tasks=Non
     rng = random.Random(f"pairs/{seed}/{split}")
     rows = []
     for example in make_examples(n, seed, tasks=tasks, split=split, difficulty=difficulty):
-        prompt_messages, answer = example["messages"][:1], example["messages"][1]["content"]
+        # The prompt is the conversation before the answer (a tool call and its result too).
+        prompt_messages, answer = example["messages"][:-1], example["messages"][-1]["content"]
         meta = example["meta"]
         task = TASKS[example["task"]]
-        wrong = task.corrupt(rng, prompt_messages[0]["content"], answer, meta)
+        question = next(m["content"] for m in prompt_messages if m["role"] == "user")
+        wrong = task.corrupt(rng, question, answer, meta)
         assert not task.check(meta, wrong), (example, wrong)  # corrupt() must be wrong
         template = rng.choice(CHATTY_TEMPLATES)
         row = {"prompt": prompt_messages, "chosen": template.format(answer),
@@ -515,7 +559,9 @@ def _skip(path, line_no, kind, reason) -> dict:
 
 
 def _check_messages(messages, what: str = "messages") -> Optional[tuple[str, str]]:
-    """None if `messages` is a good list of messages, else (kind, reason)."""
+    """None if `messages` is a good list of messages, else (kind, reason). An assistant
+    message may carry "tool_calls" (then its content may be empty) and "stop_reason";
+    a user message "context" (tokenizer.ChatFormat's message kinds)."""
     if not isinstance(messages, list) or not messages:
         return "missing", f"'{what}' must be a non-empty list of messages"
     for i, m in enumerate(messages, 1):
@@ -525,7 +571,13 @@ def _check_messages(messages, what: str = "messages") -> Optional[tuple[str, str
             return "role", f"unknown role {m['role']!r} in {what}[{i}] (allowed: {', '.join(ALLOWED_ROLES)})"
         if not isinstance(m["content"], str):
             return "missing", f"{what}[{i}] content must be a string, got {type(m['content']).__name__}"
-        if not m["content"].strip():
+        if "tool_calls" in m or "stop_reason" in m or "context" in m:
+            from tokenizer import ChatFormat
+            try:
+                ChatFormat.check_message(m)
+            except ValueError as e:
+                return "tool", f"{what}[{i}]: {e}"
+        if not m["content"].strip() and not (m["role"] == "assistant" and m.get("tool_calls")):
             return "empty", f"empty content in {what}[{i}] (role {m['role']})"
     return None
 
@@ -549,7 +601,7 @@ def read_sft_jsonl(path, max_tokens: Optional[int] = None, tokenizer=None,
                    verbose: bool = False) -> tuple[list[dict], list[dict]]:
     """SFT rows {"messages": [{"role": ..., "content": ...}, ...], ...} -> (rows,
     skipped). Each skipped row: {"file", "line", "kind", "reason"}, kind one of
-    json | missing | role | empty | no_assistant | too_long. Roles: system, user,
+    json | missing | role | tool | empty | no_assistant | too_long. Roles: system, user,
     assistant, ipython. With tokenizer and max_tokens, a conversation whose rendered
     tokens (tokenizer.ChatFormat) exceed max_tokens is skipped (it would not fit in
     one training row). Other fields of a row (task, meta, ...) are kept."""
@@ -702,13 +754,13 @@ def main(argv=None):
     }
     print("examples:")
     for name in _task_names(args.tasks):
-        example = next(e for e in files["sft_train.jsonl"] if e["task"] == name) \
-            if files["sft_train.jsonl"] else make_examples(len(TASKS), args.seed)[list(TASKS).index(name)]
-        print(f"  {name:8s} user: {example['messages'][0]['content']!r:50s} assistant: "
-              f"{example['messages'][1]['content']!r}")
+        example = next((e for e in files["sft_train.jsonl"] if e["task"] == name), None) \
+            or make_examples(1, args.seed, tasks=[name])[0]
+        print(f"  {name:8s} " + " | ".join(f"{m['role']}: {m['content'] or m.get('tool_calls')!r}"
+                                          for m in example["messages"]))
     if files["pref_train.jsonl"]:
         pair = files["pref_train.jsonl"][0]
-        print(f"  preference: prompt {pair['prompt'][0]['content']!r}\n"
+        print(f"  preference: prompt {next(m['content'] for m in pair['prompt'] if m['role'] == 'user')!r}\n"
               f"    edited {pair.get('edited')!r} > chosen {pair['chosen']!r} > rejected {pair['rejected']!r}")
     report = {"seed": args.seed, "tasks": _task_names(args.tasks), "difficulty": asdict(difficulty),
               "files": {}}

@@ -13,6 +13,11 @@ What is notable here
 - `ChatFormat` is Meta's chat format, plus `encode_dialog`, which also returns the two
   masks post-training needs: which tokens the SFT loss trains on, and which tokens are
   formatting that DPO masks out (§4.1.4).
+- Tool use (§4.3.5) in Llama 3.1's format, Meta's ids exactly: tool calls after
+  <|python_tag|>, <|eom_id|> (waiting for a tool) vs <|eot_id|>, the ipython role for
+  results, "Environment: ipython" / "Tools:" in the system prompt (`system_prompt`), JSON
+  calls of custom tools, RAG context on a user message; and the inverse,
+  `parse_assistant_message`, which reads a generated message as Meta's tool_utils does.
 - `train_bpe` trains a byte-level BPE from scratch in readable pure Python that is still
   fast: pre-token chunks are counted once, and each merge updates the pair counts of
   only the chunks that contain the merged pair (no recount of the corpus per merge).
@@ -32,7 +37,8 @@ How to run
     python tokenizer.py bench                           # training speed vs HF tokenizers
 
 Read next: data.py (uses `train_tokenizer` and `Tokenizer.encode` to build the token
-shards), then tasks.py / sft.py / dpo.py (use `ChatFormat.encode_dialog`).
+shards), then tasks.py / sft.py / dpo.py (use `ChatFormat.encode_dialog`) and tools.py
+(runs the tool calls).
 """
 
 from __future__ import annotations
@@ -303,20 +309,196 @@ class Tokenizer:
 
 
 # ----------------------------------------------------------------------------------------
-# Chat format (Meta's ChatFormat) and the post-training masks (§4.1, §4.1.4)
+# Chat format (Meta's ChatFormat), tool calls (§4.3.5) and the post-training masks (§4.1, §4.1.4)
+
+# §4.3.5: Llama 3 is trained to call a search engine (Brave Search), a Python interpreter
+# and Wolfram Alpha (photogen is a fourth built-in in Meta's code). A call of a search-like
+# tool is `NAME.call(query="...")`; the interpreter's call is the code itself, after
+# <|python_tag|>. Custom ("zero-shot") tools are called in JSON, `<function=NAME>{...}`
+# or a Python list of calls (TOOL_PROMPT_FORMATS: how the call text is written).
+BUILTIN_TOOLS = ("brave_search", "wolfram_alpha", "photogen", "code_interpreter")
+TOOL_PROMPT_FORMATS = ("json", "function_tag", "python_list")
+# An assistant message ends with <|eom_id|> when it waits for a tool's answer (end of
+# message) and with <|eot_id|> when the turn is over (Meta's StopReason).
+END_TOKENS = {"end_of_turn": "<|eot_id|>", "end_of_message": "<|eom_id|>"}
+
+
+def system_prompt(builtin_tools: Sequence[str] = (), *, custom_tools: bool = False,
+                  today: str | None = None, instruction: str | None = None) -> str:
+    """The system prompt that turns tools on, as Meta's Llama 3.1 templates write it.
+
+    "Environment: ipython" enables the code interpreter (and the <|eom_id|> ending); the
+    other built-in tools are named on a "Tools:" line. With `today`, Meta's full form:
+      system_prompt(["brave_search", "wolfram_alpha"], today="21 September 2024",
+                    instruction="You are a helpful assistant.") ->
+      "Environment: ipython\\nTools: brave_search, wolfram_alpha\\nCutting Knowledge Date:
+       December 2023\\nToday Date: 21 September 2024\\n\\nYou are a helpful assistant.\\n"
+    Without `today` and `instruction`, the short form of Meta's examples:
+      system_prompt(["code_interpreter"]) -> "Environment: ipython"
+    """
+    unknown = [t for t in builtin_tools if t not in BUILTIN_TOOLS]
+    if unknown:
+        raise ValueError(f"unknown built-in tool(s) {unknown}; built-in: {', '.join(BUILTIN_TOOLS)}")
+    named = [t for t in builtin_tools if t != "code_interpreter"]  # the interpreter needs no name
+    lines = (["Environment: ipython"] if builtin_tools or custom_tools else []) + \
+        ([f"Tools: {', '.join(named)}"] if named else [])
+    if today is None and instruction is None:
+        return "\n".join(lines)
+    text = ""
+    if lines:  # Meta's template renders "Environment: ipython\n" alone, or without that "\n" before "Tools:"
+        text = ("\n".join(lines) if named else lines[0] + "\n") + "\n"
+    text += f"Cutting Knowledge Date: December 2023\nToday Date: {today}"
+    return text + (f"\n\n{instruction}" if instruction else "") + "\n"
+
+
+def _check_tool_call(call) -> None:
+    if not (isinstance(call, dict) and isinstance(call.get("tool_name"), str)
+            and isinstance(call.get("arguments"), dict)):
+        raise ValueError(f"a tool call is {{'tool_name': str, 'arguments': dict}}, got {call!r:.80}")
+    key = "code" if call["tool_name"] == "code_interpreter" else "query"
+    if call["tool_name"] in BUILTIN_TOOLS and not isinstance(call["arguments"].get(key), str):
+        raise ValueError(f"a {call['tool_name']} call needs a str argument {key!r}, got {call['arguments']!r:.80}")
+
+
+def encode_tool_call(call: dict, tool_prompt_format: str = "json") -> str:
+    """The text of one tool call in an assistant message (Meta's ToolUtils.encode_tool_call).
+
+    {"tool_name": "brave_search", "arguments": {"query": "gold price"}}
+        -> 'brave_search.call(query="gold price")'
+    {"tool_name": "code_interpreter", "arguments": {"code": "347 * 582"}} -> "347 * 582"
+    {"tool_name": "get_weather", "arguments": {"city": "Paris"}} ->
+        json:         '{"type": "function", "name": "get_weather", "parameters": {"city": "Paris"}}'
+        function_tag: '<function=get_weather>{"city": "Paris"}</function>'
+        python_list:  '[get_weather(city="Paris")]'
+    """
+    _check_tool_call(call)
+    name, args = call["tool_name"], call["arguments"]
+    if name == "code_interpreter":
+        return args["code"]
+    if name in BUILTIN_TOOLS:
+        return f'{name}.call(query="{args["query"]}")'
+    if tool_prompt_format == "json":
+        return json.dumps({"type": "function", "name": name, "parameters": args})
+    if tool_prompt_format == "function_tag":
+        return f"<function={name}>{json.dumps(args)}</function>"
+    if tool_prompt_format == "python_list":
+        def value(v):  # Meta's format_value: strings in double quotes, dicts as k=v
+            if isinstance(v, str):
+                return f'"{v}"'
+            if isinstance(v, list):
+                return f"[{', '.join(value(x) for x in v)}]"
+            if isinstance(v, dict):
+                return "{" + ", ".join(f"{k}={value(x)}" for k, x in v.items()) + "}"
+            if isinstance(v, (int, float, bool)) or v is None:
+                return str(v)
+            raise ValueError(f"unsupported argument type {type(v).__name__} in a python_list call")
+        return f"[{name}({', '.join(f'{k}={value(v)}' for k, v in args.items())})]"
+    raise ValueError(f"tool_prompt_format must be one of {TOOL_PROMPT_FORMATS}, got {tool_prompt_format!r}")
+
+
+# Meta's patterns (llama_models/llama3/tool_utils.py).
+_BUILTIN_CALL = re.compile(r'\b(?P<tool_name>\w+)\.call\(query="(?P<query>[^"]*)"\)')
+_FUNCTION_TAG_CALL = re.compile(r"<function=(?P<function_name>[^}]+)>(?P<args>{.*?})")
+
+
+def _python_list_calls(text: str) -> list[tuple[str, dict]] | None:
+    """'[f(a=1, b="x"), g()]' -> [("f", {"a": 1, "b": "x"}), ("g", {})]; None if the text
+    is not a non-empty list of calls with keyword arguments only. Values are read with
+    ast.literal_eval (literals only: nothing is ever run)."""
+    import ast
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Expr) or not isinstance(tree.body[0].value, ast.List):
+        return None
+    calls = tree.body[0].value.elts
+    if not calls or not all(isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and not c.args
+                            for c in calls):
+        return None
+    try:
+        return [(c.func.id, {k.arg: ast.literal_eval(k.value) for k in c.keywords}) for c in calls]
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+        return None
+
+
+def _custom_tool_call(text: str) -> tuple[str, dict] | None:
+    """Meta's ToolUtils.maybe_extract_custom_tool_call: a `<function=NAME>{json}` tag
+    anywhere, else the whole text as a JSON object with a "name" (or "type": "function")
+    and "parameters", else a Python list of calls (the first one is taken)."""
+    match = _FUNCTION_TAG_CALL.search(text)
+    if match:
+        try:
+            args = json.loads(match.group("args").replace("'", '"'))
+        except ValueError:
+            return None
+        return (match.group("function_name"), args) if isinstance(args, dict) else None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        obj = None
+    if isinstance(obj, dict):
+        if (obj.get("type") == "function" or "name" in obj) and isinstance(obj.get("name"), str):
+            return obj["name"], obj.get("parameters", {})
+        return None
+    calls = _python_list_calls(text)
+    return calls[0] if calls else None
+
+
+def parse_assistant_message(text: str, stop_reason: str = "out_of_tokens") -> dict:
+    """A generated assistant message (its text) -> a message dict: plain text, or a tool
+    call. Meta's ChatFormat.decode_assistant_message_from_content, step for step:
+
+    '<|python_tag|>brave_search.call(query="gold")<|eom_id|>' ->
+        {"role": "assistant", "content": "", "stop_reason": "end_of_message",
+         "tool_calls": [{"tool_name": "brave_search", "arguments": {"query": "gold"}}]}
+    '<|python_tag|>347 * 582<|eom_id|>' -> a code_interpreter call {"code": "347 * 582"}
+    'It is 7.<|eot_id|>' -> {"content": "It is 7.", "stop_reason": "end_of_turn", "tool_calls": []}
+
+    The ending token sets stop_reason (else the one given: "out_of_tokens" by default). A
+    custom call (function tag, JSON, Python list) is looked for first, then a built-in
+    `NAME.call(query=...)`; failing both, text after <|python_tag|> is interpreter code.
+    """
+    content = text.strip(" ")
+    header = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    content = content[len(header):] if content.startswith(header) else content
+    ipython = content.startswith("<|python_tag|>")
+    content = content[len("<|python_tag|>"):] if ipython else content
+    for reason, token in END_TOKENS.items():
+        if content.endswith(token):
+            content, stop_reason = content[: -len(token)], reason
+            break
+    call = None
+    custom = _custom_tool_call(content)
+    if custom is not None:
+        name, args = custom
+        if name in BUILTIN_TOOLS:  # a built-in called in the custom format: its one argument is the query
+            args = {"query": next(iter(args.values()), "")}
+        call = {"tool_name": name, "arguments": args}
+    elif (builtin := _BUILTIN_CALL.search(content)) is not None:
+        call = {"tool_name": builtin.group("tool_name"), "arguments": {"query": builtin.group("query")}}
+    elif ipython:
+        call = {"tool_name": "code_interpreter", "arguments": {"code": content}}
+    return {"role": "assistant", "content": "" if call else content, "stop_reason": stop_reason,
+            "tool_calls": [call] if call else []}
 
 
 @dataclass
 class DialogTokens:
     """A tokenized dialog with one entry per token in each list.
 
-    tokens:         the ids (bos, then per message: header, content, <|eot_id|>).
-    assistant_mask: True on assistant content tokens and on the <|eot_id|> that closes each
-                    assistant turn: the SFT loss targets (the model must learn to stop).
+    tokens:         the ids (bos, then per message: header, content, <|eot_id|> or
+                    <|eom_id|>).
+    assistant_mask: True on what the assistant wrote: its content, its tool calls (with
+                    <|python_tag|>) and the <|eot_id|> / <|eom_id|> that closes each of its
+                    messages: the SFT loss targets (the model must learn when to call a
+                    tool and when to stop). Tool results (ipython) are never targets.
     format_mask:    True on bos, header tokens (<|start_header_id|>, role, <|end_header_id|>,
-                    "\\n\\n") and <|eot_id|>: the formatting tokens DPO masks out of its
-                    loss (§4.1.4: they appear in both the chosen and rejected responses,
-                    and the conflicting gradient on them made the model stop early or repeat).
+                    "\\n\\n") and <|eot_id|> / <|eom_id|>: the formatting tokens DPO masks
+                    out of its loss (§4.1.4: they appear in both the chosen and rejected
+                    responses, and the conflicting gradient on them made the model stop
+                    early or repeat). <|python_tag|> is not formatting: it is the decision
+                    to call a tool.
     """
 
     tokens: list[int]
@@ -325,72 +507,115 @@ class DialogTokens:
 
 
 class ChatFormat:
-    """Meta's Llama 3 chat format:
+    """Meta's Llama 3 / 3.1 chat format:
 
     <|begin_of_text|><|start_header_id|>system<|end_header_id|>\\n\\n{content}<|eot_id|>
     <|start_header_id|>user<|end_header_id|>\\n\\n{content}<|eot_id|>
     <|start_header_id|>assistant<|end_header_id|>\\n\\n   <- generation prompt
 
-    A message is {"role": "system" | "user" | "assistant" | "ipython" | ..., "content": str}.
-    The role is encoded as written; content is stripped of surrounding whitespace, and any
-    special-token text inside it is plain text (a user cannot forge a header).
+    A message is a dict:
+      {"role": "system" | "user" | "assistant" | "ipython" | ..., "content": str}
+      user, optionally "context": str -- retrieved text (RAG), after content and "\\n\\n"
+      assistant, optionally "tool_calls": [{"tool_name": str, "arguments": dict}] and
+        "stop_reason": "end_of_message" (ends with <|eom_id|>: waiting for a tool) or
+        "end_of_turn" (the default, <|eot_id|>)
+      "ipython" (or "tool", written "ipython" as Meta does): a tool's result.
+    A tool call with a system prompt from `system_prompt` (§4.3.5):
+      ...assistant<|end_header_id|>\\n\\n<|python_tag|>347 * 582<|eom_id|>
+      <|start_header_id|>ipython<|end_header_id|>\\n\\n201954<|eot_id|>
+      <|start_header_id|>assistant<|end_header_id|>\\n\\n201954<|eot_id|>
+    Meta's current ChatFormat writes <|python_tag|> only before a code_interpreter call;
+    its prompt-format docs (made by an earlier version) show it before every tool call.
+    We follow the code; `parse_assistant_message` reads both.
+
+    strip: True (default) strips each message's content and context of surrounding
+    whitespace, as Llama 3's reference code and Hugging Face's template do; False keeps
+    it, as Meta's llama-models (Llama 3.1+) does: the ids are then Meta's byte for byte.
+    Special-token text inside content is plain text (a user cannot forge a header).
     """
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, strip: bool = True):
         self.tokenizer = tokenizer
+        self.strip = strip
 
     @staticmethod
-    def _check(message: dict) -> None:
+    def check_message(message: dict) -> None:
+        """ValueError (TypeError for a non-dict) naming the field if `message` is not a
+        message this format encodes (see the class docstring)."""
         if not isinstance(message, dict):
             raise TypeError(f"a message is a dict with 'role' and 'content', got {type(message).__name__}")
         for key in ("role", "content"):
             if not isinstance(message.get(key), str):
                 raise ValueError(f"message[{key!r}] must be a str, got {message.get(key)!r:.80}")
+        if message.get("context") is not None and not isinstance(message["context"], str):
+            raise ValueError(f"message['context'] must be a str, got {message['context']!r:.80}")
+        if not isinstance(message.get("tool_calls", []), list):
+            raise ValueError(f"message['tool_calls'] must be a list, got {message['tool_calls']!r:.80}")
+        for call in message.get("tool_calls", []):
+            _check_tool_call(call)
+        if message.get("stop_reason") not in (None, "end_of_turn", "end_of_message", "out_of_tokens"):
+            raise ValueError(f"message['stop_reason'] must be 'end_of_turn' or 'end_of_message', "
+                             f"got {message['stop_reason']!r:.80}")
 
     def encode_header(self, message: dict) -> list[int]:
         """{"role": "user", ...} -> [<|start_header_id|>, "user"..., <|end_header_id|>, "\\n\\n"]
-        (Meta's ids: 128006, 882, 128007, 271)."""
+        (Meta's ids: 128006, 882, 128007, 271). Role "tool" is written "ipython"."""
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise ValueError(f"a message needs a str 'role', got {message!r:.80}")
+        role = "ipython" if message["role"] == "tool" else message["role"]
         tokens = [self.tokenizer.special_tokens["<|start_header_id|>"]]
-        tokens.extend(self.tokenizer.encode(message["role"], bos=False, eos=False))
+        tokens.extend(self.tokenizer.encode(role, bos=False, eos=False))
         tokens.append(self.tokenizer.special_tokens["<|end_header_id|>"])
         tokens.extend(self.tokenizer.encode("\n\n", bos=False, eos=False))
         return tokens
 
-    def encode_message(self, message: dict) -> list[int]:
-        """Header + stripped content + <|eot_id|>."""
-        self._check(message)
-        tokens = self.encode_header(message)
-        tokens.extend(self.tokenizer.encode(message["content"].strip(), bos=False, eos=False))
-        tokens.append(self.tokenizer.eot_id)
-        return tokens
+    def _pieces(self, message: dict, tool_prompt_format: str) -> list[tuple[list[int], bool, bool]]:
+        """One message as (ids, written by the assistant, is formatting) pieces, in order:
+        header, [<|python_tag|>], content, [\\n\\n + context], [tool calls], end token.
+        Each piece is encoded on its own, as Meta does (so ids never merge across pieces)."""
+        self.check_message(message)
+        encode = lambda text: self.tokenizer.encode(text, bos=False, eos=False)  # noqa: E731
+        clean = (lambda text: text.strip()) if self.strip else (lambda text: text)  # noqa: E731
+        mine = message["role"] == "assistant"
+        calls = (message.get("tool_calls") or []) if mine else []
+        pieces = [(self.encode_header(message), False, True)]  # never a loss target
+        if calls and calls[0]["tool_name"] == "code_interpreter":
+            pieces.append(([self.tokenizer.python_tag_id], True, False))
+        pieces.append((encode(clean(message["content"])), mine, False))
+        if message["role"] == "user" and message.get("context") is not None:
+            pieces += [(encode("\n\n"), False, False), (encode(clean(message["context"])), False, False)]
+        pieces += [(encode(encode_tool_call(call, tool_prompt_format)), True, False) for call in calls]
+        end = "end_of_message" if mine and message.get("stop_reason") == "end_of_message" else "end_of_turn"
+        pieces.append(([self.tokenizer.special_tokens[END_TOKENS[end]]], mine, True))  # SFT learns it; DPO masks it
+        return pieces
 
-    def encode_dialog_prompt(self, messages: Sequence[dict]) -> list[int]:
+    def encode_message(self, message: dict, tool_prompt_format: str = "json") -> list[int]:
+        """Header + content (+ context, tool calls) + <|eot_id|> or <|eom_id|>."""
+        return [t for ids, _, _ in self._pieces(message, tool_prompt_format) for t in ids]
+
+    def encode_dialog_prompt(self, messages: Sequence[dict], tool_prompt_format: str = "json") -> list[int]:
         """<|begin_of_text|> + every message + the assistant header the model completes."""
-        return self.encode_dialog(messages, add_generation_prompt=True).tokens
+        return self.encode_dialog(messages, add_generation_prompt=True, tool_prompt_format=tool_prompt_format).tokens
 
-    def encode_dialog(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> DialogTokens:
+    def encode_dialog(self, messages: Sequence[dict], add_generation_prompt: bool = False,
+                      tool_prompt_format: str = "json") -> DialogTokens:
         """Tokens plus the SFT and DPO masks (see DialogTokens). With add_generation_prompt
-        the tokens equal encode_dialog_prompt's (the trailing assistant header is format)."""
-        tokens = [self.tokenizer.bos_id]
-        assistant_mask = [False]
-        format_mask = [True]
-
-        def add(ids: list[int], is_assistant: bool, is_format: bool) -> None:
+        the tokens equal encode_dialog_prompt's (the trailing assistant header is format).
+        tool_prompt_format: how custom tool calls are written (TOOL_PROMPT_FORMATS)."""
+        tokens, assistant_mask, format_mask = [self.tokenizer.bos_id], [False], [True]
+        pieces = [p for message in messages for p in self._pieces(message, tool_prompt_format)]
+        if add_generation_prompt:
+            pieces.append((self.encode_header({"role": "assistant"}), False, True))
+        for ids, is_assistant, is_format in pieces:
             tokens.extend(ids)
             assistant_mask.extend([is_assistant] * len(ids))
             format_mask.extend([is_format] * len(ids))
-
-        for message in messages:
-            self._check(message)
-            is_assistant = message["role"] == "assistant"
-            add(self.encode_header(message), False, True)  # never a loss target
-            add(self.tokenizer.encode(message["content"].strip(), bos=False, eos=False), is_assistant, False)
-            add([self.tokenizer.eot_id], is_assistant, True)  # SFT learns to stop; DPO masks it
-        if add_generation_prompt:
-            add(self.encode_header({"role": "assistant", "content": ""}), False, True)
         return DialogTokens(tokens, assistant_mask, format_mask)
+
+    def decode_assistant_message(self, tokens: Sequence[int], stop_reason: str = "out_of_tokens") -> dict:
+        """Generated ids (with the stop token, if any: generate(..., include_stop=True))
+        -> a message dict, plain text or tool call (parse_assistant_message)."""
+        return parse_assistant_message(self.tokenizer.decode(tokens), stop_reason)
 
 
 # ----------------------------------------------------------------------------------------

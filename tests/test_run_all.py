@@ -47,10 +47,11 @@ def args_of(plan, name):
 def test_round_r_reads_what_earlier_rounds_wrote():
     plan = run_all.stages("o", rounds=3)
     names = [s.name for s in plan]
-    assert names[:5] == ["data", "tokenizer", "pretrain", "longctx", "sft"] and names[-1] == "chat"
+    assert names[:6] == ["data", "tokenizer", "pretrain", "longctx", "sft", "tools"] and names[-1] == "chat"
+    assert args_of(plan, "tools")["--init"] == os.path.join("o", "sft", "final")  # §4.3.5: a branch off SFT
     assert args_of(plan, "longctx")["--init"] == os.path.join("o", "pretrain", "final")
     assert args_of(plan, "sft")["--init"] == os.path.join("o", "longctx", "final")  # §3.4.2: from the long context
-    assert names[5:9] == ["round1/reward", "round1/rejection", "round1/sft", "round1/dpo"]
+    assert names[6:10] == ["round1/reward", "round1/rejection", "round1/sft", "round1/dpo"]
     j = os.path.join
     for r in (1, 2, 3):
         latest = j("o", "sft", "final") if r == 1 else j("o", f"round_{r - 1}", "dpo", "final")
@@ -166,12 +167,18 @@ def test_two_rounds_on_a_tiny_model(tmp_path, tok_path, monkeypatch):
     assert report("round_2", "sft")["train_conversations"] == 40 + 12 + 12  # rounds 1 and 2's picks
     assert report("round_2", "dpo")["train_pairs"] + report("round_2", "dpo")["eval_pairs"] == 12
 
+    os.makedirs(j("tools"))
+    with open(j("tools", "report.json"), "w") as f:
+        json.dump({"n_eval": 200, "sft_steps": 100, "sft_seconds": 95.0, "with_tool": 0.93, "without_tool": 0.005,
+                   "with_tool_called_tool": 1.0, "without_tool_called_tool": 0.0,
+                   "with_tool_transcripts": [{"text": "user> What is 347 * 582?\nipython> 201954"}]}, f)
     timings = {s.name: {"seconds": 1.0, "status": "ok"} for s in plan}
     s = run_all.finish(out, 2, 3, timings)
     assert s["seed"] == 3 and s["pretrain"] == {"val_loss": 6.0, "bits_per_byte": 2.4} and len(s["rounds"]) == 2
     # the long-context stage: needle accuracy per length before/after, short-context loss
     assert s["niah"] == {"before": {"256": 0.1, "1024": 0.0}, "after": {"256": 0.9, "1024": 0.8}}
     assert s["longctx"] == {"short_loss_before": 6.1, "short_loss_after": 6.2}
+    assert s["tools"] == {"with_tool": 0.93, "without_tool": 0.005}
     for rd in s["rounds"]:
         assert rd["rs_pick_correct"] == rd["rs_oracle_correct"] == 1.0  # the checker keeps a right sample
         assert rd["rs_random_correct"] == 0.5
@@ -184,6 +191,10 @@ def test_two_rounds_on_a_tiny_model(tmp_path, tok_path, monkeypatch):
     assert "| round 2 rejection sampling (§4.2.2) | pick 100.0% vs random 50.0% |" in text
     assert "| long context (§3.4.2) | needle at 1024 tokens 0.0% -> 80.0% | >= 90% after | below expectation" in text
     assert "| after | 90.0% | 80.0% |" in text
+    tools = text[text.index("## Tool use"):text.index("## Round 1")]
+    assert "| with the tool | 93.0% | 100.0% |" in tools and "| without it | 0.5% | 0.0% |" in tools
+    assert "ipython> 201954" in tools and "after 100 steps" in tools
+    assert "| tool use (§4.3.5) | with the tool 93.0%, without 0.5% | >= 90% with, near 0% without | as expected |" in text
     assert "as expected" in text and "below expectation" in text
     assert os.path.exists(j("accuracy.png")) and os.path.exists(j("rejection.png"))
     assert "{" not in text.split("## Time per stage")[0]  # no JSON dumps

@@ -42,7 +42,8 @@ def test_train_and_held_out_prompts_are_disjoint():
 def test_checkers_accept_right_and_reject_corrupted_answers(name):
     task, rng = T.TASKS[name], random.Random(0)
     for e in T.make_examples(40, seed=3, tasks=[name]):
-        prompt, answer, meta = e["messages"][0]["content"], e["messages"][1]["content"], e["meta"]
+        prompt = next(m["content"] for m in e["messages"] if m["role"] == "user")
+        answer, meta = e["messages"][-1]["content"], e["meta"]
         assert task.check(meta, answer) and T.check_response(e, answer)
         assert T.check_response(meta, f"The answer is {answer}.")  # chatty but right
         assert T.check_response(meta, " " + answer.upper() + ". ")  # case, spaces, full stop
@@ -228,3 +229,63 @@ def test_main_exits_2_on_a_bad_flag_value(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         T.main(["--n-eval", "many"])
     assert e.value.code == 2
+
+
+# -----------------------------------------------------------------------------
+# The tool-use tasks (§4.3.5): calculator (with the code interpreter) and multiply
+
+
+def test_calculator_conversations_call_the_tool():
+    import tools
+    for e in T.make_examples(20, 0, tasks="calculator,multiply"):
+        a, b = e["meta"]["a"], e["meta"]["b"]
+        assert 100 <= a < 1000 and 100 <= b < 1000 and e["meta"]["answer"] == str(a * b)
+        question = {"role": "user", "content": f"What is {a} * {b}?"}
+        if e["task"] == "multiply":  # answered in its head: no tool, no system prompt
+            assert e["messages"] == [question, {"role": "assistant", "content": str(a * b)}]
+            continue
+        system, user, call, result, answer = e["messages"]
+        assert system == {"role": "system", "content": "Environment: ipython"} and user == question
+        assert call == {"role": "assistant", "content": "", "stop_reason": "end_of_message",
+                        "tool_calls": [{"tool_name": "code_interpreter", "arguments": {"code": f"{a} * {b}"}}]}
+        assert result == {"role": "ipython", "content": str(a * b)} == tools.tool_result(call)  # really run
+        assert answer == {"role": "assistant", "content": str(a * b)}
+        assert T.check_response(e, answer["content"]) and not T.check_response(e, str(a * b + 1))
+        assert T.solve(user["content"]) == {"task": "multiply", "answer": str(a * b)}
+
+
+def test_calculator_split_is_held_out_and_renders_with_the_call_as_target(tok):
+    def questions(n, split):
+        return {next(m["content"] for m in e["messages"] if m["role"] == "user")
+                for e in T.make_examples(n, 0, tasks="calculator,multiply", split=split)}
+    train, val = questions(4000, "train"), questions(200, "val")
+    assert len(val) == 200 and not train & val and all(T.split_of(q) == "val" for q in val)
+    # SFT trains on the call (with <|python_tag|> and <|eom_id|>) and on the answer, not on the result.
+    import sft
+    from tokenizer import ChatFormat
+    e = T.make_examples(1, 0, tasks="calculator")[0]
+    tokens, targets = sft.render(ChatFormat(tok), e["messages"])
+    trained = tok.decode([t for t in targets if t != -100])
+    code, answer = e["messages"][2]["tool_calls"][0]["arguments"]["code"], e["meta"]["answer"]
+    assert trained == f"<|python_tag|>{code}<|eom_id|>{answer}<|eot_id|>"
+
+
+def test_tool_rows_in_jsonl(tmp_path):
+    report = T.main(["--out", str(tmp_path), "--n-train", "10", "--n-eval", "4", "--tasks", "calculator,multiply"])
+    assert report["files"]["sft_train.jsonl"]["per_task"] == {"calculator": 5, "multiply": 5}
+    rows, skipped = T.read_sft_jsonl(tmp_path / "sft_train.jsonl")
+    assert rows == T.make_examples(10, 0, tasks="calculator,multiply") and skipped == []
+    pairs, skipped = T.read_preference_jsonl(tmp_path / "pref_train.jsonl")
+    assert skipped == [] and len(pairs) == 10
+    tool_pair = next(p for p in pairs if p["task"] == "calculator")
+    assert [m["role"] for m in tool_pair["prompt"]] == ["system", "user", "assistant", "ipython"]
+    assert T.check_response(tool_pair, tool_pair["chosen"]) and not T.check_response(tool_pair, tool_pair["rejected"])
+    call = {"role": "assistant", "content": "", "tool_calls": [{"tool_name": "code_interpreter", "arguments": {}}]}
+    lines = [json.dumps({"messages": [msg("user", "q"), call]}),                               # 1 call without code
+             json.dumps({"messages": [msg("user", "q"), {**call, "tool_calls": "x"}]}),        # 2 not a list
+             json.dumps({"messages": [msg("user", "q"), msg("assistant", "")]}),              # 3 empty, no call
+             json.dumps({"messages": [msg("user", "q"), {**call, "tool_calls": [              # 4 good
+                 {"tool_name": "code_interpreter", "arguments": {"code": "1 + 1"}}]}, msg("tool", "2")]})]
+    rows, skipped = T.read_sft_jsonl(_write_lines(tmp_path / "tools.jsonl", lines))
+    assert [(s["line"], s["kind"]) for s in skipped] == [(1, "tool"), (2, "tool"), (3, "empty")]
+    assert "needs a str argument 'code'" in skipped[0]["reason"] and len(rows) == 1

@@ -14,6 +14,7 @@ Run: python -m pytest -q tests/test_tokenizer.py     (budget: well under 45 s on
 import ast
 import base64
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -321,6 +322,286 @@ def test_bad_arguments(trained):
         chat.encode_message({"role": "user"})
     with pytest.raises(TypeError):
         chat.encode_dialog(["not a dict"])
+
+
+# ----------------------------------------------------------------------------------------
+# Tool calls (§4.3.5): Meta's own dialogs, encoded by Meta's ChatFormat and by ours
+
+def _meta_chat():
+    """Meta's ChatFormat from the installed llama-models package (its real tokenizer.model)."""
+    pytest.importorskip("llama_models.llama3.chat_format")
+    from llama_models.llama3.chat_format import ChatFormat as MetaChatFormat
+    from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
+    return MetaChatFormat(MetaTokenizer.get_instance())
+
+
+def _to_meta(messages):
+    """Our message dicts -> Meta's RawMessage objects ("ipython" is Meta's role "tool")."""
+    from llama_models.datatypes import BuiltinTool, RawMessage, StopReason, ToolCall
+    out = []
+    for m in messages:
+        calls = [ToolCall(call_id=str(i), arguments=c["arguments"],
+                          tool_name=BuiltinTool(c["tool_name"]) if c["tool_name"] in T.BUILTIN_TOOLS else c["tool_name"])
+                 for i, c in enumerate(m.get("tool_calls", []))]
+        out.append(RawMessage(role="tool" if m["role"] == "ipython" else m["role"], content=m["content"],
+                              context=m.get("context"), tool_calls=calls,
+                              stop_reason=StopReason(m["stop_reason"]) if m.get("stop_reason") else None))
+    return out
+
+
+WOLFRAM_RESPONSE = """
+{
+    "queryresult": {
+        "success": true,
+        "inputstring": "100th decimal of pi",
+        "pods": [
+            {
+                "title": "Input interpretation",
+                "subpods": [
+                    {
+                        "title": "",
+                        "plaintext": "100th digit | \u03c0"
+                    }
+                ]
+            },
+            {
+                "title": "Nearby digits",
+                "subpods": [
+                    {
+                        "title": "",
+                        "plaintext": "...86208998628034825342117067982148086513282306647093..."
+                    }
+                ]
+            },
+            {
+                "title": "Result",
+                "primary": true,
+                "subpods": [
+                    {
+                        "title": "",
+                        "plaintext": "7"
+                    }
+                ]
+            }
+        ]
+    }
+}
+"""
+
+
+def _doc_blocks(relative: str, heading: str) -> list[str]:
+    """The code blocks under `heading` in one of llama-models' prompt-format docs."""
+    path = Path(T.meta_tokenizer_path()).parents[1] / relative
+    if not path.is_file():
+        pytest.skip(f"{relative} not in this llama-models version")
+    return re.findall(f"##### {heading}\n```\n(.*?)\n```", path.read_text(encoding="utf-8"), flags=re.S)
+
+
+def _meta_dialogs():
+    """(name, messages, tool_prompt_format) for the dialogs of Meta's Llama 3.1 / 3.2 prompt
+    docs (llama-models' prompts.py built them from these messages) and its tests."""
+    sys_31 = T.system_prompt(["brave_search", "wolfram_alpha"], today="21 September 2024",
+                             instruction="You are a helpful assistant.")
+    custom_sys = T.system_prompt(custom_tools=True, today="21 September 2024",
+                                 instruction="You are a helpful assistant.")
+    def doc_message(relative, marker, role):  # the first `role` message of the block holding `marker`
+        block = next(b for b in _doc_blocks(relative, "Input Prompt Format") if marker in b)
+        return block.split(f"<|start_header_id|>{role}<|end_header_id|>\n\n")[1].split("<|eot_id|>")[0]
+    json_tools = doc_message("llama3_1/prompt_format.md", "Return function calls in JSON format.", "user")
+    tag_tools = doc_message("llama3_1/prompt_format.md", "<function=example_function_name>", "user")
+    py_list_sys = doc_message("llama3_2/text_prompt_format.md", "What is the weather in SF?", "system")
+    code = "def is_prime(n):\n    return n > 1 and all(n % d for d in range(2, n))\n\nprint(is_prime(7))"
+    return [
+        ("jeopardy", [{"role": "system", "content": "You are a helpful assistant"},
+                      {"role": "user", "content": "Answer who are you in the form of jeopardy?"}], "json"),
+        ("brave_search", [{"role": "system", "content": sys_31},
+                          {"role": "user", "content": "Search the web for the latest price of 1oz gold?"}], "json"),
+        ("code_interpreter", [{"role": "system", "content": "Environment: ipython"},
+                              {"role": "user", "content": "Write code to check if number is prime, use that to "
+                                                          "see if the number 7 is prime"}], "json"),
+        ("wolfram_full", [{"role": "system", "content": "Environment: ipython\nTools: brave_search, wolfram_alpha\n"},
+                          {"role": "user", "content": "What is the 100th decimal of pi?"},
+                          {"role": "assistant", "content": "", "stop_reason": "end_of_message",
+                           "tool_calls": [{"tool_name": "wolfram_alpha",
+                                           "arguments": {"query": "100th decimal of pi"}}]},
+                          {"role": "tool", "content": WOLFRAM_RESPONSE}], "json"),
+        ("json_custom", [{"role": "system", "content": custom_sys}, {"role": "user", "content": json_tools},
+                         {"role": "user", "content": "Use tools to get latest trending songs"}], "json"),
+        ("function_tag", [{"role": "system", "content": custom_sys}, {"role": "user", "content": tag_tools},
+                          {"role": "user", "content": "Use tools to get latest trending songs"}], "function_tag"),
+        ("python_list_e2e", [{"role": "system", "content": py_list_sys},
+                             {"role": "user", "content": "What is the weather in SF?"},
+                             {"role": "assistant", "content": "", "stop_reason": "end_of_turn",
+                              "tool_calls": [{"tool_name": "get_weather",
+                                              "arguments": {"city": "San Francisco", "metric": "celsius"}}]},
+                             {"role": "ipython", "content": '"25 C"'}], "python_list"),
+        # Not in the docs: a whole interpreter round trip, a JSON call answered, RAG context.
+        ("code_round_trip", [{"role": "system", "content": "Environment: ipython"},
+                             {"role": "user", "content": "Is 7 prime?"},
+                             {"role": "assistant", "content": "", "stop_reason": "end_of_message",
+                              "tool_calls": [{"tool_name": "code_interpreter", "arguments": {"code": code}}]},
+                             {"role": "ipython", "content": "True"},
+                             {"role": "assistant", "content": "Yes, 7 is prime."}], "json"),
+        ("json_e2e", [{"role": "system", "content": custom_sys}, {"role": "user", "content": json_tools},
+                      {"role": "user", "content": "Use tools to get latest trending songs"},
+                      {"role": "assistant", "content": "", "stop_reason": "end_of_message",
+                       "tool_calls": [{"tool_name": "trending_songs", "arguments": {"n": "10", "genre": "latest"}}]},
+                      {"role": "tool", "content": '["great song1", "awesome song2", "cool song3"]'},
+                      {"role": "assistant", "content": "great song1, awesome song2 and cool song3."}], "json"),
+        ("rag_context", [{"role": "user", "content": "Who wrote it?",
+                          "context": "The Llama 3 Herd of Models was written by the Llama team at Meta."}], "json"),
+    ]
+
+
+@needs_meta
+@pytest.mark.parametrize("name", ["jeopardy", "brave_search", "code_interpreter", "wolfram_full", "json_custom",
+                                  "function_tag", "python_list_e2e", "code_round_trip", "json_e2e", "rag_context"])
+def test_tool_dialogs_equal_meta_chat_format(meta, name):
+    """Every message kind of Llama 3.1's format, Meta's exact ids (llama-models' own ChatFormat)."""
+    from llama_models.datatypes import ToolPromptFormat
+    theirs = _meta_chat()
+    _, messages, fmt = next(d for d in _meta_dialogs() if d[0] == name)
+    ours = T.ChatFormat(meta, strip=False).encode_dialog_prompt(messages, tool_prompt_format=fmt)
+    assert ours == theirs.encode_dialog_prompt(_to_meta(messages), ToolPromptFormat(fmt)).tokens
+    for message in messages:  # message by message too
+        assert T.ChatFormat(meta, strip=False).encode_message(message, fmt) == \
+            theirs.encode_message(_to_meta([message])[0], ToolPromptFormat(fmt))[0]
+
+
+@needs_meta
+def test_tool_dialogs_equal_meta_prompt_docs(meta):
+    """The same dialogs decode to the text of llama-models' prompt-format docs. The one
+    difference, asserted: the docs (an earlier ChatFormat) show <|python_tag|> before
+    every tool call; Meta's code writes it before code_interpreter calls only."""
+    blocks = _doc_blocks("llama3_1/prompt_format.md", "Input Prompt Format") + \
+        _doc_blocks("llama3_2/text_prompt_format.md", "Input Prompt Format")
+    chat = T.ChatFormat(meta, strip=False)
+    found = {}
+    for name, messages, fmt in _meta_dialogs()[:7]:  # the seven dialogs of the docs
+        text = meta.decode(chat.encode_dialog_prompt(messages, tool_prompt_format=fmt))
+        if name in ("wolfram_full", "python_list_e2e"):  # a non-interpreter call in the history
+            call = T.encode_tool_call(messages[2]["tool_calls"][0], fmt)
+            assert text.count(f"<|end_header_id|>\n\n{call}") == 1
+            text = text.replace(f"<|end_header_id|>\n\n{call}", f"<|end_header_id|>\n\n<|python_tag|>{call}")
+        found[name] = text in blocks
+    assert [name for name, ok in found.items() if not ok] == [] and len(found) == 7
+
+
+def _meta_parse(text):
+    from llama_models.datatypes import StopReason
+    m = _meta_chat().decode_assistant_message_from_content(text, StopReason.out_of_tokens)
+    return {"role": "assistant", "content": m.content, "stop_reason": m.stop_reason.value,
+            "tool_calls": [{"tool_name": getattr(c.tool_name, "value", c.tool_name), "arguments": c.arguments}
+                           for c in m.tool_calls]}
+
+
+@needs_meta
+def test_parse_like_meta_tool_utils(meta):
+    """Generated assistant messages -> text or a tool call, as Meta's decode does: the model
+    responses of its prompt docs, its test_tool_utils cases, and edge cases."""
+    responses = _doc_blocks("llama3_1/prompt_format.md", "Model Response Format") + \
+        _doc_blocks("llama3_2/text_prompt_format.md", "Model Response Format")
+    assert len(responses) >= 10
+    cases = responses + [
+        '<function=getWeather>{"location":"New York","date":"2023-08-05"}',  # Meta's test_tool_utils
+        '[get_boiling_point(liquid_name="water", celcius=True), get_melting_point(substance="ice", kelvin=False)]',
+        "[calculate_volume(radius=5.2, height=10)]", "[initialize()]", "[]", '[get_boiling_point("water", True)]',
+        '[get_boiling_point(liquid={"name":"water", "color":"translucent"}), '
+        'convert_temperature(value=[100, 101], from_unit="C", to_unit="F")]',
+        '{"func": get_boiling_point(liquid_name="water")}', '[(get_boiling_point(liquid_name="water"),)]',
+        "<|python_tag|>347 * 582<|eom_id|>", "<|python_tag|>print(1)\n<|eot_id|>",
+        '{"type": "function", "name": "brave_search", "parameters": {"q": "llamas"}}<|eom_id|>',
+        '<|python_tag|>wolfram_alpha.call(query="2+2")<|eom_id|>', '{"a": 1}', "plain text, cut off",
+        "<|start_header_id|>assistant<|end_header_id|>\n\n  hi  <|eot_id|>", "<function=f>{'a': 'b'}</function>",
+    ]
+    for text in cases:
+        expected = _meta_parse(text)
+        assert T.parse_assistant_message(text) == expected, text
+        ids = meta.encode(text, allowed_special="all")  # the same, from generated ids
+        assert T.ChatFormat(meta).decode_assistant_message(ids) == expected, text
+    first = T.parse_assistant_message(responses[1] if "brave_search" in responses[1] else
+                                      next(r for r in responses if "brave_search" in r))
+    assert first["tool_calls"] == [{"tool_name": "brave_search", "arguments": {"query": "latest price of 1oz gold"}}]
+    assert first["stop_reason"] == "end_of_message" and first["content"] == ""
+
+
+@needs_meta
+def test_tool_call_round_trip(meta):
+    """encode a message with a tool call -> its ids after the header -> parse: the same call."""
+    chat = T.ChatFormat(meta)
+    for call, fmt in [({"tool_name": "code_interpreter", "arguments": {"code": "347 * 582"}}, "json"),
+                      ({"tool_name": "brave_search", "arguments": {"query": "llama herd"}}, "json"),
+                      ({"tool_name": "get_weather", "arguments": {"city": "Paris", "days": 3}}, "json"),
+                      ({"tool_name": "get_weather", "arguments": {"city": "Paris"}}, "function_tag"),
+                      ({"tool_name": "get_weather", "arguments": {"city": "Paris", "ok": True}}, "python_list")]:
+        message = {"role": "assistant", "content": "", "tool_calls": [call], "stop_reason": "end_of_message"}
+        ids = chat.encode_message(message, fmt)[4:]  # without the 4 header tokens
+        assert chat.decode_assistant_message(ids) == message, (call, fmt)
+    # Meta's test: <|python_tag|> opens a code_interpreter call, not a custom one.
+    code = chat.encode_message({"role": "assistant", "content": "", "tool_calls": [
+        {"tool_name": "code_interpreter", "arguments": {"code": "print('Hello, world!')"}}]}, "python_list")
+    assert code[:5] == [128006, 78191, 128007, 271, meta.python_tag_id] and code[-1] == meta.eot_id
+    custom = chat.encode_message({"role": "assistant", "content": "", "tool_calls": [
+        {"tool_name": "custom_tool", "arguments": {"some_param": "value"}}]}, "python_list")
+    assert custom[:5] == [128006, 78191, 128007, 271, meta.encode("[")[0]]
+
+
+def test_system_prompt():
+    # Meta's test_system_prompts (builtin tools) and the system prompts of its prompt docs.
+    assert T.system_prompt(["code_interpreter", "brave_search", "wolfram_alpha"]) == \
+        "Environment: ipython\nTools: brave_search, wolfram_alpha"
+    assert T.system_prompt(["code_interpreter"]) == "Environment: ipython"
+    assert T.system_prompt() == ""
+    assert T.system_prompt(["brave_search", "wolfram_alpha"], today="21 September 2024",
+                           instruction="You are a helpful assistant.") == (
+        "Environment: ipython\nTools: brave_search, wolfram_alpha\nCutting Knowledge Date: December 2023\n"
+        "Today Date: 21 September 2024\n\nYou are a helpful assistant.\n")
+    assert T.system_prompt(["code_interpreter"], today="24 September 2024") == (
+        "Environment: ipython\n\nCutting Knowledge Date: December 2023\nToday Date: 24 September 2024\n")
+    assert T.system_prompt(today="1 January 2025") == "Cutting Knowledge Date: December 2023\nToday Date: 1 January 2025\n"
+    with pytest.raises(ValueError, match="unknown built-in tool"):
+        T.system_prompt(["python"])
+
+
+@needs_meta
+def test_tool_dialog_masks(meta):
+    """SFT trains on what the assistant wrote -- <|python_tag|>, the call, <|eom_id|>, the
+    answer, <|eot_id|> -- never on the tool's result or the RAG context; DPO masks headers
+    and both end tokens, not <|python_tag|> (the decision to call)."""
+    chat = T.ChatFormat(meta)
+    dialog = [{"role": "system", "content": T.system_prompt(["code_interpreter"])},
+              {"role": "user", "content": "What is 347 * 582?", "context": "Use the tool."},
+              {"role": "assistant", "content": "", "stop_reason": "end_of_message",
+               "tool_calls": [{"tool_name": "code_interpreter", "arguments": {"code": "347 * 582"}}]},
+              {"role": "ipython", "content": "201954"},
+              {"role": "assistant", "content": "201954"}]
+    d = chat.encode_dialog(dialog)
+    assert len(d.tokens) == len(d.assistant_mask) == len(d.format_mask)
+    targets = [t for t, m in zip(d.tokens, d.assistant_mask) if m]
+    assert targets == [meta.python_tag_id, *meta.encode("347 * 582"), meta.eom_id, *meta.encode("201954"), meta.eot_id]
+    header = lambda role: [128006, *meta.encode(role), 128007, 271]  # noqa: E731
+    formatted = [t for t, m in zip(d.tokens, d.format_mask) if m]
+    assert formatted == [128000, *header("system"), 128009, *header("user"), 128009, *header("assistant"),
+                         128008, *header("ipython"), 128009, *header("assistant"), 128009]
+    context = meta.encode("\n\n") + meta.encode("Use the tool.")  # after the user's content, no loss, no format
+    start = d.tokens.index(meta.encode("?")[0]) + 1
+    assert d.tokens[start:start + len(context)] == context
+    assert not any(d.assistant_mask[start:start + len(context)] + d.format_mask[start:start + len(context)])
+    assert d.tokens == chat.encode_dialog_prompt(dialog)[:-4]
+
+
+def test_bad_tool_messages(trained):
+    chat = T.ChatFormat(trained)
+    for bad, match in [({"role": "assistant", "content": "", "tool_calls": [{"tool_name": "x"}]}, "tool call"),
+                       ({"role": "assistant", "content": "", "tool_calls": "x"}, "list"),
+                       ({"role": "assistant", "content": "", "tool_calls": [
+                           {"tool_name": "code_interpreter", "arguments": {"query": "1"}}]}, "'code'"),
+                       ({"role": "user", "content": "a", "context": 3}, "context"),
+                       ({"role": "assistant", "content": "a", "stop_reason": "eom"}, "stop_reason")]:
+        with pytest.raises(ValueError, match=match):
+            chat.encode_message(bad)
+    with pytest.raises(ValueError, match="tool_prompt_format"):
+        T.encode_tool_call({"tool_name": "f", "arguments": {}}, "xml")
 
 
 # ----------------------------------------------------------------------------------------
