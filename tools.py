@@ -399,8 +399,10 @@ def evaluate_checkpoint(ckpt: str, args, extra: Optional[dict] = None) -> dict:
 # The recipe of `learn` (run_all's tool stage), from a model that went through SFT on the
 # default tasks: three calculator dialogs for one multiply question (the same problems
 # answered in its head, so that "without the tool" is the model's own best answer).
+# 100 steps teach the call's format but not copying the numbers into it; copying takes
+# ~1,000 steps of 2K tokens (docs/NOTES.md), ~4 minutes for the default model on 2 cores.
 LEARN_TASKS = "calculator,calculator,calculator,multiply"
-LEARN_STEPS, LEARN_TOKENS, LEARN_LR = 100, 1024, 1e-3
+LEARN_STEPS, LEARN_TOKENS, LEARN_LR, LEARN_DIALOGS = 1200, 2048, 1e-3, 40000
 
 
 def learn(args) -> dict | int:
@@ -440,7 +442,7 @@ def main(argv=None):
     learner.add_argument("--max-steps", type=int, default=LEARN_STEPS, help="SFT optimizer steps")
     learner.add_argument("--tokens-per-step", type=int, default=LEARN_TOKENS, help="SFT tokens per step")
     learner.add_argument("--lr", type=float, default=LEARN_LR, help="SFT peak learning rate")
-    learner.add_argument("--n-train", type=int, default=20000, help="generated training dialogs")
+    learner.add_argument("--n-train", type=int, default=LEARN_DIALOGS, help="generated training dialogs")
     for p, n_eval in ((evaluator, 500), (learner, 200)):
         p.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the one next to the model)")
         p.add_argument("--n-eval", type=int, default=n_eval, help="held-out problems (tasks.py's val split)")
