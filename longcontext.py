@@ -57,7 +57,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 import eval as E
-from common import UsageError, arg, atomic_write_json, cli, parse_config, print0
+from common import UsageError, arg, atomic_write_json, cli, flag, parse_config, print0
+from pretrain import PretrainConfig
 from loader import TokenStream, split_record
 
 
@@ -170,11 +171,11 @@ class LongContextConfig:
             raise UsageError("--init is required")
         for name in ("steps", "tokens_per_step", "niah_trials", "bpb_tokens", "nproc"):
             if getattr(self, name) <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)!r})")
-        for flag, text in (("--lengths", self.lengths), ("--eval-lengths", self.eval_lengths)):
+                raise UsageError(f"{flag(name)} must be > 0 (got {getattr(self, name)!r})")
+        for name, text in (("--lengths", self.lengths), ("--eval-lengths", self.eval_lengths)):
             if not re.fullmatch(r"\d+(,\d+)*", text) or min(int(x) for x in text.split(",")) < 128:
-                raise UsageError(f"{flag}: expected comma-separated lengths >= 128, got {text!r}")
-        if not re.fullmatch(r"|off|\d+(\.\d*)?:\d+", self.rope_scaling):
+                raise UsageError(f"{name}: expected comma-separated lengths >= 128, got {text!r}")
+        if not re.fullmatch(PretrainConfig.ROPE_SCALING_FORMAT, self.rope_scaling):
             raise UsageError(f"--rope-scaling: expected FACTOR:ORIGINAL_LEN (e.g. 4:256), 'off' or '', "
                              f"got {self.rope_scaling!r}")
 

@@ -162,6 +162,7 @@ class PretrainConfig(TrainConfig):
     # (longcontext.py) is `--init out/pretrain/final --seq-len 1024 --data <its data>`.
     init: str = arg("", "start from this checkpoint's weights (any format) instead of --model's random ones")
     rope_theta: float = arg(0.0, "RoPE θ (0 = the model's: 500,000 for Llama 3, §3.2; Llama 2 had 10,000)")
+    ROPE_SCALING_FORMAT = r"|off|\d+(\.\d*)?:\d+"  # not a field (no annotation): rope_scaling's syntax
     rope_scaling: str = arg("", "Llama 3.1 RoPE frequency scaling 'FACTOR:ORIGINAL_LEN' (e.g. '4:256'), "
                                 "'off', or '' = the model's")
     eval_tokens: int = arg(32768, "held-out tokens per evaluation (global)")
@@ -197,7 +198,7 @@ class PretrainConfig(TrainConfig):
                 get_schedule_class(self.pp_schedule)
             except ValueError as e:
                 raise UsageError(f"--pp-schedule: {e}") from None
-        if self.rope_theta < 0 or not re.fullmatch(r"|off|\d+(\.\d*)?:\d+", self.rope_scaling):
+        if self.rope_theta < 0 or not re.fullmatch(self.ROPE_SCALING_FORMAT, self.rope_scaling):
             raise UsageError(f"--rope-theta must be >= 0 and --rope-scaling FACTOR:ORIGINAL_LEN, 'off' or '' "
                              f"(got {self.rope_theta!r}, {self.rope_scaling!r})")
 
