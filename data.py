@@ -999,8 +999,12 @@ def _build(out_dir, inputs, tokenizer_path, vocab_size, seed, workers, val_fract
                 break
         texts = {d["seq"]: d["text"][:20000] for d in DocumentSpill(os.path.join(work, "filtered.jsonl"))
                  if d["seq"] in set(sample)}
-        print0(f"[data] training a {vocab_size}-token BPE tokenizer on {size / 1e6:.1f} MB -> {tokenizer_path}")
-        tokenizer_module.train_tokenizer([texts[s] for s in sample], vocab_size, tokenizer_path)
+        # Every 2- and 3-digit string a token, as in Llama 3's vocabulary (§3.2; tokenizer.NUMBER_TOKENS),
+        # where the vocabulary has room for them (not the tests' 520-token ones).
+        numbers = vocab_size >= 4096
+        print0(f"[data] training a {vocab_size}-token BPE tokenizer on {size / 1e6:.1f} MB -> {tokenizer_path}"
+               + (" (every 1-3 digit number one token)" if numbers else ""))
+        tokenizer_module.train_tokenizer([texts[s] for s in sample], vocab_size, tokenizer_path, number_tokens=numbers)
         del texts
     report.timings["tokenizer_training"] = round(time.time() - t0, 3)
     tok = tokenizer_module.Tokenizer(tokenizer_path)

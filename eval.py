@@ -571,6 +571,38 @@ def needle_in_a_haystack(model, tokenizer, haystack: list[int], lengths: list[in
 
 
 # -----------------------------------------------------------------------------
+# 5b. In-context copying: the skill a needle look-up is a case of
+#
+# Text seen once is far easier to predict the second time -- for a model with an
+# "induction head" (a head that finds the earlier occurrence of the current token and
+# predicts what followed it; Olsson et al., 2022). [bos] x x with x a held-out span: the
+# loss on the second x against the first says whether the model copies at all. A model
+# that cannot copy a span 100 tokens back cannot retrieve a pass key 1,000 tokens back.
+
+
+@torch.inference_mode()
+def in_context_copying(model, tokenizer, texts: list[str], span: int = 100, n: int = 16) -> dict:
+    """Loss (nats/token) on the first and on the repeated occurrence of n held-out spans
+    of `span` tokens ([bos] x x, one row each), and how often the greedy next token on
+    the repeat IS the copy. -> {"first", "repeat", "gap" (first - repeat), "accuracy",
+    "spans", "span"}: a model that copies has repeat << first and accuracy near 1."""
+    ids = [t for text in texts for t in tokenizer.encode(text)]
+    n = min(n, len(ids) // span)  # fewer spans from a short text
+    if n < 1:
+        raise ValueError(f"in-context copying needs {span} held-out tokens, got {len(ids)}")
+    stride = len(ids) // n
+    x = torch.tensor([ids[k * stride: k * stride + span] for k in range(n)])  # (n, span)
+    rows = torch.cat([torch.full((n, 1), tokenizer.bos_id), x, x], 1).to(model.tok_embeddings.weight.device)
+    logits = model(rows[:, :-1]).float()  # (n, 2·span, vocab): position t predicts rows[:, t + 1]
+    nll = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="none").view(n, 2 * span)
+    # Targets 0..span-1 are the first x; span is x's first token again (not yet a copy:
+    # nothing says the text repeats), span+1.. are the copy.
+    first, repeat = nll[:, :span].mean().item(), nll[:, span + 1:].mean().item()
+    hit = (logits[:, span + 1:].argmax(-1) == rows[:, span + 2:]).float().mean().item()
+    return {"first": first, "repeat": repeat, "gap": first - repeat, "accuracy": hit, "spans": n, "span": span}
+
+
+# -----------------------------------------------------------------------------
 # 6. The report: eval.json and eval.png
 
 
@@ -624,7 +656,7 @@ class EvalConfig:
     """Evaluate a checkpoint (§5): every field is a --kebab-case flag."""
     ckpt: str = arg("", "the checkpoint (this project's, Meta's, Hugging Face's, a DCP step folder)")
     out: str = arg("out/eval", "where eval.json and eval.png go")
-    tasks: str = arg("bpb,niah", "comma-separated: bpb, niah, tasks (tasks.py's), and JSONL benchmark files")
+    tasks: str = arg("bpb,niah", "comma-separated: bpb, niah, copy, tasks (tasks.py's), and JSONL benchmark files")
     data: str = arg("out/data", "data.py folder: its held-out split is the text for bpb and the haystack")
     text: str = arg("", "a text or JSONL ({\"text\"}) file for bpb and the haystack instead of --data")
     tokenizer: str = arg("", "tokenizer.model (default: the one next to --ckpt)")
@@ -712,6 +744,10 @@ def run(cfg: EvalConfig) -> dict:
                    + "; key vs decoy log-loss: " + ", ".join(
                        f"{k}: {v:.2f}/{result['niah']['decoy_nll_by_length'][k]:.2f}"
                        for k, v in result["niah"]["key_nll_by_length"].items()))
+        elif name == "copy":
+            result["copy"] = in_context_copying(model, tokenizer, held_out())
+            print0("in-context copying: loss {first:.3f} on a held-out span, {repeat:.3f} on its repeat, next token "
+                   "copied {accuracy:.0%}".format(**result["copy"]))
         elif name == "tasks":
             result.setdefault("benchmarks", {})["tasks"] = eval_builtin_tasks(model, tokenizer, cfg.n_eval or 500,
                                                                               cfg.seed)
@@ -732,7 +768,7 @@ def run(cfg: EvalConfig) -> dict:
             print0(f"  {key}: acc {record['acc']:.1%}" + (f", acc_norm {record['acc_norm']:.1%}" if "acc_norm" in record
                                                           else "") + f" ({record['items_per_s']:.1f} items/s)")
         else:
-            raise UsageError(f"--tasks: unknown task {name!r} (bpb, niah, tasks, or a .jsonl file)")
+            raise UsageError(f"--tasks: unknown task {name!r} (bpb, niah, copy, tasks, or a .jsonl file)")
     result["seconds"] = round(time.time() - t0, 1)
     os.makedirs(cfg.out, exist_ok=True)
     if "niah" in result or "benchmarks" in result:

@@ -6,30 +6,33 @@ Stage: long-context pre-training. §3.4.2: Llama 3 is pre-trained at 8K tokens, 
 context grows to 128K in six stages (~800B tokens); "a stage ends when short-context
 performance has recovered and needle-in-a-haystack is solved at that length". Ours: the
 default model is pre-trained at 256 tokens (pretrain.py), then continues at 512, then
-1,024, a fixed time each (1.2 minutes of training; 5-8 minutes in all with the
-evaluations on 2 busy CPU cores), with eval.py before and after every stage: needle
-accuracy per length and the short-context (256-token windows) held-out loss. At this
-scale the model learns the answer's format but not the look-up (docs/NOTES.md).
+1,024, with eval.py before and after every stage: needle
+accuracy per length, the short-context (256-token windows) held-out loss, and in-context
+copying (eval.in_context_copying: is a span read 100 tokens ago copied?).
 
 What a small model needs to learn retrieval in minutes. Long documents alone would not
-teach it: a 15M-parameter model pre-trained for a few minutes has never needed to look
+teach it: a 1M-parameter model pre-trained for a few minutes has never needed to look
 back more than a few dozen tokens, and in real text little depends on what came 800
-tokens earlier. So, like the synthetic long-context data of §4.3.4 (question answering
-over long documents, there in post-training), every row of this stage is a stretch of the
-real training text -- the haystack, so language modelling goes on -- into which we write
-  - a pass key (eval.NEEDLE) at a random depth, and after it the question with its
-    answer (eval.QUESTION + key) at `queries` random places, the last one at the very
-    end: each answer is a look-up over a distance of up to the whole row, and a row
-    carries several of them;
-  - `spans` stretches of the row copied from earlier to later: copying text seen far
-    back is the general skill (an "induction head") that the look-up is a case of.
+tokens earlier. The look-up "What is the pass key? The pass key is" -> the key is a case
+of copying: find where "The pass key is" came before and say what followed -- the work
+of an "induction head" (Olsson et al., 2022), which our pre-training budget does not
+grow (a repeated span is predicted no better than a new one). So, like the synthetic
+data of §4.3.4 (there for long-context question answering in post-training), each row
+of the growth stages is a stretch of the real training text -- the haystack, so
+language modelling goes on -- into which we write a pass key (eval.NEEDLE) at a random
+depth, and after it the question with its answer (eval.QUESTION + key) at `queries`
+random places, the last one at the very end (each answer is a look-up over a distance of
+up to the whole row, and a row carries several of them), and `spans` stretches of the
+row copied from earlier to later (copying over long distances). --copy-steps N adds a
+stage before them whose rows are [bos] x y x z [eos] (x, y real text of random lengths):
+copying alone. At this scale neither teaches the look-up in minutes (docs/NOTES.md).
 The evaluation (eval.py) then asks once, at the end, in held-out text it never saw.
 RoPE θ and the 3.1 frequency scaling can be changed for the stage (--rope-theta,
 --rope-scaling): the ablation of docs/NOTES.md.
 
 Reads:  --init (the pre-trained model), --data (data.py's folder: its train split is the
         haystack, its val split the held-out text, its tokenizer encodes the needles).
-Writes: OUT/eval_before/, OUT/ctxLEN/{data,final,...} and OUT/eval_ctxLEN/ per stage,
+Writes: OUT/eval_before/, OUT/ctxLEN/{data,final,...} (OUT/copyLEN/) and OUT/eval_NAME/ per stage,
         OUT/final (-> the last stage's model), OUT/report.json (needle accuracy per length
         and held-out loss before, after each stage, after), OUT/niah.png (heat maps before/after).
 
@@ -101,9 +104,24 @@ def training_document(filler: list[int], tokenizer, length: int, rng: random.Ran
     return ids + ex["answer"] + [tokenizer.eos_id]
 
 
+def copy_document(filler: list[int], bos_id: int, eos_id: int, length: int, rng: random.Random) -> list[int]:
+    """One row of the copying stage, exactly `length` tokens: [bos] x y x z [eos], x of
+    24 .. length/2 tokens of `filler`, then y and z more of it: the tokens of the second
+    x are predictable only by copying. x's length and y's vary from row to row, so the
+    distance back to the first x does too: with a fixed layout the model learns "copy
+    from 127 back" (a position rule, useless elsewhere) instead of finding the earlier
+    occurrence by content (an induction head; docs/NOTES.md)."""
+    n = length - 2
+    m = rng.randrange(24, n // 2 + 1)  # x
+    gap = rng.randrange(0, n - 2 * m + 1)  # y
+    x = list(filler[:m])
+    return [bos_id] + x + list(filler[m: m + gap]) + x + list(filler[m + gap: n - m]) + [eos_id]
+
+
 def write_long_context_data(data_dir: str, out: str, seq_len: int = 1024, n_docs: int = 1500, seed: int = 0,
-                            queries: int = 3, spans: int = 4) -> dict:
-    """The stage's data folder (see the module docstring) -> its meta.json record."""
+                            queries: int = 3, spans: int = 4, kind: str = "needle") -> dict:
+    """The stage's data folder (see the module docstring) -> its meta.json record.
+    kind "needle": training_document rows; "copy": copy_document rows."""
     from tokenizer import Tokenizer
     try:
         with open(os.path.join(data_dir, "meta.json")) as f:
@@ -120,7 +138,8 @@ def write_long_context_data(data_dir: str, out: str, seq_len: int = 1024, n_docs
     for i in range(n_docs):
         start = rng.randrange(0, stream.n_tokens - 2 * seq_len)
         filler = haystack(stream, start, seq_len, meta["bos_id"], meta["eos_id"], newline)
-        docs[i] = training_document(filler, tokenizer, seq_len, rng, queries, spans)
+        docs[i] = training_document(filler, tokenizer, seq_len, rng, queries, spans) if kind == "needle" else \
+            copy_document(filler, meta["bos_id"], meta["eos_id"], seq_len, rng)
     os.makedirs(out, exist_ok=True)
     docs.tofile(os.path.join(out, "train_000.bin"))
     val = split_record(meta, "val")
@@ -130,7 +149,7 @@ def write_long_context_data(data_dir: str, out: str, seq_len: int = 1024, n_docs
     record.update(dtype="uint32", format=f"every document is exactly {seq_len} tokens: [bos] .. [eos]",
                   splits={"train": {"files": ["train_000.bin"], "tokens": n_docs * seq_len, "documents": n_docs},
                           "val": {"files": list(val["files"]), "tokens": val.get("tokens")}},
-                  long_context={"source": data_dir, "seq_len": seq_len, "seed": seed, "queries": queries,
+                  long_context={"source": data_dir, "kind": kind, "seq_len": seq_len, "seed": seed, "queries": queries,
                                 "spans": spans, "needle": E.NEEDLE, "question": E.QUESTION})
     atomic_write_json(os.path.join(out, "meta.json"), record)
     return record
@@ -153,6 +172,13 @@ class LongContextConfig:
     # 1e-3 cost 0.24 nats of short-context held-out loss in two stages, 3e-4 cost 0.07
     # (docs/NOTES.md); §3.4.2 ends a stage only once short-context performance has recovered.
     lr: float = arg(3e-4, "peak learning rate of each stage (warm-up 3 steps, then cosine)")
+    # The copying stage (off by default): 500 steps at 3e-3 did not grow an induction head
+    # in the default model (a repeated span's loss 5.02 vs 4.97 after; docs/NOTES.md).
+    copy_steps: int = arg(0, "steps of a copying stage first ([bos] x y x z rows at --copy-len; 0 = none)")
+    copy_len: int = arg(256, "row length of the copying stage (pre-training's context)")
+    copy_lr: float = arg(3e-3, "peak learning rate of the copying stage")
+    copy_budget_min: float = arg(3.0, "minutes for the copying stage (0 = no limit)")
+    copy_tokens_per_step: int = arg(2048, "tokens per optimizer step of the copying stage")
     rope_theta: float = arg(0.0, "RoPE θ for the stage (0 = the model's; ablation: 10000)")
     rope_scaling: str = arg("", "Llama 3.1 frequency scaling 'FACTOR:ORIGINAL_LEN', 'off', '' = the model's")
     eval_lengths: str = arg("256,512,1024", "needle lengths measured before and after (past the last stage "
@@ -169,6 +195,8 @@ class LongContextConfig:
     def validate(self):
         if not self.init:
             raise UsageError("--init is required")
+        if self.copy_steps < 0 or self.copy_len < 128:
+            raise UsageError(f"--copy-steps must be >= 0 and --copy-len >= 128 (got {self.copy_steps}, {self.copy_len})")
         for name in ("steps", "tokens_per_step", "niah_trials", "bpb_tokens", "nproc"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{flag(name)} must be > 0 (got {getattr(self, name)!r})")
@@ -182,9 +210,10 @@ class LongContextConfig:
 
 def measure(cfg: LongContextConfig, ckpt: str, name: str) -> dict:
     """eval.py on ckpt: short-context held-out loss and bits per byte (windows of 256,
-    pre-training's) and the needle at every --eval-lengths -> OUT/name/eval.json."""
+    pre-training's), the needle at every --eval-lengths, and in-context copying (does
+    the model copy a held-out span it has just seen?) -> OUT/name/eval.json."""
     lengths = [int(x) for x in cfg.eval_lengths.split(",")]
-    return E.run(E.EvalConfig(ckpt=ckpt, out=os.path.join(cfg.out, name), tasks="bpb,niah", data=cfg.data,
+    return E.run(E.EvalConfig(ckpt=ckpt, out=os.path.join(cfg.out, name), tasks="bpb,niah,copy", data=cfg.data,
                               bpb_tokens=cfg.bpb_tokens, niah_lengths=cfg.eval_lengths, niah_trials=cfg.niah_trials,
                               max_seq_len=max(lengths), threads=cfg.threads, seed=cfg.seed))
 
@@ -193,6 +222,7 @@ def summary(record: dict) -> dict:
     return {"niah": record["niah"]["by_length"], "key_nll": record["niah"]["key_nll_by_length"],
             "decoy_nll": record["niah"]["decoy_nll_by_length"],
             "short_loss": round(record["bpb"]["loss"], 4),
+            "copy": {k: round(record["copy"][k], 4) for k in ("first", "repeat", "accuracy")},
             "bits_per_byte": round(record["bpb"]["bits_per_byte"], 4)}
 
 
@@ -222,30 +252,35 @@ def run_stage(cfg: LongContextConfig) -> dict:
     before = measure(cfg, cfg.init, "eval_before")
     record = {"init": cfg.init, "config": asdict(cfg), "before": summary(before), "stages": []}
     ckpt, after = cfg.init, before
-    for n, seq_len in enumerate(int(x) for x in cfg.lengths.split(",")):
-        stage_dir = os.path.join(cfg.out, f"ctx{seq_len}")
-        rows = max(1, cfg.tokens_per_step // seq_len)
-        docs = cfg.docs_per_stage or cfg.steps * rows + rows
+    # (kind, name, context, steps, tokens per step, lr, minutes): copying, then the context grows.
+    stages = [("copy", f"copy{cfg.copy_len}", cfg.copy_len, cfg.copy_steps, cfg.copy_tokens_per_step, cfg.copy_lr,
+               cfg.copy_budget_min)] * (cfg.copy_steps > 0) + \
+        [("needle", f"ctx{n}", n, cfg.steps, cfg.tokens_per_step, cfg.lr, cfg.time_budget_min)
+         for n in (int(x) for x in cfg.lengths.split(","))]
+    for n, (kind, name, seq_len, steps, tokens, lr, minutes) in enumerate(stages):
+        stage_dir = os.path.join(cfg.out, name)
+        rows = max(1, tokens // seq_len)
+        docs = cfg.docs_per_stage or steps * rows + rows
         write_long_context_data(cfg.data, os.path.join(stage_dir, "data"), seq_len, docs, cfg.seed + n,
-                                cfg.queries, cfg.spans)
+                                cfg.queries, cfg.spans, kind)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
                os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py"),
                "--init", ckpt, "--data", os.path.join(stage_dir, "data"), "--out", stage_dir,
                "--seq-len", str(seq_len), "--tokens-per-step", str(rows * seq_len),
-               "--batch-size", str(max(1, rows // cfg.nproc)), "--max-steps", str(cfg.steps),
-               "--time-budget-min", str(cfg.time_budget_min), "--lr", str(cfg.lr), "--warmup-steps", "3",
-               "--anneal-steps", "0", "--eval-every", "0", "--ckpt-every", str(cfg.steps),
+               "--batch-size", str(max(1, rows // cfg.nproc)), "--max-steps", str(steps),
+               "--time-budget-min", str(minutes), "--lr", str(lr), "--warmup-steps", "3",
+               "--anneal-steps", "0", "--eval-every", "0", "--ckpt-every", str(steps),
                "--eval-tokens", str(4 * seq_len), "--seed", str(cfg.seed)]
         cmd += ["--rope-theta", str(cfg.rope_theta)] if cfg.rope_theta else []
         cmd += ["--rope-scaling", cfg.rope_scaling] if cfg.rope_scaling else []
-        print0(f"\n[long context] stage {n + 1}: context {seq_len}, from {ckpt}\n  " + " ".join(cmd), flush=True)
+        print0(f"\n[long context] stage {n + 1}: {kind} rows of {seq_len}, from {ckpt}\n  " + " ".join(cmd), flush=True)
         t_stage = time.time()
         code = subprocess.call(cmd)
         if code != 0:
             raise SystemExit(code)
         ckpt = os.path.join(stage_dir, "final")
-        after = measure(cfg, ckpt, f"eval_ctx{seq_len}")
-        record["stages"].append({"seq_len": seq_len, "ckpt": ckpt, "seconds": round(time.time() - t_stage, 1),
+        after = measure(cfg, ckpt, f"eval_{name}")
+        record["stages"].append({"kind": kind, "seq_len": seq_len, "steps": steps, "ckpt": ckpt, "seconds": round(time.time() - t_stage, 1),
                                  **summary(after)})
     final = os.path.join(cfg.out, "final")
     if os.path.islink(final):
@@ -258,7 +293,8 @@ def run_stage(cfg: LongContextConfig) -> dict:
     atomic_write_json(os.path.join(cfg.out, "report.json"), record)
     for when in ("before", "after"):
         print0(f"{when:>6}: held-out loss {record[when]['short_loss']:.4f}, needle " +
-               ", ".join(f"{k}: {v:.0%}" for k, v in record[when]["niah"].items()))
+               ", ".join(f"{k}: {v:.0%}" for k, v in record[when]["niah"].items()) +
+               f"; a repeated span copied {record[when]['copy']['accuracy']:.0%}")
     return record
 
 

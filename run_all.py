@@ -205,7 +205,10 @@ def summary(out: str, rounds: int, seed: int, minutes: float | None) -> dict:
                            "bits_per_byte": pre.get("bits_per_byte", _get(lc, "before", "bits_per_byte"))},
               "niah": {"before": _get(lc, "before", "niah"), "after": _get(lc, "after", "niah")},
               "longctx": {"short_loss_before": _get(lc, "before", "short_loss"),
-                          "short_loss_after": _get(lc, "after", "short_loss")},
+                          "short_loss_after": _get(lc, "after", "short_loss"),
+                          # eval.in_context_copying: how often the next token of a repeated span is copied
+                          "copy_before": _get(lc, "before", "copy", "accuracy"),
+                          "copy_after": _get(lc, "after", "copy", "accuracy")},
               "sft_accuracy": _get(rec("sft", "report.json"), "accuracy_after", "overall"), "rounds": []}
     for r in range(1, rounds + 1):
         rm, rs = rec(f"round_{r}", "reward", "report.json"), rec(f"round_{r}", "rejection", "report.json")
@@ -257,7 +260,8 @@ def verdicts(s: dict, out: str) -> list[tuple[str, str, str, bool | None, str]]:
     top = max(after, key=int, default=None)
     rows.append(("long context (§3.4.2)", top and f"needle at {top} tokens {_pct(before.get(top))} -> "
                  f"{_pct(after[top])}", ">= 90% after", top and after[top] >= 0.9,
-                 "the model learns the answer's format, not the look-up (docs/NOTES.md)"))
+                 "the model learns the answer's format, not the look-up: it does not copy yet "
+                 f"(repeated span copied {_pct(_get(s, 'longctx', 'copy_after'))}; docs/NOTES.md)"))
     first = s["sft_accuracy"]
     rows.append(("SFT (§4.1.3)", first and f"task accuracy {_pct(first)}", ">= 45%", first and first >= 0.45,
                  "the first chat model is weak; the rounds start lower"))
@@ -288,7 +292,7 @@ def verdicts(s: dict, out: str) -> list[tuple[str, str, str, bool | None, str]]:
     with_tool, without = _get(s, "tools", "with_tool"), _get(s, "tools", "without_tool")
     rows.append(("tool use (§4.3.5)", with_tool is not None and f"with the tool {_pct(with_tool)}, without "
                  f"{_pct(without)}", ">= 90% with, near 0% without", with_tool is not None and with_tool >= 0.9,
-                 "a short SFT learns the call's format, not to copy the numbers (docs/NOTES.md)"))
+                 "the numbers are miscopied into the call or out of the result (docs/NOTES.md)"))
     base = s["rounds"][0]["sft_accuracy"] if s["rounds"] else None
     final = s["final_accuracy"]
     rows.append(("all rounds", final and base and f"final {_pct(final)} vs round-1 SFT {_pct(base)}",
@@ -419,6 +423,13 @@ def write_report(out: str, s: dict, timings: dict):
                   "|---|" + "---|" * len(lens),
                   "| before | " + " | ".join(_pct(_get(lc, "before", "niah", n)) for n in lens) + " |",
                   "| after | " + " | ".join(_pct(_get(lc, "after", "niah", n)) for n in lens) + " |", ""]
+        if _get(lc, "after", "copy"):  # eval.in_context_copying: the skill the look-up needs
+            lines += [f"- in-context copying (a held-out span of 100 tokens, then the same span again): loss on "
+                      f"the repeat {_get(lc, 'before', 'copy', 'repeat')} -> {_get(lc, 'after', 'copy', 'repeat')} "
+                      f"nats/token against {_get(lc, 'after', 'copy', 'first')} on its first reading; next token "
+                      f"copied {_pct(_get(lc, 'before', 'copy', 'accuracy'))} -> "
+                      f"{_pct(_get(lc, 'after', 'copy', 'accuracy'))}. A model that does not copy a span it read "
+                      f"100 tokens ago cannot fetch a pass key 1,000 tokens back.", ""]
     _image(lines, out, "longctx/niah.png", "needle in a haystack before and after")
 
     # ---- the first SFT model

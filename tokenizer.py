@@ -655,8 +655,19 @@ def _merge_word(word: list[int], a: int, b: int, new_id: int) -> list[int]:
     return out
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, verbose: bool = False) -> dict[bytes, int]:
+# Llama 3's vocabulary holds every string of 1-3 ASCII digits as one token (Meta's
+# tokenizer.model: 1,000 + 100 + 10), and its pre-tokenizer cuts numbers into groups of
+# at most 3 digits: "201954" -> "201" "954", always 2 tokens. A BPE trained on our small
+# corpus learns only the frequent ones ("201" "9" "5" "4"), so the same number can be 2
+# to 6 tokens and copying one is a different task for every number (docs/NOTES.md).
+NUMBER_TOKENS = [str(i).zfill(k).encode() for k in (2, 3) for i in range(10 ** k)]
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, verbose: bool = False,
+              number_tokens: bool = False) -> dict[bytes, int]:
     """Learn mergeable ranks {token bytes: rank} from text, tiktoken style.
+    number_tokens: every 2- and 3-digit string is a token (ranks 256..1355, before the
+    learned merges), as in Llama 3's vocabulary.
 
     vocab_size counts everything, the 256 special tokens included: the result has
     vocab_size - 256 ranks (256 single bytes, then the merges in the order learned), so a
@@ -683,6 +694,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int, verbose: bool = False) -> d
         raise ValueError(f"vocab_size={vocab_size} is too small: it must be at least {minimum} "
                          f"({NUM_BYTE_TOKENS} byte tokens + {NUM_SPECIAL_TOKENS} special tokens)")
     n_ranks = vocab_size - NUM_SPECIAL_TOKENS  # BPE tokens to learn, bytes included
+    if number_tokens and n_ranks < NUM_BYTE_TOKENS + len(NUMBER_TOKENS):
+        raise ValueError(f"vocab_size={vocab_size} is too small for the {len(NUMBER_TOKENS)} number tokens")
     t0 = time.time()
 
     # 1. The corpus as distinct chunks of byte ids, with their frequencies.
@@ -694,13 +707,15 @@ def train_bpe(texts: Iterable[str], vocab_size: int, verbose: bool = False) -> d
             data = chunk.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: replace them, as tiktoken does
             data = chunk.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode("utf-8")
+        if number_tokens and data.isdigit():  # a 1-3 digit chunk (the regex's \p{N}{1,3}): one token already
+            continue
         if len(data) >= 2:  # a 1-byte chunk has no pair to merge
             words.append(list(data))
             freqs.append(freq)
     t_count = time.time() - t0
 
     # Token id == rank: ids 0..255 are the single bytes, merges take 256, 257, ...
-    token_bytes: list[bytes] = [bytes([b]) for b in range(NUM_BYTE_TOKENS)]
+    token_bytes: list[bytes] = [bytes([b]) for b in range(NUM_BYTE_TOKENS)] + NUMBER_TOKENS * number_tokens
     id_of: dict[bytes, int] = {t: i for i, t in enumerate(token_bytes)}
 
     # 2. Pair counts and the inverted index pair -> chunks that contain it.
@@ -716,7 +731,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, verbose: bool = False) -> d
     heapq.heapify(heap)
 
     # 3. Merge until the vocabulary is full.
-    n_merges = n_ranks - NUM_BYTE_TOKENS
+    n_merges = n_ranks - len(token_bytes)
     report_every = max(1, n_merges // 10)
     n_done = 0
     while len(token_bytes) < n_ranks and heap:
@@ -776,9 +791,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, verbose: bool = False) -> d
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | os.PathLike,
-                    verbose: bool = False) -> Tokenizer:
+                    verbose: bool = False, number_tokens: bool = False) -> Tokenizer:
     """train_bpe + save_bpe + load: the trained file, ready to use with n_words == vocab_size."""
-    save_bpe(train_bpe(texts, vocab_size, verbose=verbose), out_path)
+    save_bpe(train_bpe(texts, vocab_size, verbose=verbose, number_tokens=number_tokens), out_path)
     return Tokenizer(out_path)
 
 

@@ -195,6 +195,36 @@ def test_needle_in_a_haystack_report_shape(tok):
     assert one["decoy_nll_by_length"]["160"] == pytest.approx(expected, abs=1e-3)
 
 
+class Copier(torch.nn.Module):
+    """A perfect induction head with nothing else: at position t it predicts the token
+    at t + 1 - span (what followed this token's earlier occurrence in [bos] x x); before
+    that, uniform."""
+    def __init__(self, span, vocab=512):
+        super().__init__()
+        self.span, self.tok_embeddings = span, torch.nn.Embedding(vocab, 1)
+
+    def forward(self, tokens):
+        B, T = tokens.shape
+        logits = torch.zeros(B, T, self.tok_embeddings.num_embeddings)
+        t = torch.arange(self.span, T)
+        logits[torch.arange(B)[:, None], t[None], tokens[:, t + 1 - self.span]] = 30.0
+        return logits
+
+
+def test_in_context_copying_tells_a_copier_from_a_model_that_does_not_copy(tok):
+    texts = ["Some held-out text, long enough for several spans of it. " * 40]
+    copier = E.in_context_copying(Copier(span=50), tok, texts, span=50, n=4)
+    assert copier["first"] == pytest.approx(math.log(512), abs=1e-4)  # nothing to copy yet: uniform
+    assert copier["repeat"] < 1e-6 and copier["accuracy"] == 1.0
+    assert copier["gap"] == pytest.approx(math.log(512), abs=1e-4)
+    off = E.in_context_copying(Copier(span=51), tok, texts, span=50, n=4)  # looks one token too far back
+    assert off["accuracy"] < 0.2 and off["repeat"] > 5
+    plain = E.in_context_copying(tiny_model(), tok, texts, span=50, n=4)  # random weights: no copying
+    assert abs(plain["gap"]) < 0.2 and plain["accuracy"] < 0.2
+    with pytest.raises(ValueError, match="needs"):
+        E.in_context_copying(Copier(span=50), tok, ["short"], span=50, n=4)
+
+
 # -----------------------------------------------------------------------------
 # Benchmark files: the formats people have, bad rows with file and line
 

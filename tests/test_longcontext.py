@@ -25,6 +25,21 @@ def test_training_document_has_the_needle_then_its_answers(tok):
         assert text.index(E.NEEDLE.format(key=key)) < text.index(E.QUESTION)
 
 
+def test_copy_document_repeats_a_span_at_a_distance_that_varies():
+    filler = list(range(1000, 1400))  # distinct tokens: where each one came from is known
+    distances = set()
+    for seed in range(50):
+        ids = LC.copy_document(filler, 1, 2, 256, random.Random(seed))
+        assert len(ids) == 256 and ids[0] == 1 and ids[-1] == 2 and ids.count(1) == 1
+        body = ids[1:-1]
+        m = next(i for i in range(1, len(body)) if body[i] == body[0])  # where x starts again
+        length = next((k for k in range(len(body) - m) if body[m + k] != body[k]), len(body) - m)  # the repeat
+        assert 24 <= length <= 127 and body[:length] == body[m: m + length]
+        assert sorted(set(body)) == sorted(body) or len(body) - len(set(body)) == length  # only x repeats
+        distances.add(m)
+    assert len(distances) > 20  # not a fixed offset: a position rule cannot copy it
+
+
 def test_data_folder_reads_as_pretrain_data(tmp_path, tok_path):
     src = tmp_path / "data"
     src.mkdir()
@@ -45,12 +60,15 @@ def test_data_folder_reads_as_pretrain_data(tmp_path, tok_path):
     assert ((rows == tok.bos_id).sum(1) == 1).all()  # no document break inside a row: the needle stays visible
     assert record["splits"]["train"]["tokens"] == 5 * 256
     assert (out / "val_000.bin").read_bytes() == (src / "val_000.bin").read_bytes()  # the same held-out text
+    record = LC.write_long_context_data(str(src), str(out / "copy"), seq_len=256, n_docs=3, kind="copy")
+    assert record["long_context"]["kind"] == "copy" and record["splits"]["train"]["tokens"] == 3 * 256
 
 
 @pytest.mark.parametrize("argv, message", [(["--lengths", "512,abc"], "--lengths"),
                                            (["--eval-lengths", "64"], "--eval-lengths"),
                                            (["--rope-scaling", "x"], "--rope-scaling"),
-                                           (["--steps", "0"], "--steps")])
+                                           (["--steps", "0"], "--steps"),
+                                           (["--copy-len", "64"], "--copy-len")])
 def test_bad_flags_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         LC.main(argv)

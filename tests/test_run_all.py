@@ -100,8 +100,10 @@ def test_two_rounds_on_a_tiny_model(tmp_path, tok_path, monkeypatch):
     with open(os.path.join(out, "pretrain", "report.json"), "w") as f:
         json.dump({"val_loss": 6.0, "steps": 1}, f)
     with open(os.path.join(out, "longctx", "report.json"), "w") as f:
-        json.dump({"before": {"niah": {"256": 0.1, "1024": 0.0}, "short_loss": 6.1, "bits_per_byte": 2.4},
-                   "after": {"niah": {"256": 0.9, "1024": 0.8}, "short_loss": 6.2, "bits_per_byte": 2.45},
+        json.dump({"before": {"niah": {"256": 0.1, "1024": 0.0}, "short_loss": 6.1, "bits_per_byte": 2.4,
+                              "copy": {"first": 5.6, "repeat": 5.5, "accuracy": 0.05}},
+                   "after": {"niah": {"256": 0.9, "1024": 0.8}, "short_loss": 6.2, "bits_per_byte": 2.45,
+                             "copy": {"first": 5.6, "repeat": 1.2, "accuracy": 0.7}},
                    "stages": [{"seq_len": 1024}], "seconds": 1.0}, f)
 
     # A random tiny model is never right: the sampler is scripted. Every policy answers
@@ -177,7 +179,7 @@ def test_two_rounds_on_a_tiny_model(tmp_path, tok_path, monkeypatch):
     assert s["seed"] == 3 and s["pretrain"] == {"val_loss": 6.0, "bits_per_byte": 2.4} and len(s["rounds"]) == 2
     # the long-context stage: needle accuracy per length before/after, short-context loss
     assert s["niah"] == {"before": {"256": 0.1, "1024": 0.0}, "after": {"256": 0.9, "1024": 0.8}}
-    assert s["longctx"] == {"short_loss_before": 6.1, "short_loss_after": 6.2}
+    assert s["longctx"] == {"short_loss_before": 6.1, "short_loss_after": 6.2, "copy_before": 0.05, "copy_after": 0.7}
     assert s["tools"] == {"with_tool": 0.93, "without_tool": 0.005}
     for rd in s["rounds"]:
         assert rd["rs_pick_correct"] == rd["rs_oracle_correct"] == 1.0  # the checker keeps a right sample
@@ -191,6 +193,7 @@ def test_two_rounds_on_a_tiny_model(tmp_path, tok_path, monkeypatch):
     assert "| round 2 rejection sampling (§4.2.2) | pick 100.0% vs random 50.0% |" in text
     assert "| long context (§3.4.2) | needle at 1024 tokens 0.0% -> 80.0% | >= 90% after | below expectation" in text
     assert "| after | 90.0% | 80.0% |" in text
+    assert "repeated span copied 70.0%" in text and "next token copied 5.0% -> 70.0%" in text
     tools = text[text.index("## Tool use"):text.index("## Round 1")]
     assert "| with the tool | 93.0% | 100.0% |" in tools and "| without it | 0.5% | 0.0% |" in tools
     assert "ipython> 201954" in tools and "after 100 steps" in tools

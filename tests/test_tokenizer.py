@@ -256,6 +256,28 @@ def test_training_deterministic(tmp_path):
     assert T.load_bpe(tmp_path / "a.model") == a
 
 
+def test_number_tokens_as_in_llama3(tmp_path, meta):
+    """number_tokens: every 1-3 digit string is one token, numbers split in groups of 3
+    from the left -- the same pieces as Meta's tokenizer.model; the rest still BPE."""
+    texts = T.builtin_texts(150_000) + ["in 2024 it cost 3,141.59 and 201954 units; ² 23 ٣٤"] * 5
+    ranks = T.train_bpe(texts, 2048, number_tokens=True)
+    assert len(ranks) == 2048 - 256 and all(ranks[n] == 256 + i for i, n in enumerate(T.NUMBER_TOKENS))
+    T.save_bpe(ranks, tmp_path / "n.model")
+    tok = T.Tokenizer(tmp_path / "n.model")
+    for i in range(1000):
+        for s in {str(i), str(i).zfill(2), str(i).zfill(3)}:
+            assert len(tok.encode(s)) == 1 and len(meta.encode(s)) == 1, s
+    digits = lambda t, s: [t.decode([i]) for i in t.encode(s) if t.decode([i]).isdigit()]  # noqa: E731
+    for s in ["201954", "What is 347 * 582?", "pi is 3.14159265, e 2.71828", "1234567890123", "x86_64 v2.0"]:
+        assert digits(tok, s) == digits(meta, s), s  # the numbers in the same pieces as Meta's
+        assert T.reference_encode(s, ranks) == tok.encode(s) and tok.decode(tok.encode(s)) == s
+    assert [tok.decode([t]) for t in tok.encode("201954")] == ["201", "954"]
+    plain = T.train_bpe(texts, 2048)
+    assert sum(len(T.reference_encode(str(i), plain)) == 1 for i in range(100, 1000)) < 1000  # without: not all
+    with pytest.raises(ValueError, match="number tokens"):
+        T.train_bpe(texts, 1024, number_tokens=True)
+
+
 def test_trained_tokenizer_layout(trained):
     assert trained.n_words == 1024 and trained.n_base_tokens == 768
     assert trained.bos_id == 768 and trained.eot_id == 777 and trained.pad_id == 772
