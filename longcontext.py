@@ -253,10 +253,11 @@ def run_stage(cfg: LongContextConfig) -> dict:
     record = {"init": cfg.init, "config": asdict(cfg), "before": summary(before), "stages": []}
     ckpt, after = cfg.init, before
     # (kind, name, context, steps, tokens per step, lr, minutes): copying, then the context grows.
-    stages = [("copy", f"copy{cfg.copy_len}", cfg.copy_len, cfg.copy_steps, cfg.copy_tokens_per_step, cfg.copy_lr,
-               cfg.copy_budget_min)] * (cfg.copy_steps > 0) + \
-        [("needle", f"ctx{n}", n, cfg.steps, cfg.tokens_per_step, cfg.lr, cfg.time_budget_min)
-         for n in (int(x) for x in cfg.lengths.split(","))]
+    stages = [("needle", f"ctx{n}", n, cfg.steps, cfg.tokens_per_step, cfg.lr, cfg.time_budget_min)
+              for n in (int(x) for x in cfg.lengths.split(","))]
+    if cfg.copy_steps:
+        stages.insert(0, ("copy", f"copy{cfg.copy_len}", cfg.copy_len, cfg.copy_steps, cfg.copy_tokens_per_step,
+                          cfg.copy_lr, cfg.copy_budget_min))
     for n, (kind, name, seq_len, steps, tokens, lr, minutes) in enumerate(stages):
         stage_dir = os.path.join(cfg.out, name)
         rows = max(1, tokens // seq_len)
@@ -280,8 +281,8 @@ def run_stage(cfg: LongContextConfig) -> dict:
             raise SystemExit(code)
         ckpt = os.path.join(stage_dir, "final")
         after = measure(cfg, ckpt, f"eval_{name}")
-        record["stages"].append({"kind": kind, "seq_len": seq_len, "steps": steps, "ckpt": ckpt, "seconds": round(time.time() - t_stage, 1),
-                                 **summary(after)})
+        record["stages"].append({"kind": kind, "seq_len": seq_len, "steps": steps, "ckpt": ckpt,
+                                 "seconds": round(time.time() - t_stage, 1), **summary(after)})
     final = os.path.join(cfg.out, "final")
     if os.path.islink(final):
         os.remove(final)
