@@ -84,7 +84,7 @@ class ScalingConfig:
     seq_len: int = arg(256, "training sequence length")
     max_epochs: float = arg(1.0, "leave out the sizes that would repeat the training data more than this")
     sft_runs: int = arg(-1, "models to fine-tune for step 2, spread over the losses (default 5; quick 3)")
-    sft_steps: int = arg(0, "optimizer steps of each step-2 SFT (default 100; quick 40; sft.py's own is 200)")
+    sft_steps: int = arg(0, "optimizer steps of each step-2 SFT (default 100; quick 40; sft.py's own is 400)")
     n_eval: int = arg(0, "held-out task prompts of each step-2 SFT (default 200; quick 100)")
     default_minutes: float = arg(4.5, "the pipeline's pre-training time budget (pretrain.py --time-budget-min)")
     speed_dial: str = arg("", "dial sizes whose tokens/s decide the default model (default '1-6'; quick '1-4')")
