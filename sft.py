@@ -25,7 +25,7 @@ import. What is new here is only the data and the loss:
   `python checkpoint.py average A B ... --out DIR`.
 
 Paper numbers: the largest models fine-tune at learning rate 1e-5 for 8.5K-9K steps
-(§4.1.3). Our default model is 15M parameters trained for 4.5 minutes; it must learn
+(§4.1.3). Our default model is 1.2M parameters trained for 4.5 minutes; it must learn
 a new format (its chat tokens were never seen in pre-training) in a few hundred steps,
 so we use a much higher learning rate (2e-3, as pre-training's scale suggests).
 
@@ -87,7 +87,7 @@ class SFTConfig(TrainConfig):
     n_train: int = arg(20000, "generated training conversations")
     n_eval: int = arg(1000, "generated held-out conversations (accuracy is measured on these; 1,000: a "
                             "standard error of ~1.5 points)")
-    # The run: 400 steps of 2,048 tokens (~75 conversations each, 30K in all), ~100 s
+    # The run: 400 steps of 2,048 tokens (~75 conversations each, 30K in all), 100-190 s
     # for the default model on 2 cores. Held-out accuracy stays at chance for ~50 steps,
     # then the model learns to attend to the right prompt token and the copy/extract
     # tasks jump (see tasks.DEFAULT_TASKS); count and larger keep rising past 200 steps,

@@ -715,7 +715,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, verbose: bool = False,
     t_count = time.time() - t0
 
     # Token id == rank: ids 0..255 are the single bytes, merges take 256, 257, ...
-    token_bytes: list[bytes] = [bytes([b]) for b in range(NUM_BYTE_TOKENS)] + NUMBER_TOKENS * number_tokens
+    token_bytes: list[bytes] = [bytes([b]) for b in range(NUM_BYTE_TOKENS)] + (NUMBER_TOKENS if number_tokens else [])
     id_of: dict[bytes, int] = {t: i for i, t in enumerate(token_bytes)}
 
     # 2. Pair counts and the inverted index pair -> chunks that contain it.
