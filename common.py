@@ -121,17 +121,39 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 # 3. CPU threads and worker processes, dtypes and peak FLOP/s
 
 
+def busy_cores(seconds: float = 0.2) -> float:
+    """How many cores other processes keep busy right now: /proc/stat's idle and busy
+    ticks over `seconds` (this process sleeps meanwhile). Falls back to the 1-minute load
+    average where /proc/stat does not exist (macOS). The load average is the wrong signal
+    between the stages of one pipeline: the stage that just ended (2 threads) holds it
+    above 1.5 for ~20 s after it exits, and the next stage would wrongly go to 1 thread."""
+    def ticks():
+        with open("/proc/stat") as f:
+            cpu = [int(x) for x in f.readline().split()[1:]]
+        idle = cpu[3] + (cpu[4] if len(cpu) > 4 else 0)  # idle + iowait
+        return sum(cpu[:8]) - idle, sum(cpu[:8])         # (busy, total); guest ticks are in user
+    try:
+        busy0, total0 = ticks()
+        time.sleep(seconds)
+        busy1, total1 = ticks()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = os.cpu_count() or 1
+    return cores * (busy1 - busy0) / max(1, total1 - total0)
+
+
 def cpu_threads(requested: int = 0) -> int:
     """Threads per process on CPU: `requested` if > 0; else cores / local ranks,
-    unless the machine is already busy (1-minute load average >= cores - 0.5): then
+    unless other jobs already keep the machine busy (busy_cores() >= cores - 0.5): then
     1, because two threads that wait on each other whenever one is descheduled are
     slower than one (docs/NOTES.md has the measurement)."""
     if requested > 0:
         return requested
     cores = os.cpu_count() or 1
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 0.5
-    return 1 if busy else max(1, cores // local_ranks)
+    if local_ranks >= cores:
+        return 1
+    return 1 if busy_cores() >= cores - 0.5 else max(1, cores // local_ranks)
 
 
 def set_threads(requested: int = 0, device="cpu") -> int:
