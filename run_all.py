@@ -40,6 +40,7 @@ wrote under --out. At the end it writes
 Reads: nothing but the built-in data. Writes: out/ (or --out).
 Run:   python run_all.py                     # everything, ~20 minutes on 2 quiet CPU cores
        python run_all.py --seed 1 --out out/seed1
+       python run_all.py --annotated 30 --out out/scarce   # rounds when written answers are scarce
        python run_all.py --from round2/sft   # resume at a stage
        python run_all.py --only report       # just rewrite REPORT.md and summary.json
 Next:  REPORT.md in the output folder; README.md for each stage's own options.
@@ -84,11 +85,15 @@ def policy_after(out: str, r: int) -> str:
     return os.path.join(out, "sft", "final") if r == 0 else round_dir(out, r, "dpo", "final")
 
 
-def stages(out: str, rounds: int = 2, seed: int = 0) -> list[Stage]:
+def stages(out: str, rounds: int = 2, seed: int = 0, annotated: int = 0) -> list[Stage]:
     """The whole pipeline as data. Only paths and the seed are passed: every stage's
-    tuning lives in its own defaults, so `python sft.py` alone does what run_all does."""
+    tuning lives in its own defaults, so `python sft.py` alone does what run_all does.
+    annotated > 0: every SFT gets only that many written answers (sft.py --n-train), the
+    setting of the paper where human answers are scarce and rejection sampling writes
+    most of the SFT data (§4.2.2, Table 7); 0 = sft.py's default, 20,000."""
     d = lambda *p: os.path.join(out, *p)  # noqa: E731
     s = ["--seed", str(seed)]
+    n_train = ["--n-train", str(annotated)] if annotated > 0 else []
     torchrun = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     plan = [
         Stage("data", [PY, "data.py", "--out", d("data")] + s, "curation (§3.1) + tokenizer training + shards"),
@@ -99,7 +104,7 @@ def stages(out: str, rounds: int = 2, seed: int = 0) -> list[Stage]:
         Stage("longctx", [PY, "longcontext.py", "--init", d("pretrain", "final"), "--data", d("data"),
                           "--out", d("longctx")] + s,
               "long-context stage: context grown in stages, needle in a haystack before/after (§3.4.2)"),
-        Stage("sft", [PY, "sft.py", "--init", base_model(out), "--out", d("sft")] + s,
+        Stage("sft", [PY, "sft.py", "--init", base_model(out), "--out", d("sft")] + n_train + s,
               "the first chat model: supervised fine-tuning on the task data (§4.1.3)"),
         Stage("tools", [PY, "tools.py", "learn", "--init", d("sft", "final"), "--out", d("tools")] + s,
               "tool use (§4.3.5): SFT on calculator calls, accuracy with vs without the tool"),
@@ -118,7 +123,7 @@ def stages(out: str, rounds: int = 2, seed: int = 0) -> list[Stage]:
                                           "--out", R("rejection"), "--seed", str(1000 * seed + r)],
                   "best of K: the checker filters, the reward model picks (§4.2.2, §4.3.3)"),
             Stage(f"round{r}/sft", [PY, "sft.py", "--init", base_model(out), "--add-data", rs_rows,
-                                    "--out", R("sft")] + s,
+                                    "--out", R("sft")] + n_train + s,
                   "SFT from the pre-trained model on the task data + all rejection-sampled rows (§4.1.3)"),
             Stage(f"round{r}/dpo", [PY, "dpo.py", "--init", R("sft", "final"),
                                     "--data", R("rejection", "pairs.jsonl"), "--out", R("dpo")] + s,
@@ -523,13 +528,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="out", help="output folder of every stage")
     p.add_argument("--rounds", type=int, default=2, help="post-training rounds (§4.1.6: the paper ran six)")
     p.add_argument("--seed", type=int, default=0, help="seeds every stage (data, weights, prompts, samples)")
+    p.add_argument("--annotated", type=int, default=0,
+                   help="written SFT answers per SFT (0: sft.py's 20,000; 30: answers scarce, the rounds write the rest)")
     p.add_argument("--from", dest="start", default=None, help="resume at this stage (e.g. round2/sft)")
     p.add_argument("--only", nargs="*", default=None, help="run just these stages ('report': only the report)")
     cli = p.parse_args(argv)
     if cli.rounds < 0:
         p.error(f"--rounds must be >= 0, got {cli.rounds}")
+    if cli.annotated < 0:
+        p.error(f"--annotated must be >= 0, got {cli.annotated}")
     os.chdir(os.path.dirname(os.path.abspath(__file__)))
-    plan = stages(cli.out, cli.rounds, cli.seed)
+    plan = stages(cli.out, cli.rounds, cli.seed, cli.annotated)
     names = [s.name for s in plan]
     for name in ([cli.start] if cli.start else []) + [n for n in cli.only or [] if n != "report"]:
         if name not in names:
