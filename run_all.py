@@ -89,8 +89,9 @@ def stages(out: str, rounds: int = 2, seed: int = 0, annotated: int = 0) -> list
     """The whole pipeline as data. Only paths and the seed are passed: every stage's
     tuning lives in its own defaults, so `python sft.py` alone does what run_all does.
     annotated > 0: every SFT gets only that many written answers (sft.py --n-train), the
-    setting of the paper where human answers are scarce and rejection sampling writes
-    most of the SFT data (§4.2.2, Table 7); 0 = sft.py's default, 20,000."""
+    paper's setting, where the fine-tuning data is "largely" prompts with rejection-sampled
+    responses and only "small amounts of human-curated data" (§4.2.2); 0 = sft.py's
+    default, 20,000 generated answers."""
     d = lambda *p: os.path.join(out, *p)  # noqa: E731
     s = ["--seed", str(seed)]
     n_train = ["--n-train", str(annotated)] if annotated > 0 else []
