@@ -38,7 +38,7 @@ wrote under --out. At the end it writes
                     then each stage's few numbers that matter and its plots.
 
 Reads: nothing but the built-in data. Writes: out/ (or --out).
-Run:   python run_all.py                     # everything, ~20 minutes on 2 quiet CPU cores
+Run:   python run_all.py                     # everything, 21-25 minutes on 2 quiet CPU cores
        python run_all.py --seed 1 --out out/seed1
        python run_all.py --annotated 30 --out out/scarce   # rounds when written answers are scarce
        python run_all.py --from round2/sft   # resume at a stage
