@@ -466,6 +466,13 @@ def test_rerunning_a_finished_run_keeps_its_report(data_dir, tmp_path, capsys):
     assert "finished run" in capsys.readouterr().out
     with open(os.path.join(out, "report.json")) as f:
         assert json.load(f) == report
+    # asked for the same folder with another setting: refused by name, the record kept
+    assert run_inprocess(data_dir, out, "--lr", "0.0123") == 2
+    err = capsys.readouterr().err
+    assert "finished run with other settings" in err and "lr" in err and "0.0123" in err, err
+    with open(os.path.join(out, "report.json")) as f:
+        assert json.load(f) == report
+    assert run_inprocess(data_dir, out, "--threads", "1") == 0  # how to run, not what: still the same run
 
 
 # -----------------------------------------------------------------------------
