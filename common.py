@@ -153,7 +153,7 @@ def cpu_threads(requested: int = 0) -> int:
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if local_ranks >= cores:
         return 1
-    return 1 if busy_cores() >= cores - 0.5 else max(1, cores // local_ranks)
+    return 1 if busy_cores() >= cores - 0.5 else cores // local_ranks
 
 
 def set_threads(requested: int = 0, device="cpu") -> int:

@@ -97,7 +97,7 @@ class SFTConfig(TrainConfig):
     max_steps: int = arg(400, "optimizer steps (cosine schedule over these)")
     time_budget_min: float = arg(0.0, "if > 0: shorten max_steps so that training ends within this")
     # For the default model (dial-4) 2e-3 beats 1e-3 at the same steps; 6e-3 is past the best.
-    lr: float = arg(2e-3, "peak LR (§4.1.3: 1e-5 for the largest models; a 15M model needs more)")
+    lr: float = arg(2e-3, "peak LR (§4.1.3: 1e-5 for the largest models; a 1.2M model needs more)")
     min_lr_ratio: float = arg(0.1, "cosine decays to this fraction of the peak")
     warmup_steps: int = arg(10, "linear warm-up steps")
     weight_decay: float = arg(0.0, "AdamW weight decay (none: a short fine-tune)")

@@ -39,14 +39,12 @@ def test_stage_commands_parse_and_pass_only_paths():
 
 
 def test_annotated_gives_every_sft_that_many_written_answers():
-    sfts = ["sft", "round1/sft", "round2/sft"]
-    plan = run_all.stages("o", rounds=2, annotated=30)
-    for name, cmd, _ in plan:
-        argv = cmd[next(i for i, a in enumerate(cmd) if a.endswith(".py")) + 1:]
-        if name in sfts:
+    for name, cmd, _ in run_all.stages("o", rounds=2, annotated=30):
+        if name in ("sft", "round1/sft", "round2/sft"):
+            argv = cmd[cmd.index("sft.py") + 1:]
             assert common.config_parser(sft.SFTConfig).parse_args(argv).n_train == 30, name
         else:
-            assert "--n-train" not in argv, name                        # tools, reward, DPO: unchanged
+            assert "--n-train" not in cmd, name                         # tools, reward, DPO: unchanged
     assert all("--n-train" not in s.cmd for s in run_all.stages("o", rounds=2))  # default: sft.py's own
 
 
