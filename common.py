@@ -656,6 +656,24 @@ def finished_run(out: str) -> dict | None:
     return report if isinstance(report, dict) and report.get("status") == "done" else None
 
 
+# How a run is carried out, not what it computes: a finished run may be asked for again with these changed.
+HOW_FIELDS = {"out", "resume", "threads", "device", "log_every", "keep_checkpoints"}
+
+
+def changed_settings(cfg) -> str:
+    """What differs between cfg and the OUT/config.json of the run already in cfg.out
+    ('n_train 20000 -> 30, ...'; '' when nothing does or there is no config.json)."""
+    try:
+        with open(os.path.join(cfg.out, "config.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    now = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as saved
+    diffs = [f"{k} {saved[k]!r} -> {v!r}" for k, v in now.items()
+             if k not in HOW_FIELDS and k in saved and saved[k] != v]
+    return ", ".join(diffs[:5]) + (f" and {len(diffs) - 5} more" if len(diffs) > 5 else "")
+
+
 def claim_output(out: str, dist) -> None:
     """Called by every stage's main right after setup_distributed, before anything is
     written: rank 0 locks OUT (common.OutputLock; a second run on the same folder

@@ -58,8 +58,8 @@ import checkpoint
 import common
 import parallel
 from model import ModelArgs, count_params, flops_per_token
-from common import (Interrupts, RunLogger, UsageError, agreed_signal, arg, claim_output, cli, eta_record,
-                    finished_run, fit_time_budget, flag, parse_config, print0, set_threads, timed_steps)
+from common import (Interrupts, RunLogger, UsageError, agreed_signal, arg, changed_settings, claim_output, cli,
+                    eta_record, finished_run, fit_time_budget, flag, parse_config, print0, set_threads, timed_steps)
 from loader import DEFAULT_DATA, PackedLoader, TokenStream, ensure_data, make_batch, split_record
 
 # -----------------------------------------------------------------------------
@@ -365,24 +365,6 @@ def _step_dir(ckpt_dir: str, step: int) -> str:
     return os.path.join(ckpt_dir, f"step_{step:08d}")  # checkpoint.save_checkpoint's naming
 
 
-# How a run is carried out, not what it computes: a finished run may be asked for again with these changed.
-HOW_FIELDS = {"out", "resume", "threads", "device", "log_every", "keep_checkpoints"}
-
-
-def changed_settings(cfg) -> str:
-    """What differs between cfg and the OUT/config.json of the run already in cfg.out
-    ('n_train 20000 -> 30, ...'; '' when nothing does or there is no config.json)."""
-    try:
-        with open(os.path.join(cfg.out, "config.json")) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return ""
-    now = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as saved
-    diffs = [f"{k} {saved[k]!r} -> {v!r}" for k, v in now.items()
-             if k not in HOW_FIELDS and k in saved and saved[k] != v]
-    return ", ".join(diffs[:5]) + (f" and {len(diffs) - 5} more" if len(diffs) > 5 else "")
-
-
 def start_run(cfg: TrainConfig):
     """What every training stage does first -> (dist, logger), or None when cfg.out
     holds a finished run (its record is kept; a new run needs a new --out). Then:
@@ -391,10 +373,8 @@ def start_run(cfg: TrainConfig):
     and the config saved as OUT/config.json."""
     done = finished_run(cfg.out)
     if done is not None:
-        changed = changed_settings(cfg)
-        if changed:  # e.g. run_all --annotated 30 on a folder of a default run: not the run asked for
-            raise UsageError(f"{cfg.out} holds a finished run with other settings ({changed}); "
-                             f"use a new --out (or delete it to redo it)")
+        if changed := changed_settings(cfg):  # e.g. run_all --annotated 30 on a default run's folder
+            raise UsageError(f"{cfg.out} holds a finished run with other settings ({changed}); use a new --out")
         print0(f"{cfg.out} is a finished run ({done.get('steps')} steps, final model in "
                f"{done.get('final', os.path.join(cfg.out, 'final'))}); nothing to do -- use a new --out for a new run")
         return None
