@@ -21,7 +21,7 @@ Reads:  a policy checkpoint (--init) and a reward model (--reward, out/reward/fi
         prompts from tasks.py (default) or an SFT JSONL (--data).
 Writes: OUT/{sft_rs.jsonl (SFT JSONL: {"messages", "task", "meta"}), pairs.jsonl
         (preference JSONL for dpo.py --data), report.json}.
-Run:    python rejection.py --init out/sft/final --reward out/reward/final --k 8
+Run:    python rejection.py --init out/sft/final --reward out/reward/final --k 16
 Next:   dpo.py (trains on OUT/pairs.jsonl), sft.py (the next round's SFT data).
 """
 from __future__ import annotations
@@ -76,8 +76,8 @@ def on_policy_pair(prompt, example: dict, texts: list[str], scores: list[float],
 
 
 @torch.no_grad()
-def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: int = 8,
-                     temperature: float = 0.8, top_p: float = 1.0, max_new_tokens: int = 32,
+def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: int = 16,
+                     temperature: float = 1.2, top_p: float = 1.0, max_new_tokens: int = 32,
                      batch_prompts: int = 16, seed: int = 0, log_every: int = 1) -> tuple[list[dict], list[dict], dict]:
     """K samples per prompt from the policy; the reward model and the checker pick (pick()).
 
@@ -168,14 +168,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--init", default="",
                         help="the policy checkpoint (default: out/sft/final, else out/pretrain/final)")
     parser.add_argument("--reward", default="out/reward/final", help="the reward model (python reward.py writes it)")
-    parser.add_argument("--k", type=int, default=8, help="samples per prompt (§4.2.2: 10 to 30)")
+    parser.add_argument("--k", type=int, default=16, help="samples per prompt (§4.2.2: 10 to 30)")
     parser.add_argument("--data", default="",
                         help="SFT JSONL whose prompts to sample (default: generated task prompts)")
     parser.add_argument("--n-prompts", type=int, default=4096, help="generated task prompts (tasks.make_examples)")
     parser.add_argument("--split", default="train", help="tasks.py split of the generated prompts (train | val)")
     parser.add_argument("--tasks", default="", help="comma-separated subset of tasks.py's tasks")
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="sampling temperature (our choice: diverse samples)")
+    parser.add_argument("--temperature", type=float, default=1.2,
+                        help="sampling temperature (our choice, measured: diverse samples, docs/NOTES.md)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus; 1 = off")
     parser.add_argument("--max-new-tokens", type=int, default=24,
                         help="per sample (task answers are a few tokens)")

@@ -40,7 +40,7 @@ wrote under --out. At the end it writes
 Reads: nothing but the built-in data. Writes: out/ (or --out).
 Run:   python run_all.py                     # everything, 21-25 minutes on 2 quiet CPU cores
        python run_all.py --seed 1 --out out/seed1
-       python run_all.py --annotated 30 --out out/scarce   # rounds when written answers are scarce
+       python run_all.py --annotated 20000 --out out/written   # every answer written: the rounds add little
        python run_all.py --from round2/sft   # resume at a stage
        python run_all.py --only report       # just rewrite REPORT.md and summary.json
 Next:  REPORT.md in the output folder; README.md for each stage's own options.
@@ -91,7 +91,7 @@ def stages(out: str, rounds: int = 2, seed: int = 0, annotated: int = 0) -> list
     annotated > 0: every SFT gets only that many written answers (sft.py --n-train), the
     paper's setting, where the fine-tuning data is "largely" prompts with rejection-sampled
     responses and only "small amounts of human-curated data" (§4.2.2); 0 = sft.py's
-    default, 20,000 generated answers."""
+    default, 100 written answers."""
     d = lambda *p: os.path.join(out, *p)  # noqa: E731
     s = ["--seed", str(seed)]
     n_train = ["--n-train", str(annotated)] if annotated > 0 else []
@@ -269,8 +269,8 @@ def verdicts(s: dict, out: str) -> list[tuple[str, str, str, bool | None, str]]:
                  "the model learns the answer's format, not the look-up: it does not copy yet "
                  f"(repeated span copied {_pct(_get(s, 'longctx', 'copy_after'))}; docs/NOTES.md)"))
     first = s["sft_accuracy"]
-    rows.append(("SFT (§4.1.3)", first and f"task accuracy {_pct(first)}", ">= 45%", first and first >= 0.45,
-                 "the first chat model is weak; the rounds start lower"))
+    rows.append(("SFT (§4.1.3)", first and f"task accuracy {_pct(first)}", ">= 30% (100 written answers)",
+                 first and first >= 0.30, "the first chat model is weak; the rounds start lower"))
     prev = first
     for rd in s["rounds"]:
         r = rd["round"]
@@ -530,7 +530,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="post-training rounds (§4.1.6: the paper ran six)")
     p.add_argument("--seed", type=int, default=0, help="seeds every stage (data, weights, prompts, samples)")
     p.add_argument("--annotated", type=int, default=0,
-                   help="written SFT answers per SFT (0: sft.py's 20,000; 30: answers scarce, the rounds write the rest)")
+                   help="written SFT answers per SFT (0: sft.py's default, 100; the rounds write the rest)")
     p.add_argument("--from", dest="start", default=None, help="resume at this stage (e.g. round2/sft)")
     p.add_argument("--only", nargs="*", default=None, help="run just these stages ('report': only the report)")
     cli = p.parse_args(argv)

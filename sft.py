@@ -48,6 +48,7 @@ Read next: reward.py (the reward model and rejection sampling), then dpo.py.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -84,17 +85,25 @@ class SFTConfig(TrainConfig):
     add_data: str = arg("", "comma-separated SFT JSONL files added to the training conversations: the "
                             "rejection-sampled data of the rounds so far (§4.1.3)")
     tasks: str = arg("", "comma-separated subset of tasks.py's tasks (default: all)")
-    n_train: int = arg(20000, "generated training conversations")
+    # §4.2.2: the SFT data is "largely" rejection-sampled responses, with "small amounts of
+    # human-curated data". Our written answers (tasks.py's) are the human-curated part:
+    # 100 of them, and the rounds (run_all.py, rejection.py) write the rest. With 20,000
+    # written answers a first SFT is already at 87-91% and rejection sampling adds nothing.
+    n_train: int = arg(100, "generated training conversations (the written answers)")
     n_eval: int = arg(1000, "generated held-out conversations (accuracy is measured on these; 1,000: a "
                             "standard error of ~1.5 points)")
-    # The run: 400 steps of 2,048 tokens (~75 conversations each, 30K in all), 100-190 s
-    # for the default model on 2 cores. Held-out accuracy stays at chance for ~50 steps,
-    # then the model learns to attend to the right prompt token and the copy/extract
-    # tasks jump (see tasks.DEFAULT_TASKS); count and larger keep rising past 200 steps,
-    # and steps matter more than data: 1,000 conversations did as well as 20,000
-    # (docs/NOTES.md). A fixed step count, not a time budget: on a shared machine a
-    # budget measured in a busy moment cut the run to 49 steps, before anything was learned.
-    max_steps: int = arg(400, "optimizer steps (cosine schedule over these)")
+    # The run: 200 steps of 2,048 tokens (~75 conversations each), ~45 s for the default
+    # model on 2 cores. Held-out accuracy stays at chance for ~50 steps, then the model
+    # learns to attend to the right prompt token and the copy/extract tasks jump (see
+    # tasks.DEFAULT_TASKS); count and larger keep rising with more steps and data. A small
+    # set is seen at most max_epochs times: 100 written answers for 400 steps (~300 epochs)
+    # are memorized, and a memorizing model samples the same answer 8 times out of 8, so
+    # rejection sampling has nothing to choose from (docs/NOTES.md). A fixed step count,
+    # not a time budget: on a shared machine a budget measured in a busy moment cut the
+    # run to 49 steps, before anything was learned.
+    max_steps: int = arg(200, "optimizer steps (cosine schedule over these)")
+    max_epochs: float = arg(75.0, "at most this many passes over the training conversations (caps max_steps; "
+                                  "0 = no cap)")
     time_budget_min: float = arg(0.0, "if > 0: shorten max_steps so that training ends within this")
     # For the default model (dial-4) 2e-3 beats 1e-3 at the same steps; 6e-3 is past the best.
     lr: float = arg(2e-3, "peak LR (§4.1.3: 1e-5 for the largest models; a 1.2M model needs more)")
@@ -109,6 +118,11 @@ class SFTConfig(TrainConfig):
     tokens_per_step: int = arg(2048, "global tokens per optimizer step (rows = this / seq_len)")
     eval_max_new_tokens: int = arg(16, "greedy tokens generated per held-out prompt")
     eval_batch_size: int = arg(128, "prompts per generate() call")
+
+    def validate(self):
+        super().validate()
+        if self.max_epochs < 0:
+            raise UsageError(f"--max-epochs must be >= 0 (got {self.max_epochs!r})")
 
 
 # -----------------------------------------------------------------------------
@@ -419,6 +433,12 @@ def main(argv=None):
     if train_examples and "messages" in train_examples[0]:
         e = train_examples[0]["messages"]
         print0(f"example: {json.dumps(e)[:200]}")
+
+    if cfg.max_epochs > 0:  # a small set: fewer steps, not hundreds of passes (see max_steps)
+        cap = max(1, math.ceil(cfg.max_epochs * n_all / cfg.tokens_per_step))
+        if cap < cfg.max_steps:
+            print0(f"{cfg.max_epochs:g} epochs of {n_all:,} tokens: {cap} steps instead of {cfg.max_steps}")
+            cfg.max_steps = cap
 
     # ---- the accuracy of the pre-trained model, then shard ----------------------
     eval_fn = make_eval_fn(cfg, dist, tokenizer, val_examples, model_args, val_rendered) if val_examples else None

@@ -155,6 +155,28 @@ def test_tiny_sft_run_end_to_end(tmp_path, tok_path):
     assert not torch.equal(tuned.output.weight, start.output.weight)
 
 
+def test_a_small_set_is_not_trained_past_max_epochs(tmp_path, tok_path, tok):
+    """20 conversations, --max-epochs 3: the run stops after 3 passes' worth of tokens,
+    not at --max-steps (a memorized set samples one answer: nothing to reject from)."""
+    init = str(tmp_path / "init")
+    checkpoint.save_model(tiny_model(seed=1), tiny_args(), init, tokenizer_path=tok_path)
+    rows = T.make_examples(20, seed=0, tasks="larger")
+    train_path = str(tmp_path / "train.jsonl")
+    T.write_jsonl(rows, train_path)
+    n_tokens = sum(len(sft.render(ChatFormat(tok), r["messages"])[0]) for r in rows)
+    common = ["--init", init, "--data", train_path, "--eval-data", train_path, "--time-budget-min", "0",
+              "--seq-len", "128", "--tokens-per-step", "256", "--batch-size", "2", "--eval-every", "0",
+              "--ckpt-every", "100", "--eval-max-new-tokens", "4", "--dtype", "fp32", "--max-steps", "40"]
+    report = sft.main(common + ["--out", str(tmp_path / "a"), "--max-epochs", "3"])
+    expected = -(-3 * n_tokens // 256)  # ceil(3 epochs of tokens / tokens per step)
+    assert 1 < expected < 40
+    assert report["steps"] == report["total_steps"] == expected
+    report = sft.main(common + ["--out", str(tmp_path / "b"), "--max-epochs", "0"])  # 0: no cap
+    assert report["steps"] == 40
+    with pytest.raises(SystemExit):
+        sft.main(common + ["--out", str(tmp_path / "c"), "--max-epochs", "-1"])
+
+
 def test_no_usable_rows_is_one_line_and_exit_2(tmp_path, tok_path, capsys):
     init = str(tmp_path / "init")
     checkpoint.save_model(tiny_model(seed=1), tiny_args(), init, tokenizer_path=tok_path)
