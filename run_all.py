@@ -40,7 +40,7 @@ wrote under --out. At the end it writes
 Reads: nothing but the built-in data. Writes: out/ (or --out).
 Run:   python run_all.py                     # everything, 21-25 minutes on 2 quiet CPU cores
        python run_all.py --seed 1 --out out/seed1
-       python run_all.py --annotated 20000 --out out/written   # every answer written (the former setting)
+       python run_all.py --annotated 20000 --out out/written   # every answer written
        python run_all.py --from round2/sft   # resume at a stage
        python run_all.py --only report       # just rewrite REPORT.md and summary.json
 Next:  REPORT.md in the output folder; README.md for each stage's own options.
