@@ -85,26 +85,18 @@ class SFTConfig(TrainConfig):
     add_data: str = arg("", "comma-separated SFT JSONL files added to the training conversations: the "
                             "rejection-sampled data of the rounds so far (§4.1.3)")
     tasks: str = arg("", "comma-separated subset of tasks.py's tasks (default: all)")
-    # §4.2.2: the SFT data is "largely" rejection-sampled responses, with "small amounts of
-    # human-curated data". Our written answers (tasks.py's) are the human-curated part:
-    # 100 of them, and the rounds (run_all.py, rejection.py) write the rest. With 20,000
-    # written answers a first SFT is already at 87-91% and rejection sampling adds nothing.
+    # §4.2.2: SFT data is "largely" rejection-sampled, with "small amounts of human-curated
+    # data": 100 written answers here; the rounds write the rest (docs/NOTES.md).
     n_train: int = arg(100, "generated training conversations (the written answers)")
     n_eval: int = arg(1000, "generated held-out conversations (accuracy is measured on these; 1,000: a "
                             "standard error of ~1.5 points)")
-    # The run: 200 steps of 2,048 tokens (~75 conversations each), ~45 s for the default
-    # model on 2 cores. Held-out accuracy stays at chance for ~50 steps, then the model
-    # learns to attend to the right prompt token and the copy/extract tasks jump (see
-    # tasks.DEFAULT_TASKS); count and larger keep rising with more steps and data. A small
-    # set is seen at most max_epochs times: 100 written answers for 400 steps (~300 epochs)
-    # are memorized, and a memorizing model samples the same answer 8 times out of 8, so
-    # rejection sampling has nothing to choose from (docs/NOTES.md). A fixed step count,
-    # not a time budget: on a shared machine a budget measured in a busy moment cut the
-    # run to 49 steps, before anything was learned.
+    # 200 steps of 2,048 tokens (~75 conversations each), ~45 s on 2 cores; accuracy stays at
+    # chance for ~50 steps, then the copy/extract tasks jump (tasks.DEFAULT_TASKS). A small
+    # set is seen at most max_epochs times: a memorized one samples the same answer K times,
+    # leaving rejection sampling nothing to pick (docs/NOTES.md). Steps, not a time budget
+    # (time_budget_min stays 0): a budget measured in a busy moment once cut the run to 49 steps.
     max_steps: int = arg(200, "optimizer steps (cosine schedule over these)")
-    max_epochs: float = arg(75.0, "at most this many passes over the training conversations (caps max_steps; "
-                                  "0 = no cap)")
-    time_budget_min: float = arg(0.0, "if > 0: shorten max_steps so that training ends within this")
+    max_epochs: float = arg(75.0, "at most this many passes over the training conversations (0 = no cap)")
     # For the default model (dial-4) 2e-3 beats 1e-3 at the same steps; 6e-3 is past the best.
     lr: float = arg(2e-3, "peak LR (§4.1.3: 1e-5 for the largest models; a 1.2M model needs more)")
     min_lr_ratio: float = arg(0.1, "cosine decays to this fraction of the peak")
@@ -434,11 +426,10 @@ def main(argv=None):
         e = train_examples[0]["messages"]
         print0(f"example: {json.dumps(e)[:200]}")
 
-    if cfg.max_epochs > 0:  # a small set: fewer steps, not hundreds of passes (see max_steps)
-        cap = max(1, math.ceil(cfg.max_epochs * n_all / cfg.tokens_per_step))
-        if cap < cfg.max_steps:
-            print0(f"{cfg.max_epochs:g} epochs of {n_all:,} tokens: {cap} steps instead of {cfg.max_steps}")
-            cfg.max_steps = cap
+    cap = math.ceil(cfg.max_epochs * n_all / cfg.tokens_per_step)  # a small set: fewer steps (see max_steps)
+    if 0 < cap < cfg.max_steps:
+        print0(f"{cfg.max_epochs:g} passes over {n_all:,} tokens: {cap} steps instead of {cfg.max_steps}")
+        cfg.max_steps = cap
 
     # ---- the accuracy of the pre-trained model, then shard ----------------------
     eval_fn = make_eval_fn(cfg, dist, tokenizer, val_examples, model_args, val_rendered) if val_examples else None
