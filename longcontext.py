@@ -25,7 +25,10 @@ random places, the last one at the very end (each answer is a look-up over a dis
 up to the whole row, and a row carries several of them), and `spans` stretches of the
 row copied from earlier to later (copying over long distances). --copy-steps N adds a
 stage before them whose rows are [bos] x y x z [eos] (x, y real text of random lengths):
-copying alone. At this scale neither teaches the look-up in minutes (docs/NOTES.md).
+copying alone. An induction head does grow in this model, but only after ~5-7M tokens of
+copy rows (~3,000 steps, 11-15 minutes here), and with it 600 steps of needle rows find
+the key at 256 tokens 55% of the time (without it: 0%); in run_all's minutes neither
+teaches the look-up (docs/NOTES.md, 2026-12-06).
 The evaluation (eval.py) then asks once, at the end, in held-out text it never saw.
 RoPE θ and the 3.1 frequency scaling can be changed for the stage (--rope-theta,
 --rope-scaling): the ablation of docs/NOTES.md.
@@ -172,8 +175,9 @@ class LongContextConfig:
     # 1e-3 cost 0.24 nats of short-context held-out loss in two stages, 3e-4 cost 0.07
     # (docs/NOTES.md); §3.4.2 ends a stage only once short-context performance has recovered.
     lr: float = arg(3e-4, "peak learning rate of each stage (warm-up 3 steps, then cosine)")
-    # The copying stage (off by default): 500 steps at 3e-3 did not grow an induction head
-    # in the default model (a repeated span's loss 5.02 vs 4.97 after; docs/NOTES.md).
+    # The copying stage (off by default): an induction head needs ~3,000 steps of copy rows
+    # (5-7M tokens, longer than run_all's budget); 3,000 steps of these rows at 128 tokens
+    # did not yet give a needle (docs/NOTES.md, 2026-12-06).
     copy_steps: int = arg(0, "steps of a copying stage first ([bos] x y x z rows at --copy-len; 0 = none)")
     copy_len: int = arg(256, "row length of the copying stage (pre-training's context)")
     copy_lr: float = arg(3e-3, "peak learning rate of the copying stage")
