@@ -24,11 +24,11 @@ depth, and after it the question with its answer (eval.QUESTION + key) at `queri
 random places, the last one at the very end (each answer is a look-up over a distance of
 up to the whole row, and a row carries several of them), and `spans` stretches of the
 row copied from earlier to later (copying over long distances). --copy-steps N adds a
-stage before them whose rows are [bos] x y x z [eos] (x, y real text of random lengths):
-copying alone. An induction head does grow in this model, but only after ~5-7M tokens of
-copy rows (~3,000 steps, 11-15 minutes here), and with it 600 steps of needle rows find
-the key at 256 tokens 55% of the time (without it: 0%); in run_all's minutes neither
-teaches the look-up (docs/NOTES.md, 2026-12-06).
+stage before them whose rows are [bos] w x y x z [eos] (real text, x repeated at random places):
+copying alone. An induction head does grow in this model, but only after 5-8M tokens of
+copy rows (--copy-len 256, 2,500 steps and 1,500 more from that model: 63% of a repeated
+span copied, 23% before; ~23 minutes here); with it 300 steps of needle rows at 256 find the key 20% of the time
+(without it: 0%). In run_all's minutes neither teaches the look-up (docs/NOTES.md).
 The evaluation (eval.py) then asks once, at the end, in held-out text it never saw.
 RoPE θ and the 3.1 frequency scaling can be changed for the stage (--rope-theta,
 --rope-scaling): the ablation of docs/NOTES.md.
@@ -108,17 +108,20 @@ def training_document(filler: list[int], tokenizer, length: int, rng: random.Ran
 
 
 def copy_document(filler: list[int], bos_id: int, eos_id: int, length: int, rng: random.Random) -> list[int]:
-    """One row of the copying stage, exactly `length` tokens: [bos] x y x z [eos], x of
-    24 .. length/2 tokens of `filler`, then y and z more of it: the tokens of the second
-    x are predictable only by copying. x's length and y's vary from row to row, so the
-    distance back to the first x does too: with a fixed layout the model learns "copy
-    from 127 back" (a position rule, useless elsewhere) instead of finding the earlier
-    occurrence by content (an induction head; docs/NOTES.md)."""
+    """One row of the copying stage, exactly `length` tokens: [bos] w x y x z [eos], all
+    of it running text of `filler` but for the second x, which repeats the first: x of
+    24 .. length/2 tokens, w, y and z of random lengths. The tokens of the second x are
+    predictable only by copying, and neither where x starts nor how far back it is
+    repeats from row to row: with a fixed layout the model learns "copy from 127 back"
+    or "copy from the row's start" (position rules, useless elsewhere) instead of finding
+    the earlier occurrence by content (an induction head; docs/NOTES.md)."""
     n = length - 2
     m = rng.randrange(24, n // 2 + 1)  # x
-    gap = rng.randrange(0, n - 2 * m + 1)  # y
-    x = list(filler[:m])
-    return [bos_id] + x + list(filler[m: m + gap]) + x + list(filler[m + gap: n - m]) + [eos_id]
+    w = rng.randrange(0, n - 2 * m + 1)
+    gap = rng.randrange(0, n - 2 * m - w + 1)  # y
+    x = list(filler[w: w + m])
+    return [bos_id] + list(filler[:w]) + x + list(filler[w + m: w + m + gap]) + x + \
+        list(filler[w + m + gap: n - m]) + [eos_id]
 
 
 def write_long_context_data(data_dir: str, out: str, seq_len: int = 1024, n_docs: int = 1500, seed: int = 0,
@@ -175,10 +178,9 @@ class LongContextConfig:
     # 1e-3 cost 0.24 nats of short-context held-out loss in two stages, 3e-4 cost 0.07
     # (docs/NOTES.md); §3.4.2 ends a stage only once short-context performance has recovered.
     lr: float = arg(3e-4, "peak learning rate of each stage (warm-up 3 steps, then cosine)")
-    # The copying stage (off by default): an induction head needs ~3,000 steps of copy rows
-    # (5-7M tokens, longer than run_all's budget); 3,000 steps of these rows at 128 tokens
-    # did not yet give a needle (docs/NOTES.md, 2026-12-06).
-    copy_steps: int = arg(0, "steps of a copying stage first ([bos] x y x z rows at --copy-len; 0 = none)")
+    # The copying stage (off by default): the induction head needs 2,500-4,000 steps of
+    # 2,048 tokens (5-8M), ~23 minutes here, more than run_all holds (docs/NOTES.md).
+    copy_steps: int = arg(0, "steps of a copying stage first ([bos] w x y x z rows at --copy-len; 0 = none)")
     copy_len: int = arg(256, "row length of the copying stage (pre-training's context)")
     copy_lr: float = arg(3e-3, "peak learning rate of the copying stage")
     copy_budget_min: float = arg(3.0, "minutes for the copying stage (0 = no limit)")
@@ -276,6 +278,9 @@ def run_stage(cfg: LongContextConfig) -> dict:
                "--time-budget-min", str(minutes), "--lr", str(lr), "--warmup-steps", "3",
                "--anneal-steps", "0", "--eval-every", "0", "--ckpt-every", str(steps),
                "--eval-tokens", str(4 * seq_len), "--seed", str(cfg.seed)]
+        # The copying stage keeps its peak LR: the induction head comes after a plateau of
+        # thousands of steps, so the stage is run (or resumed) for as long as that takes.
+        cmd += ["--min-lr-ratio", "1"] if kind == "copy" else []
         cmd += ["--rope-theta", str(cfg.rope_theta)] if cfg.rope_theta else []
         cmd += ["--rope-scaling", cfg.rope_scaling] if cfg.rope_scaling else []
         print0(f"\n[long context] stage {n + 1}: {kind} rows of {seq_len}, from {ckpt}\n  " + " ".join(cmd), flush=True)

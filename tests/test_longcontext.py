@@ -25,19 +25,25 @@ def test_training_document_has_the_needle_then_its_answers(tok):
         assert text.index(E.NEEDLE.format(key=key)) < text.index(E.QUESTION)
 
 
-def test_copy_document_repeats_a_span_at_a_distance_that_varies():
+def test_copy_document_repeats_a_span_at_a_place_and_distance_that_vary():
     filler = list(range(1000, 1400))  # distinct tokens: where each one came from is known
-    distances = set()
+    starts, distances = set(), set()
     for seed in range(50):
         ids = LC.copy_document(filler, 1, 2, 256, random.Random(seed))
         assert len(ids) == 256 and ids[0] == 1 and ids[-1] == 2 and ids.count(1) == 1
         body = ids[1:-1]
-        m = next(i for i in range(1, len(body)) if body[i] == body[0])  # where x starts again
-        length = next((k for k in range(len(body) - m) if body[m + k] != body[k]), len(body) - m)  # the repeat
-        assert 24 <= length <= 127 and body[:length] == body[m: m + length]
-        assert sorted(set(body)) == sorted(body) or len(body) - len(set(body)) == length  # only x repeats
-        distances.add(m)
-    assert len(distances) > 20  # not a fixed offset: a position rule cannot copy it
+        twice = [i for i, t in enumerate(body) if body.count(t) == 2]  # both readings of x
+        length = len(twice) // 2
+        first, second = twice[:length], twice[length:]
+        assert 24 <= length <= 127 and first == list(range(first[0], first[0] + length))
+        assert second == list(range(second[0], second[0] + length))
+        assert body[first[0]: first[0] + length] == body[second[0]: second[0] + length]
+        assert len(set(body)) == len(body) - length  # only x repeats
+        # the rest is the filler in order: the row reads as running text, x once more
+        assert body[:second[0]] + body[second[0] + length:] == filler[:len(body) - length]
+        starts.add(first[0])
+        distances.add(second[0] - first[0])
+    assert len(starts) > 20 and len(distances) > 20  # a position rule cannot copy it
 
 
 def test_data_folder_reads_as_pretrain_data(tmp_path, tok_path):
