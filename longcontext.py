@@ -120,9 +120,9 @@ def copy_document(filler: list[int], bos_id: int, eos_id: int, length: int, rng:
     m = rng.randrange(24, n // 2 + 1)  # x
     w = rng.randrange(0, n - 2 * m + 1)
     gap = rng.randrange(0, n - 2 * m - w + 1)  # y
-    x = list(filler[w: w + m])
-    return [bos_id] + list(filler[:w]) + x + list(filler[w + m: w + m + gap]) + x + \
-        list(filler[w + m + gap: n - m]) + [eos_id]
+    row = list(filler[:n - m])  # w x y z, running text
+    row[w + m + gap: w + m + gap] = row[w: w + m]  # x once more, after y
+    return [bos_id] + row + [eos_id]
 
 
 def write_long_context_data(data_dir: str, out: str, seq_len: int = 1024, n_docs: int = 1500, seed: int = 0,

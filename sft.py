@@ -97,6 +97,7 @@ class SFTConfig(TrainConfig):
     # (time_budget_min stays 0): a budget measured in a busy moment once cut the run to 49 steps.
     max_steps: int = arg(200, "optimizer steps (cosine schedule over these)")
     max_epochs: float = arg(75.0, "at most this many passes over the training conversations (0 = no cap)")
+    NON_NEGATIVE = TrainConfig.NON_NEGATIVE + ("max_epochs",)
     # For the default model (dial-4) 2e-3 beats 1e-3 at the same steps; 6e-3 is past the best.
     lr: float = arg(2e-3, "peak LR (§4.1.3: 1e-5 for the largest models; a 1.2M model needs more)")
     min_lr_ratio: float = arg(0.1, "cosine decays to this fraction of the peak")
@@ -110,11 +111,6 @@ class SFTConfig(TrainConfig):
     tokens_per_step: int = arg(2048, "global tokens per optimizer step (rows = this / seq_len)")
     eval_max_new_tokens: int = arg(16, "greedy tokens generated per held-out prompt")
     eval_batch_size: int = arg(128, "prompts per generate() call")
-
-    def validate(self):
-        super().validate()
-        if self.max_epochs < 0:
-            raise UsageError(f"--max-epochs must be >= 0 (got {self.max_epochs!r})")
 
 
 # -----------------------------------------------------------------------------
