@@ -26,10 +26,10 @@ up to the whole row, and a row carries several of them), and `spans` stretches o
 row copied from earlier to later (copying over long distances). --copy-steps N adds a
 stage before them whose rows are [bos] w x y x z [eos] (real text, x repeated at random places):
 copying alone. An induction head does grow in this model, but only after 5-8M tokens of
-copy rows (--copy-len 256, 4,000 steps: 63% of a repeated span copied, 23% before; ~23
-minutes here); needle rows then teach the look-up (600 steps at a constant LR,
+copy rows (--copy-len 256, 4,000 steps: 57-63% of a repeated span copied, 23% before;
+~16 minutes here); needle rows then teach the look-up (600 steps at a constant LR,
 --min-lr-ratio 1: ~55% at 256; without the head: 0%), less well at each longer length.
-In run_all's minutes neither fits (docs/NOTES.md).
+That is ~20 more minutes than run_all's default: `run_all.py --retrieval` (docs/NOTES.md).
 The evaluation (eval.py) then asks once, at the end, in held-out text it never saw.
 RoPE θ and the 3.1 frequency scaling can be changed for the stage (--rope-theta,
 --rope-scaling): the ablation of docs/NOTES.md.
@@ -45,7 +45,7 @@ How to run (run_all.py runs the first, after pre-training)
     python longcontext.py --lengths 512 --eval-lengths 256,512,1024,2048 --rope-theta 10000 \
         --rope-scaling off --out out/longctx_theta10k           # the θ ablation, one of four
     python longcontext.py --copy-steps 4000 --copy-budget-min 0 --lengths 256,512 --steps 600 \
-        --lr 1e-3 --min-lr-ratio 1 --time-budget-min 0 --out out/longctx_copy  # ~40 min: one that retrieves
+        --lr 1e-3 --min-lr-ratio 1 --time-budget-min 0 --niah-trials 20   # run_all --retrieval's stage
     python eval.py --ckpt out/longctx/final --tasks niah --niah-lengths 512,1024,2048 --max-seq-len 2048
 
 Read next: eval.py (how the needle is scored), then pretrain.py's --init and --rope-* flags.
@@ -185,7 +185,7 @@ class LongContextConfig:
     # 1e-3 retrieved 56% of 100 keys, 300 steps decaying to 1% of it 6% (docs/NOTES.md).
     min_lr_ratio: float = arg(0.01, "each needle stage's final LR as a fraction of --lr (1 = constant)")
     # The copying stage (off by default): the induction head needs 2,500-4,000 steps of
-    # 2,048 tokens (5-8M), ~23 minutes here, more than run_all holds (docs/NOTES.md).
+    # 2,048 tokens (5-8M), ~16 minutes here, more than run_all's default holds (docs/NOTES.md).
     copy_steps: int = arg(0, "steps of a copying stage first ([bos] w x y x z rows at --copy-len; 0 = none)")
     copy_len: int = arg(256, "row length of the copying stage (pre-training's context)")
     copy_lr: float = arg(3e-3, "peak learning rate of the copying stage")
