@@ -218,7 +218,7 @@ def test_two_rounds_on_a_tiny_model(tmp_path, tok_path, monkeypatch):
     assert "| long context (§3.4.2) | needle at 256 tokens 10.0% -> 90.0% | >= 90% after | as expected" in text
     assert "| after | 90.0% | 80.0% |" in text
     assert "next token copied 5.0% -> 70.0%" in text
-    assert "an induction head first: 4,000 steps of copy rows of 128 tokens (a repeated span copied 60.0%" in text
+    assert "an induction head first: 4,000 steps of copy rows of 128 tokens in 0 s (a repeated span copied 60.0%" in text
     assert "context grown to 256 tokens" in text
     tools = text[text.index("## Tool use"):text.index("## Round 1")]
     assert "| with the tool | 93.0% | 100.0% |" in tools and "| without it | 0.5% | 0.0% |" in tools
