@@ -1,5 +1,6 @@
 """Tests of longcontext.py: a training row is exactly its length, holds the needle before
-every question and ends with the answer; the data folder is what pretrain.py reads; bad
+every question and ends with the answer; the data folder is what pretrain.py reads; the
+stages train in order, each from the last one's weights, at their own LR schedules; bad
 flags are one-line errors. (The stage itself runs in run_all.py; its numbers are in
 docs/NOTES.md.)"""
 import json
