@@ -440,10 +440,12 @@ def write_report(out: str, s: dict, timings: dict):
     if lc:
         lens = sorted(_get(lc, "after", "niah") or {}, key=int)
         copy = [st for st in lc.get("stages", []) if st.get("kind") == "copy"]  # run_all --retrieval
-        lines += [(f"- an induction head first: {copy[0]['steps']:,} steps of copy rows of {copy[0]['seq_len']} tokens "
-                   f"in {copy[0].get('seconds', 0):.0f} s (a repeated span copied {_pct(_get(copy[0], 'copy', 'accuracy'))} after them)\n" if copy else "") +
-                  f"- context grown to {', '.join(str(st['seq_len']) for st in lc.get('stages', []) if st not in copy)} tokens "
-                  f"(RoPE θ {lc.get('rope_theta', 0):,.0f}); the whole stage {lc.get('seconds', 0):.0f} s; short-context held-out "
+        head = (f"- an induction head first: {copy[0]['steps']:,} steps of copy rows of {copy[0]['seq_len']} "
+                f"tokens in {copy[0].get('seconds', 0):.0f} s (a repeated span copied "
+                f"{_pct(_get(copy[0], 'copy', 'accuracy'))} after them)\n") if copy else ""
+        grown = ", ".join(str(st["seq_len"]) for st in lc.get("stages", []) if st not in copy)
+        lines += [head + f"- context grown to {grown} tokens (RoPE θ {lc.get('rope_theta', 0):,.0f}); the whole "
+                  f"stage {lc.get('seconds', 0):.0f} s; short-context held-out "
                   f"loss {_get(lc, 'before', 'short_loss')} -> {_get(lc, 'after', 'short_loss')}", "",
                   "| needle accuracy at | " + " | ".join(f"{n} tokens" for n in lens) + " |",
                   "|---|" + "---|" * len(lens),

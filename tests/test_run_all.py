@@ -61,8 +61,6 @@ def test_retrieval_adds_its_flags_to_the_long_context_and_tool_stages_only():
 def args_of(plan, name):
     cmd = next(s.cmd for s in plan if s.name == name)
     argv = cmd[next(i for i, a in enumerate(cmd) if a.endswith(".py")) + 1:]
-    cmd = next(s.cmd for s in plan if s.name == name)
-    argv = cmd[next(i for i, a in enumerate(cmd) if a.endswith(".py")) + 1:]
     return {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--")}
 
 
