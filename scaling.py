@@ -13,9 +13,10 @@ method has two steps, and this file runs both, with pretrain.py's training loop:
    FLOPs -- the untied output layer stays, it is a matmul (and the largest one in our
    small models); so 6·N·D is the training FLOPs (without attention: ~20% here), as in
    model.flops_per_token. At each budget we train several sizes of one size dial (model.py's
-   dial-w: 4 layers of width 16·w), each with a cosine schedule that decays to 10% of
-   its peak (as the paper's scaling runs), and fit a second-degree polynomial of the
-   held-out loss against log N. Its minimum is the compute-optimal model N*(C), D*(C).
+   dial-w: 4 layers of width 16·w, from dial-0.5 = width 8), each with a cosine schedule
+   that decays to 10% of its peak (as the paper's scaling runs), and fit a second-degree
+   polynomial of the held-out loss against log N through the best size and its two
+   neighbours (around_best). Its minimum is the compute-optimal model N*(C), D*(C).
    A power law through the minima, D*(C) = A·C^α (the paper: α = 0.53, A = 0.29), and
    another for the loss there, L*(C) = B·C^-β, predict a larger budget: we extrapolate
    4x past the largest budget, train that model, and compare (Figures 2 and 3).
@@ -37,8 +38,8 @@ Writes: OUT/scaling.json (every run, the fits, the extrapolation, the default bu
         compute-optimal models), OUT/loss_to_accuracy.png (Figure 4, right),
         OUT/runs/<name>/ (each pre-training run, its log in stdout.log), OUT/sft/<name>/.
         A run already finished in OUT is read back, not trained again.
-Run:    python scaling.py --out out/scaling          # the full grid: 85 min on 2 cores busy with other jobs
-        python scaling.py --quick --out out/scaling_quick   # a reduced grid: 2.7 min at load ~3
+Run:    python scaling.py --out out/scaling          # the full grid: ~35 min on 2 quiet cores
+        python scaling.py --quick --out out/scaling_quick   # a reduced grid: 3.6 min (its minima at an edge: a demo)
         python scaling.py --budgets 1e11,3e11,1e12 --sizes 3   # your own grid
 
 Read next: pretrain.py (whose default model and budget come from this measurement),
@@ -78,7 +79,8 @@ class ScalingConfig:
     quick: bool = arg(False, "a reduced grid (under 3 min on 2 cores): fewer budgets, sizes and SFT runs")
     budgets: str = arg("", "compute budgets in FLOPs, comma-separated (default: the full or the quick grid)")
     sizes: int = arg(0, "dial sizes per budget, around a first guess of the optimum (default 5; quick 3)")
-    dial: str = arg("1-16", "the dial sizes available, 'first-last' (model.py's dial-w: width 16·w)")
+    dial: str = arg("0.5,1-16", "the dial sizes available, e.g. '0.5,1-16' (model.py's dial-w: width 16·w)")
+    fit_sizes: int = arg(3, "sizes per budget the parabola is fitted to: the best one and its neighbours (0: all)")
     extrapolate: float = arg(4.0, "train the predicted compute-optimal model at this multiple of the largest budget")
     tokens_per_step: int = arg(2048, "the largest batch, in tokens (a budget's batch grows as its square root)")
     seq_len: int = arg(256, "training sequence length")
@@ -100,6 +102,8 @@ class ScalingConfig:
     def validate(self):
         if not self.max_epochs > 0:
             raise UsageError(f"--max-epochs must be > 0 (got {self.max_epochs!r})")
+        if self.fit_sizes < 0 or self.fit_sizes in (1, 2):
+            raise UsageError(f"--fit-sizes must be 0 (all) or >= 3: a parabola needs three points (got {self.fit_sizes!r})")
         if self.extrapolate < 1:
             raise UsageError(f"--extrapolate must be >= 1 (got {self.extrapolate!r})")
         if self.speed_steps < 3:
@@ -111,9 +115,11 @@ class ScalingConfig:
             raise UsageError(f"--tokens-per-step {self.tokens_per_step} is not a multiple of --seq-len {self.seq_len}")
 
 
-# The two grids, budgets 2x apart. On 2 cores shared with other jobs (load ~10) the full
-# grid's largest budget took 25 minutes, the extrapolation 22, each step-2 SFT ~2.
-FULL = dict(budgets="1.25e11,2.5e11,5e11,1e12", sizes=5, sft_runs=5, sft_steps=100, n_eval=200,
+# The two grids. The full one: budgets 2x apart up to 1e12, then 1.4e12, the largest at
+# which dial-0.5 reads the built-in corpus (3.4-3.7M tokens) at most once; on 2 quiet cores
+# its runs take ~31 minutes with the extrapolation (the largest budget ~12), the SFTs and
+# the speed measurement ~4 more.
+FULL = dict(budgets="1.25e11,2.5e11,5e11,1e12,1.4e12", sizes=5, sft_runs=5, sft_steps=100, n_eval=200,
             speed_dial="1-6", speed_repeats=2)
 QUICK = dict(budgets="2e10,4e10,8e10", sizes=3, sft_runs=3, sft_steps=40, n_eval=100,
              speed_dial="1-3", speed_repeats=1)
@@ -129,26 +135,37 @@ def resolve(cfg: ScalingConfig) -> ScalingConfig:
 
 
 def parse_list(text: str, what: str) -> list[float]:
-    """'1e11,3e11' -> [1e11, 3e11]; '3-6' -> [3, 4, 5, 6] (integers)."""
+    """'1e11,3e11' -> [1e11, 3e11]; '0.5,3-6' -> [0.5, 3, 4, 5, 6] (a-b: the integers from a to b)."""
+    out = []
     try:
-        if "-" in text and "e-" not in text and "," not in text:
-            lo, hi = (int(x) for x in text.split("-"))
-            return list(range(lo, hi + 1))
-        return [float(x) for x in text.split(",") if x.strip()]
+        for item in (x.strip() for x in text.split(",")):
+            if "-" in item[1:] and "e-" not in item:
+                lo, hi = (int(x) for x in item.split("-"))
+                out += range(lo, hi + 1)
+            elif item:
+                out.append(float(item))
     except ValueError:
-        raise UsageError(f"{what}: cannot read {text!r} (e.g. '1e11,3e11' or '3-6')") from None
+        raise UsageError(f"{what}: cannot read {text!r} (e.g. '1e11,3e11' or '0.5,3-6')") from None
+    return out
 
 
 # -----------------------------------------------------------------------------
 # 2. The size dial, parameters and FLOPs
 
 
-def dial(w: int, vocab_size: int) -> M.ModelArgs:
+def dial(w: float, vocab_size: int) -> M.ModelArgs:
     """model.py's dial-w with the data's vocabulary: 4 layers of width 16·w, 4 query
     heads sharing 2 KV heads (GQA), SwiGLU -- every Llama 3 feature at any size. A
     width dial at a fixed depth: its steps are finer than a depth dial's at the small
-    end (N grows as w², not as d³), and small models cost less per token."""
-    return M.ModelArgs.from_name(f"dial-{w}", vocab_size=vocab_size)
+    end (N grows as w², not as d³), and small models cost less per token. Its smallest,
+    dial-0.5 (width 8), has 69K parameters, 65K of them the output layer: a vocabulary of
+    8,192 puts a floor under N that a larger budget is needed to climb away from."""
+    return M.ModelArgs.from_name(dial_name(w), vocab_size=vocab_size)
+
+
+def dial_name(w: float) -> str:
+    """0.5 -> 'dial-0.5', 4.0 -> 'dial-4'."""
+    return f"dial-{w:g}"
 
 
 def matmul_params(args: M.ModelArgs) -> int:
@@ -203,6 +220,20 @@ def fit_isoflops(params, losses) -> dict:
     vertex = -b / (2 * a)
     return {"params": float(10 ** vertex), "loss": float(c - b * b / (4 * a)), "coeffs": coeffs,
             "edge": not x.min() < vertex < x.max()}
+
+
+def around_best(runs: list[dict], count: int) -> list[dict]:
+    """The `count` runs of one budget (sorted by size) centred on the best one, shifted
+    inwards at the ends; count 0: all. A parabola describes an IsoFLOPs curve near its
+    minimum; here the sizes far above it train for a few dozen steps and sit near the
+    untrained plateau (~7.5 nats), which flattens the curve and pulls a parabola through
+    every point off the minimum (docs/NOTES.md, 2026-12-06: at 5e11 FLOPs, 49K with all
+    five sizes, 86K with the best and its two neighbours)."""
+    if not count or count >= len(runs):
+        return runs
+    best = min(range(len(runs)), key=lambda i: runs[i]["val_loss"])
+    first = max(0, min(len(runs) - count, best - count // 2))
+    return runs[first:first + count]
 
 
 def fit_power_law(x, y) -> tuple[float, float]:
@@ -290,7 +321,7 @@ def pretrain_run(cfg: ScalingConfig, w: int, flops: float, tokens_per_step: int,
     n = matmul_params(args)
     steps = max(1, round(flops / (6 * n * tokens_per_step)))
     out = os.path.join(cfg.out, "runs", name)
-    argv = ["--model", f"dial-{w}", "--data", cfg.data, "--out", out, "--seed", str(cfg.seed),
+    argv = ["--model", dial_name(w), "--data", cfg.data, "--out", out, "--seed", str(cfg.seed),
             "--max-steps", str(steps), "--time-budget-min", "0", "--lr", f"{peak_lr(args):.3g}",
             "--warmup-steps", str(max(1, steps // 10)), "--min-lr-ratio", "0.1", "--anneal-steps", "0",
             "--tokens-per-step", str(tokens_per_step), "--seq-len", str(cfg.seq_len),
@@ -307,7 +338,7 @@ def pretrain_run(cfg: ScalingConfig, w: int, flops: float, tokens_per_step: int,
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
     tokens = steps * tokens_per_step
-    return {"name": name, "model": f"dial-{w}", "dial": w, "params": n,
+    return {"name": name, "model": dial_name(w), "dial": w, "params": n,
             "params_total": M.count_params(args), "params_non_embedding": non_embedding_params(args), "budget": flops, "tokens": tokens, "flops": 6 * n * tokens,
             "steps": steps, "tokens_per_step": tokens_per_step, "lr": float(f"{peak_lr(args):.3g}"),
             "seconds": round(report.get("train_seconds") or time.time() - t0, 1),
@@ -384,8 +415,9 @@ def plot_isoflops(runs: list[dict], fits: list[dict], extra: dict | None, path: 
         C = fit["flops"]
         pts = [r for r in runs if r["budget"] == C]
         ax.scatter([r["tokens"] for r in pts], [r["val_loss"] for r in pts], color=color, s=22, zorder=3)
-        logn = np.linspace(math.log10(min(r["params"] for r in pts)) - 0.1,
-                           math.log10(max(r["params"] for r in pts)) + 0.1, 100)
+        fitted = [r for r in pts if r["model"] in fit.get("fitted", [r["model"] for r in pts])]
+        logn = np.linspace(math.log10(min(r["params"] for r in fitted)) - 0.1,
+                           math.log10(max(r["params"] for r in fitted)) + 0.1, 100)
         ax.plot(C / (6 * 10 ** logn), np.polyval(fit["coeffs"], logn), color=color, lw=1.2, label=f"{C:.2g} FLOPs")
         ax.scatter([fit["tokens"]], [fit["loss"]], color="none" if fit["edge"] else color, marker="*", s=120,
                    edgecolor="k", zorder=4)
@@ -395,8 +427,8 @@ def plot_isoflops(runs: list[dict], fits: list[dict], extra: dict | None, path: 
     ax.set_xscale("log")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("held-out loss (nats/token)")
-    ax.set_title("IsoFLOPs curves (§3.2.1, Figure 2): stars are the parabolas' minima\n"
-                 "(hollow: at the edge of the sizes tried)", fontsize=10)
+    ax.set_title("IsoFLOPs curves (§3.2.1, Figure 2): parabolas through the best size and its neighbours,\n"
+                 "stars are their minima (hollow: at the edge of the sizes fitted)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -415,7 +447,10 @@ def plot_optimal(fits: list[dict], fit: dict, extra: dict | None, default: dict 
     far = max([C.max()] + [x["flops"] for x in (extra, default) if x])
     grid = np.logspace(math.log10(C.min()) - 0.2, math.log10(far) + 0.2, 50)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.3))
-    ax1.scatter(C, [f["tokens"] for f in fits], color="k", zorder=3, label="IsoFLOPs minima")
+    used = np.array([f["flops"] in fit["budgets_used"] for f in fits])  # hollow: a minimum not in the fits
+    face = np.where(used, "k", "none")
+    ax1.scatter(C, [f["tokens"] for f in fits], facecolor=face, edgecolor="k", zorder=3,
+                label="IsoFLOPs minima (hollow: at an edge, not fitted)")
     ax1.plot(grid, fit["A"] * grid ** fit["alpha"], label=f"fit: {fit['A']:.3g}·C^{fit['alpha']:.3f}")
     ax1.plot(grid, PAPER_A * grid ** PAPER_ALPHA, "--", color="gray", label="paper: 0.29·C^0.53")
     if default:
@@ -424,7 +459,7 @@ def plot_optimal(fits: list[dict], fit: dict, extra: dict | None, default: dict 
             title="compute-optimal tokens (Figure 3)")
     ax1.grid(alpha=0.3, which="both")
     ax1.legend(fontsize=8)
-    ax2.scatter(C, [f["loss"] for f in fits], color="k", zorder=3, label="loss at the minima")
+    ax2.scatter(C, [f["loss"] for f in fits], facecolor=face, edgecolor="k", zorder=3, label="loss at the minima")
     ax2.plot(grid, fit["B"] * grid ** -fit["beta"], label=f"fit: {fit['B']:.3g}·C^-{fit['beta']:.3f}")
     if extra:
         ax2.scatter([extra["flops"]], [extra["predicted_loss"]], marker="o", facecolor="none", edgecolor="red",
@@ -488,8 +523,8 @@ def main(argv=None) -> int:
     os.makedirs(cfg.out, exist_ok=True)
 
     budgets = sorted(parse_list(cfg.budgets, "--budgets"))
-    dial_sizes = [int(w) for w in parse_list(cfg.dial, "--dial")]
-    speed_sizes = [int(w) for w in parse_list(cfg.speed_dial, "--speed-dial")]
+    dial_sizes = sorted(parse_list(cfg.dial, "--dial"))
+    speed_sizes = parse_list(cfg.speed_dial, "--speed-dial")
 
     class _Dist:  # ensure_data's view of a single process
         rank, world_size, is_main = 0, 1, True
@@ -511,15 +546,15 @@ def main(argv=None) -> int:
             raise UsageError(f"budget {C:.3g} FLOPs: fewer than 3 sizes of --dial {cfg.dial} train within "
                              f"{cfg.max_epochs:g} epoch(s) of {n_train:,} tokens; lower the budget or widen the dial")
         tokens_per_step = batch_for(cfg, C)
-        print(f"budget {C:.3g} FLOPs: dial-{sizes[0]}..{sizes[-1]} "
+        print(f"budget {C:.3g} FLOPs: {dial_name(sizes[0])}..{sizes[-1]:g} "
               f"({n_params[sizes[0]] / 1e6:.3f}M-{n_params[sizes[-1]] / 1e6:.3f}M), {tokens_per_step} tokens/step",
               flush=True)
         here = {}
         while sizes:
             for w in sizes:
-                run = pretrain_run(cfg, w, C, tokens_per_step, vocab, f"C{C:.3g}_dial-{w}")
+                run = pretrain_run(cfg, w, C, tokens_per_step, vocab, f"C{C:.3g}_{dial_name(w)}")
                 here[w] = run
-                print(f"  dial-{w:<2d} N {run['params'] / 1e6:6.3f}M  D {run['tokens'] / 1e6:6.2f}M tokens "
+                print(f"  {dial_name(w):8s} N {run['params'] / 1e6:6.3f}M  D {run['tokens'] / 1e6:6.2f}M tokens "
                       f"({run['steps']} steps)  held-out loss {run['val_loss']:.4f}  {run['seconds']:.0f} s "
                       f"(load {run['load']:.1f})", flush=True)
             # The best size at an edge of those tried: the minimum may lie beyond, try the next size (twice at most).
@@ -531,8 +566,10 @@ def main(argv=None) -> int:
                     and C / (6 * n_params[dial_sizes[i + step]]) <= n_train * cfg.max_epochs)
             sizes = [dial_sizes[i + step]] if more else []
         here = [here[w] for w in sorted(here)]
-        fit = fit_isoflops([r["params"] for r in here], [r["val_loss"] for r in here])
-        fit.update(flops=C, tokens=C / (6 * fit["params"]), seconds=round(sum(r["seconds"] for r in here), 1))
+        near = around_best(here, cfg.fit_sizes)
+        fit = fit_isoflops([r["params"] for r in near], [r["val_loss"] for r in near])
+        fit.update(flops=C, tokens=C / (6 * fit["params"]), seconds=round(sum(r["seconds"] for r in here), 1),
+                   fitted=[r["model"] for r in near])
         print(f"  -> N* {fit['params'] / 1e6:.3f}M, D* {fit['tokens'] / 1e6:.2f}M tokens, loss {fit['loss']:.4f}; "
               f"this budget took {fit['seconds']:.0f} s here" + ("  (minimum at an edge)" if fit["edge"] else ""),
               flush=True)
@@ -561,13 +598,13 @@ def main(argv=None) -> int:
     n_opt = Cx / (6 * A * Cx ** alpha)
     fits_data = [w for w in dial_sizes if Cx / (6 * n_params[w]) <= n_train * cfg.max_epochs]
     dx = min(fits_data or dial_sizes[-1:], key=lambda w: abs(math.log(n_params[w] / n_opt)))
-    xrun = pretrain_run(cfg, dx, Cx, batch_for(cfg, Cx), vocab, f"C{Cx:.3g}_dial-{dx}_extrapolated")
+    xrun = pretrain_run(cfg, dx, Cx, batch_for(cfg, Cx), vocab, f"C{Cx:.3g}_{dial_name(dx)}_extrapolated")
     extra = {"flops": Cx, "optimal_params": n_opt, "params": xrun["params"], "model": xrun["model"],
              "tokens": xrun["tokens"], "predicted_loss": predicted_loss(fit, Cx, xrun["params"]),
              "predicted_loss_at_optimum": B * Cx ** neg_beta, "measured_loss": xrun["val_loss"],
              "seconds": xrun["seconds"]}
     extra["error"] = extra["measured_loss"] - extra["predicted_loss"]
-    print(f"extrapolated to {Cx:.3g} FLOPs: N* {n_opt / 1e6:.3f}M -> dial-{dx} ({xrun['params'] / 1e6:.3f}M): "
+    print(f"extrapolated to {Cx:.3g} FLOPs: N* {n_opt / 1e6:.3f}M -> {dial_name(dx)} ({xrun['params'] / 1e6:.3f}M): "
           f"predicted loss {extra['predicted_loss']:.4f}, measured {extra['measured_loss']:.4f} "
           f"({extra['error']:+.4f}), {xrun['seconds']:.0f} s", flush=True)
 
@@ -591,14 +628,14 @@ def main(argv=None) -> int:
 
     # ---- the default model for pretrain.py's time budget on this machine ------------------
     default = None
-    speed_names = [f"dial-{w}" for w in speed_sizes if w in n_params]
+    speed_names = [dial_name(w) for w in speed_sizes if w in n_params]
     if cfg.default_minutes > 0 and speed_names:
         load_before = os.getloadavg()[0]
         speeds = measure_speed(cfg, speed_names)
         seconds = cfg.default_minutes * 60
         candidates = []
         for name in speed_names:
-            args = dial(int(name.split("-")[1]), vocab)
+            args = dial(float(name.split("-")[1]), vocab)
             n = matmul_params(args)
             tok_s = float(np.median(speeds[name]))
             flops = 6 * n * tok_s * seconds

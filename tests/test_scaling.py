@@ -11,6 +11,7 @@ import torch
 
 import model as M
 import scaling
+from common import UsageError
 from tokenizer import Tokenizer
 
 
@@ -73,6 +74,19 @@ def test_flop_counting_params_are_the_built_models_matmuls():
     assert scaling.matmul_params(M.ModelArgs.from_name("small-15m")) == 12_587_904  # 15.7M - 8192·384
     dial = [scaling.dial(w, 8192) for w in range(1, 17)]
     assert [a.dim for a in dial] == [16 * w for w in range(1, 17)] and {a.n_layers for a in dial} == {4}
+    half = scaling.dial(0.5, 8192)  # the smallest size: width 8, 4 heads of 2 dimensions (a RoPE pair each)
+    assert (half.dim, half.n_heads, half.n_kv_heads, half.head_dim) == (8, 4, 2, 2)
+    assert scaling.matmul_params(half) == 69_448  # 65,536 of them the output layer
+    assert M.Transformer(half)(torch.randint(0, 8192, (1, 5))).shape == (1, 5, 8192)
+
+
+def test_dial_lists_and_names():
+    assert scaling.parse_list("0.5,1-4", "--dial") == [0.5, 1, 2, 3, 4]
+    assert scaling.parse_list("1e11,2.5e11", "--budgets") == [1e11, 2.5e11]
+    assert scaling.parse_list("3-5", "--dial") == [3, 4, 5]
+    assert [scaling.dial_name(w) for w in (0.5, 1.0, 4)] == ["dial-0.5", "dial-1", "dial-4"]
+    with pytest.raises(UsageError, match="--dial"):
+        scaling.parse_list("1-x", "--dial")
 
 
 def test_sizes_for_budget_centres_shifts_and_skips_repeated_data():
@@ -82,6 +96,17 @@ def test_sizes_for_budget_centres_shifts_and_skips_repeated_data():
     assert scaling.sizes_for_budget(1e6, list(n), n, 5, max_tokens=1e12) == [1, 2, 3, 4, 5]  # shifted at the end
     # at most 1e6 tokens: N >= C / 6e6 = 5,120 -> w >= 3
     assert scaling.sizes_for_budget(3.072e10, list(n), n, 5, max_tokens=1e6)[0] == 3
+
+
+def test_the_parabola_is_fitted_around_the_best_size():
+    runs = [{"model": f"dial-{w}", "val_loss": v} for w, v in zip((0.5, 1, 2, 3, 4), (6.0, 5.7, 6.1, 6.3, 7.0))]
+    assert [r["model"] for r in scaling.around_best(runs, 3)] == ["dial-0.5", "dial-1", "dial-2"]
+    runs[4]["val_loss"] = 5.0  # the best at the large end: the window shifts inwards
+    assert [r["model"] for r in scaling.around_best(runs, 3)] == ["dial-2", "dial-3", "dial-4"]
+    assert scaling.around_best(runs, 0) == runs and scaling.around_best(runs, 9) == runs
+    for bad in (1, 2, -1):
+        with pytest.raises(UsageError, match="--fit-sizes"):
+            scaling.ScalingConfig(fit_sizes=bad).validate()
 
 
 def test_batch_grows_as_the_square_root_of_the_budget():
