@@ -128,8 +128,8 @@ class PretrainConfig(TrainConfig):
     # The default run: 4.5 minutes on 2 ranks of a 2-core CPU, the built-in corpus, and
     # dial-4 (1.25M parameters), sized by the scaling laws (§3.2.1, scaling.py): at this
     # budget a 2-core CPU trains dial-1 to dial-4 at about the same tokens/s, and they reach
-    # held-out losses within the seed-to-seed spread, ~0.9 nats below the 15.7M-parameter
-    # small-15m, which sees 3x fewer tokens (docs/NOTES.md). The time budget sets the steps (max_steps is a cap).
+    # held-out losses within the seed spread, 0.9 nats below small-15m (15.7M parameters, 3x
+    # fewer tokens); the fit's pick, dial-3, measured no better (docs/NOTES.md). Steps: by the budget.
     max_steps: int = arg(3000, "optimizer steps (the cosine schedule is laid over these)")
     time_budget_min: float = arg(4.5, "if > 0: fit the run (at most max_steps) into this many minutes, "
                                       "re-estimated from the measured step time every 10 steps")

@@ -76,7 +76,7 @@ class ScalingConfig:
     """The scaling-law runs (§3.2.1): every field is a --kebab-case flag."""
     out: str = arg("out/scaling", "where scaling.json, the figures and every run go")
     data: str = arg(DEFAULT_DATA, "data.py output folder")
-    quick: bool = arg(False, "a reduced grid (under 3 min on 2 cores): fewer budgets, sizes and SFT runs")
+    quick: bool = arg(False, "a reduced grid (under 4 min on 2 cores): fewer budgets, sizes and SFT runs")
     budgets: str = arg("", "compute budgets in FLOPs, comma-separated (default: the full or the quick grid)")
     sizes: int = arg(0, "dial sizes per budget, around a first guess of the optimum (default 5; quick 3)")
     dial: str = arg("0.5,1-16", "the dial sizes available, e.g. '0.5,1-16' (model.py's dial-w: width 16·w)")
@@ -227,8 +227,7 @@ def around_best(runs: list[dict], count: int) -> list[dict]:
     inwards at the ends; count 0: all. A parabola describes an IsoFLOPs curve near its
     minimum; here the sizes far above it train for a few dozen steps and sit near the
     untrained plateau (~7.5 nats), which flattens the curve and pulls a parabola through
-    every point off the minimum (docs/NOTES.md, 2026-12-06: at 5e11 FLOPs, 49K with all
-    five sizes, 86K with the best and its two neighbours)."""
+    every point off the minimum (docs/NOTES.md compares both fits)."""
     if not count or count >= len(runs):
         return runs
     best = min(range(len(runs)), key=lambda i: runs[i]["val_loss"])
@@ -313,7 +312,7 @@ def batch_for(cfg: ScalingConfig, flops: float) -> int:
     return cfg.seq_len * max(1, min(cfg.tokens_per_step // cfg.seq_len, rows))
 
 
-def pretrain_run(cfg: ScalingConfig, w: int, flops: float, tokens_per_step: int, vocab_size: int,
+def pretrain_run(cfg: ScalingConfig, w: float, flops: float, tokens_per_step: int, vocab_size: int,
                  name: str) -> dict:
     """Pre-train dial-`w` for flops / (6·N) tokens with pretrain.main (in this
     process); -> the run's record. A run finished earlier in OUT is read back."""
