@@ -104,6 +104,14 @@ def test_the_parabola_is_fitted_around_the_best_size():
     runs[4]["val_loss"] = 5.0  # the best at the large end: the window shifts inwards
     assert [r["model"] for r in scaling.around_best(runs, 3)] == ["dial-2", "dial-3", "dial-4"]
     assert scaling.around_best(runs, 0) == runs and scaling.around_best(runs, 9) == runs
+    # A curve that is a parabola near its minimum (1.1e5) and flattens far above it, as
+    # barely trained sizes do: the three around the best recover the vertex, all five do not.
+    n = [7e4, 1.5e5, 3e5, 5e5, 7e5]
+    loss = [5.7 + 2 * (math.log10(x) - math.log10(1.1e5)) ** 2 for x in n[:3]] + [6.3, 6.4]
+    near = scaling.around_best([{"params": x, "val_loss": v} for x, v in zip(n, loss)], 3)
+    assert scaling.fit_isoflops([r["params"] for r in near], [r["val_loss"] for r in near])["params"] == \
+        pytest.approx(1.1e5, rel=1e-6)
+    assert not 0.8 < scaling.fit_isoflops(n, loss)["params"] / 1.1e5 < 1.25
     for bad in (1, 2, -1):
         with pytest.raises(UsageError, match="--fit-sizes"):
             scaling.ScalingConfig(fit_sizes=bad).validate()
