@@ -124,11 +124,9 @@ CONFIGS = {
                         ffn_dim_multiplier=1.5, **_SCALED_32),
     "llama3.2-3b": dict(_LLAMA3_8B, dim=3072, n_layers=28, n_heads=24, multiple_of=256,
                         ffn_dim_multiplier=1.0, **_SCALED_32),
-    # Small ones, our choice, that keep every Llama 3 feature (GQA, θ=500,000, SwiGLU, untied
-    # output) and train on a laptop CPU, with the 8,192-token BPE of tokenizer.py. dial-w, the size
-    # dial of the scaling-law runs (§3.2.1, scaling.py): 4 layers of width 16·w (tiny-1m is dial-4);
-    # dial-0.5 (width 8, heads of 2 dimensions) is there because at a few 1e11 FLOPs the
-    # compute-optimal size lies below dial-1.
+    # Small ones, our choice, that keep every Llama 3 feature (GQA, θ=500,000, SwiGLU, untied output)
+    # and train on a laptop CPU, with tokenizer.py's 8,192-token BPE. dial-w, the scaling-law dial (§3.2.1,
+    # scaling.py): 4 layers of width 16·w (tiny-1m is dial-4; dial-0.5, width 8, for the smallest budgets).
     "tiny-1m": dict(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=8192,
                     multiple_of=32, rope_theta=500000.0, max_seq_len=512),
     "small-7m": dict(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=8192,
@@ -136,8 +134,7 @@ CONFIGS = {
     "small-15m": dict(dim=384, n_layers=6, n_heads=6, n_kv_heads=2, vocab_size=8192,
                       multiple_of=128, rope_theta=500000.0, max_seq_len=1024),
 }
-CONFIGS.update({f"dial-{w:g}": dict(CONFIGS["tiny-1m"], dim=round(16 * w), max_seq_len=1024)
-                for w in (0.5, *range(1, 17))})
+CONFIGS.update({f"dial-{w:g}": dict(CONFIGS["tiny-1m"], dim=round(16 * w), max_seq_len=1024) for w in (0.5, *range(1, 17))})
 
 # -----------------------------------------------------------------------------
 # 2. RMSNorm and rotary position embeddings (RoPE)

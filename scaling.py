@@ -414,7 +414,7 @@ def plot_isoflops(runs: list[dict], fits: list[dict], extra: dict | None, path: 
         C = fit["flops"]
         pts = [r for r in runs if r["budget"] == C]
         ax.scatter([r["tokens"] for r in pts], [r["val_loss"] for r in pts], color=color, s=22, zorder=3)
-        fitted = [r for r in pts if r["model"] in fit.get("fitted", [r["model"] for r in pts])]
+        fitted = [r for r in pts if r["model"] in fit["fitted"]]
         logn = np.linspace(math.log10(min(r["params"] for r in fitted)) - 0.1,
                            math.log10(max(r["params"] for r in fitted)) + 0.1, 100)
         ax.plot(C / (6 * 10 ** logn), np.polyval(fit["coeffs"], logn), color=color, lw=1.2, label=f"{C:.2g} FLOPs")
@@ -627,15 +627,15 @@ def main(argv=None) -> int:
 
     # ---- the default model for pretrain.py's time budget on this machine ------------------
     default = None
-    speed_names = [dial_name(w) for w in speed_sizes if w in n_params]
+    speed_sizes = [w for w in speed_sizes if w in n_params]
+    speed_names = [dial_name(w) for w in speed_sizes]
     if cfg.default_minutes > 0 and speed_names:
         load_before = os.getloadavg()[0]
         speeds = measure_speed(cfg, speed_names)
         seconds = cfg.default_minutes * 60
         candidates = []
-        for name in speed_names:
-            args = dial(float(name.split("-")[1]), vocab)
-            n = matmul_params(args)
+        for w, name in zip(speed_sizes, speed_names):
+            n = n_params[w]
             tok_s = float(np.median(speeds[name]))
             flops = 6 * n * tok_s * seconds
             n_star = flops / (6 * A * flops ** alpha)
