@@ -38,8 +38,8 @@ Writes: OUT/scaling.json (every run, the fits, the extrapolation, the default bu
         compute-optimal models), OUT/loss_to_accuracy.png (Figure 4, right),
         OUT/runs/<name>/ (each pre-training run, its log in stdout.log), OUT/sft/<name>/.
         A run already finished in OUT is read back, not trained again.
-Run:    python scaling.py --out out/scaling          # the full grid: ~35 min on 2 quiet cores
-        python scaling.py --quick --out out/scaling_quick   # a reduced grid: 3.6 min (its minima at an edge: a demo)
+Run:    python scaling.py --out out/scaling          # the full grid: ~20 min on 2 quiet cores
+        python scaling.py --quick --out out/scaling_quick   # a reduced grid: 1.8 min (its minima at an edge: a demo)
         python scaling.py --budgets 1e11,3e11,1e12 --sizes 3   # your own grid
 
 Read next: pretrain.py (whose default model and budget come from this measurement),
@@ -55,9 +55,11 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 import model as M
 import pretrain
@@ -76,7 +78,7 @@ class ScalingConfig:
     """The scaling-law runs (§3.2.1): every field is a --kebab-case flag."""
     out: str = arg("out/scaling", "where scaling.json, the figures and every run go")
     data: str = arg(DEFAULT_DATA, "data.py output folder")
-    quick: bool = arg(False, "a reduced grid (under 4 min on 2 cores): fewer budgets, sizes and SFT runs")
+    quick: bool = arg(False, "a reduced grid (~2 min on 2 cores): fewer budgets, sizes and SFT runs")
     budgets: str = arg("", "compute budgets in FLOPs, comma-separated (default: the full or the quick grid)")
     sizes: int = arg(0, "dial sizes per budget, around a first guess of the optimum (default 5; quick 3)")
     dial: str = arg("0.5,1-16", "the dial sizes available, e.g. '0.5,1-16' (model.py's dial-w: width 16·w)")
@@ -95,6 +97,8 @@ class ScalingConfig:
     speed_repeats: int = arg(-1, "repeats of the speed measurement, interleaved (default 2; quick 1)")
     speed_tokens_per_step: int = arg(pretrain.PretrainConfig.tokens_per_step,
                                      "tokens per step of the speed measurement (pretrain.py's default)")
+    jobs: int = arg(0, "grid runs trained at once, each its own process (0: 2 on a CPU of >= 2 cores, else 1)")
+    dtype: str = arg("fp32", "the grid runs' pretrain.py --dtype: at these widths fp32 is faster than bf16 on a CPU")
     seed: int = arg(0, "weights and data order of every run")
     threads: int = arg(0, "CPU threads (0 = the cores / ranks rule of common.set_threads)")
     device: str = arg("", "cpu | cuda (default: cuda if available)")
@@ -106,6 +110,10 @@ class ScalingConfig:
             raise UsageError(f"--fit-sizes must be 0 (all) or >= 3: a parabola needs three points (got {self.fit_sizes!r})")
         if self.extrapolate < 1:
             raise UsageError(f"--extrapolate must be >= 1 (got {self.extrapolate!r})")
+        if self.jobs < 0:
+            raise UsageError(f"--jobs must be >= 0 (got {self.jobs!r})")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise UsageError(f"--dtype must be auto, fp32 or bf16 (got {self.dtype!r})")
         if self.speed_steps < 3:
             raise UsageError(f"--speed-steps must be >= 3: the first 2 are not timed (got {self.speed_steps!r})")
         for name in ("tokens_per_step", "seq_len", "speed_ranks", "sft_steps", "n_eval"):
@@ -116,9 +124,9 @@ class ScalingConfig:
 
 
 # The two grids. The full one: budgets 2x apart up to 1e12, then 1.4e12, the largest at
-# which dial-0.5 reads the built-in corpus (3.4-3.7M tokens) at most once; on 2 quiet cores
-# its runs take ~31 minutes with the extrapolation (the largest budget ~12), the SFTs and
-# the speed measurement ~4 more.
+# which dial-0.5 reads the built-in corpus (3.7M tokens) at most once; on 2 quiet cores,
+# two runs at a time, its 25 runs take ~14 minutes (the largest budget ~6), the
+# extrapolation ~3.5, the SFTs and the speed measurement ~3 more.
 FULL = dict(budgets="1.25e11,2.5e11,5e11,1e12,1.4e12", sizes=5, sft_runs=5, sft_steps=100, n_eval=200,
             speed_dial="1-6", speed_repeats=2)
 QUICK = dict(budgets="2e10,4e10,8e10", sizes=3, sft_runs=3, sft_steps=40, n_eval=100,
@@ -292,6 +300,22 @@ def held_out_bytes_per_token(cfg: ScalingConfig, meta: dict) -> float:
     return float(table[targets].sum() / len(targets))
 
 
+def run_pretrain(argv: list[str], out: str, procs: int = 0):
+    """pretrain.py with argv: in this process (procs 0; its printing to OUT/stdout.log),
+    as a process of its own (1), or under torchrun with `procs` ranks."""
+    if not procs:
+        with quietly(out):
+            code = pretrain.main(argv)
+    else:
+        os.makedirs(out, exist_ok=True)
+        launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1 else []
+        with open(os.path.join(out, "stdout.log"), "a") as log:
+            code = subprocess.run([sys.executable, *launch, "pretrain.py", *argv], stdout=log, stderr=subprocess.STDOUT,
+                                  cwd=os.path.dirname(os.path.abspath(__file__))).returncode
+    if code != 0:
+        raise SystemExit(f"{out}: pretrain.py exited with {code}; see {out}/stdout.log")
+
+
 def quietly(out_dir: str):
     """Send a run's own printing to OUT/stdout.log (one summary line per run here)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -313,9 +337,10 @@ def batch_for(cfg: ScalingConfig, flops: float) -> int:
 
 
 def pretrain_run(cfg: ScalingConfig, w: float, flops: float, tokens_per_step: int, vocab_size: int,
-                 name: str) -> dict:
-    """Pre-train dial-`w` for flops / (6·N) tokens with pretrain.main (in this
-    process); -> the run's record. A run finished earlier in OUT is read back."""
+                 name: str, threads: int = 0, separate: bool = False) -> dict:
+    """Pre-train dial-`w` for flops / (6·N) tokens with pretrain.py, in this process or
+    (separate) in its own, on `threads` CPU threads (0: common.set_threads' rule); ->
+    the run's record. A run finished earlier in OUT is read back."""
     args = dial(w, vocab_size)
     n = matmul_params(args)
     steps = max(1, round(flops / (6 * n * tokens_per_step)))
@@ -325,15 +350,12 @@ def pretrain_run(cfg: ScalingConfig, w: float, flops: float, tokens_per_step: in
             "--warmup-steps", str(max(1, steps // 10)), "--min-lr-ratio", "0.1", "--anneal-steps", "0",
             "--tokens-per-step", str(tokens_per_step), "--seq-len", str(cfg.seq_len),
             "--batch-size", str(tokens_per_step // cfg.seq_len), "--eval-every", "0", "--ckpt-every", str(steps),
-            "--keep-checkpoints", "1", "--log-every", "25", "--threads", str(cfg.threads)]
+            "--keep-checkpoints", "1", "--log-every", "25", "--threads", str(threads), "--dtype", cfg.dtype]
     if cfg.device:
         argv += ["--device", cfg.device]
     load = os.getloadavg()[0]
     t0 = time.time()
-    with quietly(out):
-        code = pretrain.main(argv)
-    if code != 0:
-        raise SystemExit(f"{out}: pretrain.py exited with {code}; see {out}/stdout.log")
+    run_pretrain(argv, out, 1 if separate else 0)
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
     tokens = steps * tokens_per_step
@@ -342,6 +364,36 @@ def pretrain_run(cfg: ScalingConfig, w: float, flops: float, tokens_per_step: in
             "steps": steps, "tokens_per_step": tokens_per_step, "lr": float(f"{peak_lr(args):.3g}"),
             "seconds": round(report.get("train_seconds") or time.time() - t0, 1),
             "val_loss": report["val_loss"], "load": round(load, 2), "final": os.path.join(out, "final")}
+
+
+def jobs_for(cfg: ScalingConfig) -> int:
+    """Runs trained at once: 2 on a CPU (our small models are memory-bound and leave a
+    second thread mostly idle: two runs of one thread each finish sooner than one after
+    the other on two; docs/NOTES.md), 1 on a GPU; --jobs overrides."""
+    on_gpu = cfg.device == "cuda" or (not cfg.device and torch.cuda.is_available())
+    return cfg.jobs or (1 if on_gpu else min(2, os.cpu_count() or 1))
+
+
+def pretrain_runs(cfg: ScalingConfig, todo: list[tuple], vocab_size: int) -> list[dict]:
+    """pretrain_run for each (w, flops, tokens_per_step, name) of `todo`, jobs_for(cfg) at a
+    time (the largest budgets first), a line printed as each ends -> the records, in todo's order."""
+    jobs = min(jobs_for(cfg), len(todo))
+    if jobs <= 1:
+        done = ((i, pretrain_run(cfg, *job[:3], vocab_size, job[3], cfg.threads)) for i, job in enumerate(todo))
+    else:  # a process each: stdout and torch's thread count belong to a process
+        pool, threads = ThreadPoolExecutor(jobs), cfg.threads or max(1, (os.cpu_count() or 1) // jobs)
+        futures = {pool.submit(pretrain_run, cfg, *todo[i][:3], vocab_size, todo[i][3], threads, True): i
+                   for i in sorted(range(len(todo)), key=lambda i: -todo[i][1])}
+        done = ((futures[f], f.result()) for f in as_completed(futures))
+    runs = [None] * len(todo)
+    for i, run in done:
+        runs[i] = run
+        print(f"  {run['name']:22s} N {run['params'] / 1e6:6.3f}M  D {run['tokens'] / 1e6:6.2f}M tokens "
+              f"({run['steps']} steps)  held-out loss {run['val_loss']:.4f}  {run['seconds']:.0f} s "
+              f"(load {run['load']:.1f})", flush=True)
+    if jobs > 1:
+        pool.shutdown()
+    return runs
 
 
 def sft_run(cfg: ScalingConfig, run: dict) -> dict:
@@ -380,16 +432,8 @@ def measure_speed(cfg: ScalingConfig, names: list[str]) -> dict[str, list[float]
             if cfg.device:
                 argv += ["--device", cfg.device]
             if not os.path.exists(os.path.join(out, "report.json")):
-                if cfg.speed_ranks == 1:
-                    with quietly(out):
-                        pretrain.main(argv + ["--threads", str(cfg.threads)])
-                else:
-                    os.makedirs(out, exist_ok=True)
-                    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={cfg.speed_ranks}", "pretrain.py", *argv]
-                    with open(os.path.join(out, "stdout.log"), "w") as log:
-                        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True,
-                                       cwd=os.path.dirname(os.path.abspath(__file__)))
+                one = cfg.speed_ranks == 1  # in this process, on --threads
+                run_pretrain(argv + (["--threads", str(cfg.threads)] if one else []), out, 0 if one else cfg.speed_ranks)
             with open(os.path.join(out, "log.jsonl")) as f:
                 tok_s = [r["tok_s"] for r in map(json.loads, f) if r.get("tok_s") and r["step"] > 2]
             speeds[name].append(float(np.median(tok_s)))
@@ -538,42 +582,43 @@ def main(argv=None) -> int:
           f"on {os.cpu_count()} cores")
 
     # ---- step 1: the IsoFLOPs grid ------------------------------------------------------
-    runs, fits = [], []
+    plan = {}
     for C in budgets:
-        sizes = sizes_for_budget(C, dial_sizes, n_params, cfg.sizes, n_train * cfg.max_epochs)
-        if len(sizes) < 3:
+        plan[C] = sizes_for_budget(C, dial_sizes, n_params, cfg.sizes, n_train * cfg.max_epochs)
+        if len(plan[C]) < 3:
             raise UsageError(f"budget {C:.3g} FLOPs: fewer than 3 sizes of --dial {cfg.dial} train within "
                              f"{cfg.max_epochs:g} epoch(s) of {n_train:,} tokens; lower the budget or widen the dial")
-        tokens_per_step = batch_for(cfg, C)
-        print(f"budget {C:.3g} FLOPs: {dial_name(sizes[0])}..{sizes[-1]:g} "
-              f"({n_params[sizes[0]] / 1e6:.3f}M-{n_params[sizes[-1]] / 1e6:.3f}M), {tokens_per_step} tokens/step",
-              flush=True)
-        here = {}
-        while sizes:
-            for w in sizes:
-                run = pretrain_run(cfg, w, C, tokens_per_step, vocab, f"C{C:.3g}_{dial_name(w)}")
-                here[w] = run
-                print(f"  {dial_name(w):8s} N {run['params'] / 1e6:6.3f}M  D {run['tokens'] / 1e6:6.2f}M tokens "
-                      f"({run['steps']} steps)  held-out loss {run['val_loss']:.4f}  {run['seconds']:.0f} s "
-                      f"(load {run['load']:.1f})", flush=True)
-            # The best size at an edge of those tried: the minimum may lie beyond, try the next size (twice at most).
-            tried = sorted(here)
-            best = min(tried, key=lambda w: here[w]["val_loss"])
+        print(f"budget {C:.3g} FLOPs: {dial_name(plan[C][0])}..{plan[C][-1]:g} ({n_params[plan[C][0]] / 1e6:.3f}M-"
+              f"{n_params[plan[C][-1]] / 1e6:.3f}M), {batch_for(cfg, C)} tokens/step", flush=True)
+    print(f"training {sum(map(len, plan.values()))} runs, {jobs_for(cfg)} at a time", flush=True)
+    here = {C: {} for C in budgets}
+    todo = [(C, w) for C in budgets for w in plan[C]]
+    while todo:
+        for run in pretrain_runs(cfg, [(w, C, batch_for(cfg, C), f"C{C:.3g}_{dial_name(w)}") for C, w in todo], vocab):
+            here[run["budget"]][run["dial"]] = run
+        # The best size at an edge of those tried: the minimum may lie beyond, try the next size (twice at most).
+        todo = []
+        for C in budgets:
+            tried = sorted(here[C])
+            best = min(tried, key=lambda w: here[C][w]["val_loss"])
             i = dial_sizes.index(best)
             step = -1 if best == tried[0] else 1 if best == tried[-1] else 0
-            more = (step != 0 and 0 <= i + step < len(dial_sizes) and len(here) < cfg.sizes + 2
-                    and C / (6 * n_params[dial_sizes[i + step]]) <= n_train * cfg.max_epochs)
-            sizes = [dial_sizes[i + step]] if more else []
-        here = [here[w] for w in sorted(here)]
-        near = around_best(here, cfg.fit_sizes)
+            if (step != 0 and 0 <= i + step < len(dial_sizes) and len(tried) < cfg.sizes + 2
+                    and C / (6 * n_params[dial_sizes[i + step]]) <= n_train * cfg.max_epochs):
+                todo.append((C, dial_sizes[i + step]))
+    runs, fits = [], []
+    for C in budgets:
+        curve = [here[C][w] for w in sorted(here[C])]
+        near = around_best(curve, cfg.fit_sizes)
         fit = fit_isoflops([r["params"] for r in near], [r["val_loss"] for r in near])
-        fit.update(flops=C, tokens=C / (6 * fit["params"]), seconds=round(sum(r["seconds"] for r in here), 1),
+        fit.update(flops=C, tokens=C / (6 * fit["params"]), seconds=round(sum(r["seconds"] for r in curve), 1),
                    fitted=[r["model"] for r in near])
-        print(f"  -> N* {fit['params'] / 1e6:.3f}M, D* {fit['tokens'] / 1e6:.2f}M tokens, loss {fit['loss']:.4f}; "
-              f"this budget took {fit['seconds']:.0f} s here" + ("  (minimum at an edge)" if fit["edge"] else ""),
+        print(f"budget {C:.3g}: N* {fit['params'] / 1e6:.3f}M, D* {fit['tokens'] / 1e6:.2f}M tokens, loss "
+              f"{fit['loss']:.4f}; its runs took {fit['seconds']:.0f} s" + ("  (minimum at an edge)" if fit["edge"] else ""),
               flush=True)
-        runs += here
+        runs += curve
         fits.append(fit)
+    print(f"the grid took {(time.time() - t_start) / 60:.1f} min", flush=True)
 
     # A minimum at the edge of its curve is an extrapolated vertex: the power laws use the
     # interior ones when there are at least two.
@@ -581,6 +626,9 @@ def main(argv=None) -> int:
     used = inner if len(inner) >= 2 else fits
     if len(used) < len(fits):
         print(f"power laws from the {len(used)} budgets whose minimum lies inside their sizes", flush=True)
+        if len(used) == 2:  # a line through two noisy minima: its slope swings from seed to seed
+            print("WARNING: a power law through 2 points fits nothing; its exponent is only as good as those two "
+                  "minima (docs/NOTES.md: seeds 0 and 1 of the full grid gave alpha 0.71 and 0.06)", flush=True)
     elif len(inner) < 2:
         print(f"WARNING: {len(fits) - len(inner)} of {len(fits)} minima lie at an edge of the sizes tried: the grid "
               f"does not bracket the optimum and the power laws below are not a measurement", flush=True)
@@ -597,7 +645,8 @@ def main(argv=None) -> int:
     n_opt = Cx / (6 * A * Cx ** alpha)
     fits_data = [w for w in dial_sizes if Cx / (6 * n_params[w]) <= n_train * cfg.max_epochs]
     dx = min(fits_data or dial_sizes[-1:], key=lambda w: abs(math.log(n_params[w] / n_opt)))
-    xrun = pretrain_run(cfg, dx, Cx, batch_for(cfg, Cx), vocab, f"C{Cx:.3g}_{dial_name(dx)}_extrapolated")
+    xrun = pretrain_run(cfg, dx, Cx, batch_for(cfg, Cx), vocab, f"C{Cx:.3g}_{dial_name(dx)}_extrapolated",
+                        threads=cfg.threads)
     extra = {"flops": Cx, "optimal_params": n_opt, "params": xrun["params"], "model": xrun["model"],
              "tokens": xrun["tokens"], "predicted_loss": predicted_loss(fit, Cx, xrun["params"]),
              "predicted_loss_at_optimum": B * Cx ** neg_beta, "measured_loss": xrun["val_loss"],

@@ -195,9 +195,26 @@ def test_tiny_grid_writes_scaling_json_and_the_figures(tmp_path, tok_path):
     assert {r["name"]: r["val_loss"] for r in again["runs"]} == before
 
 
+def test_runs_trained_two_at_a_time_equal_runs_trained_in_this_process(tmp_path, tok_path):
+    data = write_byte_shards(str(tmp_path), tok_path)
+    todo = [(1, 2e8, 256, "C2e8_dial-1"), (2, 2e8, 256, "C2e8_dial-2")]  # (w, flops, tokens/step, name)
+    runs = {}
+    for jobs in (1, 2):
+        cfg = scaling.ScalingConfig(data=data, out=str(tmp_path / f"jobs{jobs}"), seq_len=64, tokens_per_step=256,
+                                    jobs=jobs, threads=1, device="cpu")
+        runs[jobs] = scaling.pretrain_runs(cfg, todo, 512)
+    assert [r["name"] for r in runs[2]] == ["C2e8_dial-1", "C2e8_dial-2"]  # todo's order, whichever ends first
+    assert all(os.path.exists(os.path.join(tmp_path, "jobs2", "runs", r["name"], "stdout.log")) for r in runs[2])
+    assert [r["val_loss"] for r in runs[2]] == [r["val_loss"] for r in runs[1]]  # same seed, data, threads
+    assert runs[1][0]["val_loss"] != runs[1][1]["val_loss"]
+    assert scaling.jobs_for(scaling.ScalingConfig(jobs=3)) == 3
+    assert scaling.jobs_for(scaling.ScalingConfig(device="cuda")) == 1  # a GPU trains one run at a time
+
+
 def test_bad_flags_are_one_line_errors(capsys):
     assert scaling.main(["--budgets", "1e11,abc"]) == 2
     assert "--budgets" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        scaling.main(["--extrapolate", "0.5"])
-    assert e.value.code == 2
+    for bad in (["--extrapolate", "0.5"], ["--jobs", "-1"], ["--dtype", "fp16"]):
+        with pytest.raises(SystemExit) as e:
+            scaling.main(bad)
+        assert e.value.code == 2
