@@ -386,13 +386,15 @@ def pretrain_runs(cfg: ScalingConfig, todo: list[tuple], vocab_size: int) -> lis
                    for i in sorted(range(len(todo)), key=lambda i: -todo[i][1])}
         done = ((futures[f], f.result()) for f in as_completed(futures))
     runs = [None] * len(todo)
-    for i, run in done:
-        runs[i] = run
-        print(f"  {run['name']:22s} N {run['params'] / 1e6:6.3f}M  D {run['tokens'] / 1e6:6.2f}M tokens "
-              f"({run['steps']} steps)  held-out loss {run['val_loss']:.4f}  {run['seconds']:.0f} s "
-              f"(load {run['load']:.1f})", flush=True)
-    if jobs > 1:
-        pool.shutdown()
+    try:
+        for i, run in done:
+            runs[i] = run
+            print(f"  {run['name']:22s} N {run['params'] / 1e6:6.3f}M  D {run['tokens'] / 1e6:6.2f}M tokens "
+                  f"({run['steps']} steps)  held-out loss {run['val_loss']:.4f}  {run['seconds']:.0f} s "
+                  f"(load {run['load']:.1f})", flush=True)
+    finally:  # a failed run: the ones not started are not started
+        if jobs > 1:
+            pool.shutdown(cancel_futures=True)
     return runs
 
 
