@@ -20,6 +20,10 @@ method has two steps, and this file runs both, with pretrain.py's training loop:
    A power law through the minima, D*(C) = A·C^α (the paper: α = 0.53, A = 0.29), and
    another for the loss there, L*(C) = B·C^-β, predict a larger budget: we extrapolate
    4x past the largest budget, train that model, and compare (Figures 2 and 3).
+   The paper fits each budget's parabola alone (--isoflops each). With our few sizes a
+   minimum moves with the seed, and a line through two or three of them with it, so by
+   default (--isoflops joint) all parabolas are fitted at once, sharing one width, their
+   vertices on the power law itself (fit_isoflops_joint): every budget informs α.
 2. From loss to a capability. The paper relates the negative log-likelihood of the
    correct answer on a benchmark to the benchmark's accuracy with a sigmoid (Figure 4,
    ARC Challenge). Ours: a short SFT (sft.py) of several of the models on tasks.py's
@@ -83,6 +87,7 @@ class ScalingConfig:
     sizes: int = arg(0, "dial sizes per budget, around a first guess of the optimum (default 5; quick 3)")
     dial: str = arg("0.5,1-16", "the dial sizes available, e.g. '0.5,1-16' (model.py's dial-w: width 16·w)")
     fit_sizes: int = arg(3, "sizes per budget the parabola is fitted to: the best one and its neighbours (0: all)")
+    isoflops: str = arg("joint", "joint: one parabola width and a power-law vertex for all budgets; each: a parabola per budget (the paper)")
     extrapolate: float = arg(4.0, "train the predicted compute-optimal model at this multiple of the largest budget")
     tokens_per_step: int = arg(2048, "the largest batch, in tokens (a budget's batch grows as its square root)")
     seq_len: int = arg(256, "training sequence length")
@@ -110,6 +115,8 @@ class ScalingConfig:
             raise UsageError(f"--fit-sizes must be 0 (all) or >= 3: a parabola needs three points (got {self.fit_sizes!r})")
         if self.extrapolate < 1:
             raise UsageError(f"--extrapolate must be >= 1 (got {self.extrapolate!r})")
+        if self.isoflops not in ("joint", "each"):
+            raise UsageError(f"--isoflops must be joint or each (got {self.isoflops!r})")
         if self.jobs < 0:
             raise UsageError(f"--jobs must be >= 0 (got {self.jobs!r})")
         if self.dtype not in ("auto", "fp32", "bf16"):
@@ -241,6 +248,36 @@ def around_best(runs: list[dict], count: int) -> list[dict]:
     best = min(range(len(runs)), key=lambda i: runs[i]["val_loss"])
     first = max(0, min(len(runs) - count, best - count // 2))
     return runs[first:first + count]
+
+
+def fit_isoflops_joint(curves: list[tuple[float, list, list]]) -> tuple[list[dict], dict] | None:
+    """All IsoFLOPs curves at once: parabolas of one width `a` whose vertices lie on a
+    power law, log10 N*(C) = x0 + s·log10 C, each with its own minimum loss. With x = log10 N,
+    c = log10 C, loss = a·(x - x0 - s·c)² + m_C expands to a·x² + p·x + q·x·c + b_C: linear
+    least squares in (a, p, q, b_1..b_K), then x0 = -p / 2a, s = -q / 2a. Every budget then
+    informs one slope s (D* ∝ C^(1 - s)), instead of a line through a few noisy vertices.
+    curves: (C, params, losses) per budget -> (a fit_isoflops-like dict per budget, {"a",
+    "x0", "s"}), or None when the shared parabola has no minimum or puts one more than a
+    decade beyond a budget's sizes."""
+    rows, y = [], []
+    for k, (C, params, losses) in enumerate(curves):
+        for n, loss in zip(params, losses):
+            x, budget = math.log10(n), np.eye(len(curves))[k]
+            rows.append([x * x, x, x * math.log10(C), *budget])
+            y.append(loss)
+    coef = np.linalg.lstsq(np.array(rows), np.array(y), rcond=None)[0]
+    a, p, q = (float(v) for v in coef[:3])
+    if a <= 1e-9:
+        return None
+    x0, slope = -p / (2 * a), -q / (2 * a)
+    fits = []
+    for (C, params, _), b in zip(curves, coef[3:]):
+        v, x = x0 + slope * math.log10(C), np.log10(params)
+        if not x.min() - 1 <= v <= x.max() + 1:
+            return None
+        fits.append({"params": 10 ** v, "loss": float(b) - a * v * v, "coeffs": [a, p + q * math.log10(C), float(b)],
+                     "edge": not x.min() < v < x.max()})
+    return fits, {"a": a, "x0": x0, "s": slope}
 
 
 def fit_power_law(x, y) -> tuple[float, float]:
@@ -448,7 +485,7 @@ def measure_speed(cfg: ScalingConfig, names: list[str]) -> dict[str, list[float]
 # 5. Figures (the paper's Figures 2, 3 and 4)
 
 
-def plot_isoflops(runs: list[dict], fits: list[dict], extra: dict | None, path: str):
+def plot_isoflops(runs: list[dict], fits: list[dict], extra: dict | None, path: str, joint: bool = False):
     """Figure 2: held-out loss against training tokens, one curve per budget, the
     fitted parabolas and their minima (the compute-optimal models)."""
     import matplotlib
@@ -472,8 +509,9 @@ def plot_isoflops(runs: list[dict], fits: list[dict], extra: dict | None, path: 
     ax.set_xscale("log")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("held-out loss (nats/token)")
-    ax.set_title("IsoFLOPs curves (§3.2.1, Figure 2): parabolas through the best size and its neighbours,\n"
-                 "stars are their minima (hollow: at the edge of the sizes fitted)", fontsize=10)
+    ax.set_title("IsoFLOPs curves (§3.2.1, Figure 2): parabolas through the best size and its neighbours"
+                 + (",\nall of one width, their minima on one power law" if joint else "") +
+                 ";\nstars are their minima (hollow: at the edge of the sizes fitted)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -608,11 +646,16 @@ def main(argv=None) -> int:
             if (step != 0 and 0 <= i + step < len(dial_sizes) and len(tried) < cfg.sizes + 2
                     and C / (6 * n_params[dial_sizes[i + step]]) <= n_train * cfg.max_epochs):
                 todo.append((C, dial_sizes[i + step]))
+    curves = {C: [here[C][w] for w in sorted(here[C])] for C in budgets}
+    nears = {C: around_best(curves[C], cfg.fit_sizes) for C in budgets}
+    joint = cfg.isoflops == "joint" and fit_isoflops_joint(
+        [(C, [r["params"] for r in nears[C]], [r["val_loss"] for r in nears[C]]) for C in budgets])
+    if cfg.isoflops == "joint" and not joint:
+        print("WARNING: the joint IsoFLOPs fit has no minimum; fitting each budget alone", flush=True)
     runs, fits = [], []
-    for C in budgets:
-        curve = [here[C][w] for w in sorted(here[C])]
-        near = around_best(curve, cfg.fit_sizes)
-        fit = fit_isoflops([r["params"] for r in near], [r["val_loss"] for r in near])
+    for k, C in enumerate(budgets):
+        curve, near = curves[C], nears[C]
+        fit = joint[0][k] if joint else fit_isoflops([r["params"] for r in near], [r["val_loss"] for r in near])
         fit.update(flops=C, tokens=C / (6 * fit["params"]), seconds=round(sum(r["seconds"] for r in curve), 1),
                    fitted=[r["model"] for r in near])
         print(f"budget {C:.3g}: N* {fit['params'] / 1e6:.3f}M, D* {fit['tokens'] / 1e6:.2f}M tokens, loss "
@@ -622,23 +665,28 @@ def main(argv=None) -> int:
         fits.append(fit)
     print(f"the grid took {(time.time() - t_start) / 60:.1f} min", flush=True)
 
-    # A minimum at the edge of its curve is an extrapolated vertex: the power laws use the
-    # interior ones when there are at least two.
+    # The power laws. D*(C): the joint fit's vertex line (every budget), or a line through the
+    # minima of the parabolas fitted one budget at a time. L*(C): through the minima. A minimum
+    # at the edge of its sizes is an extrapolated vertex: the lines use the interior ones when there are two.
     inner = [f for f in fits if not f["edge"]]
     used = inner if len(inner) >= 2 else fits
-    if len(used) < len(fits):
-        print(f"power laws from the {len(used)} budgets whose minimum lies inside their sizes", flush=True)
-        if len(used) == 2:  # a line through two noisy minima: its slope swings from seed to seed
-            print("WARNING: a power law through 2 points fits nothing; its exponent is only as good as those two "
-                  "minima (docs/NOTES.md: seeds 0 and 1 of the full grid gave alpha 0.71 and 0.06)", flush=True)
-    elif len(inner) < 2:
+    if len(inner) < 2:
         print(f"WARNING: {len(fits) - len(inner)} of {len(fits)} minima lie at an edge of the sizes tried: the grid "
               f"does not bracket the optimum and the power laws below are not a measurement", flush=True)
-    A, alpha = fit_power_law([f["flops"] for f in used], [f["tokens"] for f in used])
+    elif len(used) < len(fits):
+        print(f"lines through the minima of the {len(used)} budgets whose minimum lies inside their sizes", flush=True)
+        if len(used) == 2:  # a line through two noisy minima: its slope swings from seed to seed
+            print("WARNING: a power law through 2 points fits nothing; its exponent is only as good as those two "
+                  "minima (docs/NOTES.md: seeds 0 and 1 of the full grid gave alpha 0.71 and 0.06 fitted this way)",
+                  flush=True)
+    if joint:  # D*(C) = C / (6·N*(C)) = 10^-x0 / 6 · C^(1 - s)
+        A, alpha = 10 ** -joint[1]["x0"] / 6, 1 - joint[1]["s"]
+    else:
+        A, alpha = fit_power_law([f["flops"] for f in used], [f["tokens"] for f in used])
     B, neg_beta = fit_power_law([f["flops"] for f in used], [f["loss"] for f in used])
     curv = [f["coeffs"][0] for f in fits if f["coeffs"][0] > 0]
     fit = {"alpha": alpha, "A": A, "B": B, "beta": -neg_beta, "curvature": float(np.mean(curv)) if curv else 0.0,
-           "budgets_used": [f["flops"] for f in used], "bracketed": len(inner),
+           "budgets_used": [f["flops"] for f in used], "bracketed": len(inner), "isoflops": "joint" if joint else "each",
            "paper": {"alpha": PAPER_ALPHA, "A": PAPER_A}}
     print(f"D*(C) = {A:.4g}·C^{alpha:.4f} (paper: 0.29·C^0.53); L*(C) = {B:.4g}·C^-{-neg_beta:.4f}", flush=True)
 
@@ -710,7 +758,7 @@ def main(argv=None) -> int:
               "tasks": tasks, "sigmoid": sig, "default_budget": default, "bytes_per_token": bpt,
               "seconds": round(time.time() - t_start, 1), "cores": os.cpu_count()}
     atomic_write_json(os.path.join(cfg.out, "scaling.json"), record)
-    plot_isoflops(runs, fits, extra, os.path.join(cfg.out, "isoflops.png"))
+    plot_isoflops(runs, fits, extra, os.path.join(cfg.out, "isoflops.png"), joint=fit["isoflops"] == "joint")
     plot_optimal(fits, fit, extra, default, os.path.join(cfg.out, "optimal_tokens.png"))
     if sig:
         plot_accuracy(tasks, sig["x0"], sig["k"], os.path.join(cfg.out, "loss_to_accuracy.png"))
