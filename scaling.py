@@ -651,7 +651,7 @@ def main(argv=None) -> int:
     joint = cfg.isoflops == "joint" and fit_isoflops_joint(
         [(C, [r["params"] for r in nears[C]], [r["val_loss"] for r in nears[C]]) for C in budgets])
     if cfg.isoflops == "joint" and not joint:
-        print("WARNING: the joint IsoFLOPs fit has no minimum; fitting each budget alone", flush=True)
+        print("WARNING: the joint IsoFLOPs fit has no minimum near the sizes tried; fitting each budget alone", flush=True)
     runs, fits = [], []
     for k, C in enumerate(budgets):
         curve, near = curves[C], nears[C]
@@ -676,9 +676,8 @@ def main(argv=None) -> int:
     elif len(used) < len(fits):
         print(f"lines through the minima of the {len(used)} budgets whose minimum lies inside their sizes", flush=True)
         if len(used) == 2:  # a line through two noisy minima: its slope swings from seed to seed
-            print("WARNING: a power law through 2 points fits nothing; its exponent is only as good as those two "
-                  "minima (docs/NOTES.md: seeds 0 and 1 of the full grid gave alpha 0.71 and 0.06 fitted this way)",
-                  flush=True)
+            print(f"WARNING: {'L*(C) is' if joint else 'D*(C) and L*(C) are'} a line through 2 minima, only as good "
+                  f"as they are (docs/NOTES.md: such a D*(C) gave alpha 0.06 where another seed gave 0.71)", flush=True)
     if joint:  # D*(C) = C / (6·N*(C)) = 10^-x0 / 6 · C^(1 - s)
         A, alpha = 10 ** -joint[1]["x0"] / 6, 1 - joint[1]["s"]
     else:
