@@ -20,10 +20,6 @@ method has two steps, and this file runs both, with pretrain.py's training loop:
    A power law through the minima, D*(C) = A·C^α (the paper: α = 0.53, A = 0.29), and
    another for the loss there, L*(C) = B·C^-β, predict a larger budget: we extrapolate
    4x past the largest budget, train that model, and compare (Figures 2 and 3).
-   The paper fits each budget's parabola alone (--isoflops each). With our few sizes a
-   minimum moves with the seed, and a line through two or three of them with it, so by
-   default (--isoflops joint) all parabolas are fitted at once, sharing one width, their
-   vertices on the power law itself (fit_isoflops_joint): every budget informs α.
 2. From loss to a capability. The paper relates the negative log-likelihood of the
    correct answer on a benchmark to the benchmark's accuracy with a sigmoid (Figure 4,
    ARC Challenge). Ours: a short SFT (sft.py) of several of the models on tasks.py's
@@ -87,7 +83,6 @@ class ScalingConfig:
     sizes: int = arg(0, "dial sizes per budget, around a first guess of the optimum (default 5; quick 3)")
     dial: str = arg("0.5,1-16", "the dial sizes available, e.g. '0.5,1-16' (model.py's dial-w: width 16·w)")
     fit_sizes: int = arg(3, "sizes per budget the parabola is fitted to: the best one and its neighbours (0: all)")
-    isoflops: str = arg("joint", "joint: one parabola width and a power-law vertex for all budgets; each: a parabola per budget (the paper)")
     extrapolate: float = arg(4.0, "train the predicted compute-optimal model at this multiple of the largest budget")
     tokens_per_step: int = arg(2048, "the largest batch, in tokens (a budget's batch grows as its square root)")
     seq_len: int = arg(256, "training sequence length")
@@ -115,8 +110,6 @@ class ScalingConfig:
             raise UsageError(f"--fit-sizes must be 0 (all) or >= 3: a parabola needs three points (got {self.fit_sizes!r})")
         if self.extrapolate < 1:
             raise UsageError(f"--extrapolate must be >= 1 (got {self.extrapolate!r})")
-        if self.isoflops not in ("joint", "each"):
-            raise UsageError(f"--isoflops must be joint or each (got {self.isoflops!r})")
         if self.jobs < 0:
             raise UsageError(f"--jobs must be >= 0 (got {self.jobs!r})")
         if self.dtype not in ("auto", "fp32", "bf16"):
@@ -250,36 +243,6 @@ def around_best(runs: list[dict], count: int) -> list[dict]:
     return runs[first:first + count]
 
 
-def fit_isoflops_joint(curves: list[tuple[float, list, list]]) -> tuple[list[dict], dict] | None:
-    """All IsoFLOPs curves at once: parabolas of one width `a` whose vertices lie on a
-    power law, log10 N*(C) = x0 + s·log10 C, each with its own minimum loss. With x = log10 N,
-    c = log10 C, loss = a·(x - x0 - s·c)² + m_C expands to a·x² + p·x + q·x·c + b_C: linear
-    least squares in (a, p, q, b_1..b_K), then x0 = -p / 2a, s = -q / 2a. Every budget then
-    informs one slope s (D* ∝ C^(1 - s)), instead of a line through a few noisy vertices.
-    curves: (C, params, losses) per budget -> (a fit_isoflops-like dict per budget, {"a",
-    "x0", "s"}), or None when the shared parabola has no minimum or puts one more than a
-    decade beyond a budget's sizes."""
-    rows, y = [], []
-    for k, (C, params, losses) in enumerate(curves):
-        for n, loss in zip(params, losses):
-            x, budget = math.log10(n), np.eye(len(curves))[k]
-            rows.append([x * x, x, x * math.log10(C), *budget])
-            y.append(loss)
-    coef = np.linalg.lstsq(np.array(rows), np.array(y), rcond=None)[0]
-    a, p, q = (float(v) for v in coef[:3])
-    if a <= 1e-9:
-        return None
-    x0, slope = -p / (2 * a), -q / (2 * a)
-    fits = []
-    for (C, params, _), b in zip(curves, coef[3:]):
-        v, x = x0 + slope * math.log10(C), np.log10(params)
-        if not x.min() - 1 <= v <= x.max() + 1:
-            return None
-        fits.append({"params": 10 ** v, "loss": float(b) - a * v * v, "coeffs": [a, p + q * math.log10(C), float(b)],
-                     "edge": not x.min() < v < x.max()})
-    return fits, {"a": a, "x0": x0, "s": slope}
-
-
 def fit_power_law(x, y) -> tuple[float, float]:
     """y = A·x^α as a straight line in log-log (least squares on the logs) -> (A, α).
     compute [1e20, 1e22], tokens [2e10, 2e11] -> (2.0, 0.5)."""
@@ -287,27 +250,32 @@ def fit_power_law(x, y) -> tuple[float, float]:
     return float(math.exp(log_a)), float(alpha)
 
 
-def sigmoid(x, x0: float, k: float):
-    """Accuracy as a function of the NLL of the correct answer: 1 / (1 + e^(k·(x - x0))),
-    1 at low loss, 0 at high loss, 1/2 at x0, steeper with k."""
-    return 1.0 / (1.0 + np.exp(np.clip(k * (np.asarray(x, dtype=np.float64) - x0), -60, 60)))
+def sigmoid(x, x0: float, k: float, floor: float = 0.0):
+    """Accuracy as a function of the NLL of the correct answer: floor + (1 - floor) / (1 +
+    e^(k·(x - x0))): 1 at low loss, `floor` at high loss (chance, or what formatting alone
+    gets right), halfway at x0, steeper with k."""
+    return floor + (1.0 - floor) / (1.0 + np.exp(np.clip(k * (np.asarray(x, dtype=np.float64) - x0), -60, 60)))
 
 
-def fit_sigmoid(x, y) -> tuple[float, float]:
-    """Least-squares (x0, k) of y ≈ sigmoid(x, x0, k): a grid search over x0 (around the
-    data) and k (log-spaced), then three rounds of a finer grid around the best."""
+def fit_sigmoid(x, y) -> tuple[float, float, float]:
+    """Least-squares (x0, k, floor) of y ≈ sigmoid(x, x0, k, floor): for each floor from 0
+    to the lowest accuracy (0 alone with fewer than 4 points), a grid search over x0 (around
+    the data) and k (log-spaced), then three rounds of a finer grid around the best."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     span = max(float(x.max() - x.min()), 1e-3)
-    x0s = np.linspace(x.min() - span, x.max() + span, 121)
-    ks = np.exp(np.linspace(math.log(0.1 / span), math.log(200 / span), 121))
-    for _ in range(4):
-        err = ((sigmoid(x[None, None, :], x0s[:, None, None], ks[None, :, None]) - y) ** 2).sum(-1)
-        i, j = np.unravel_index(int(np.argmin(err)), err.shape)
-        x0, k = float(x0s[i]), float(ks[j])
-        dx, dk = (x0s[1] - x0s[0]) * 2, math.log(ks[1] / ks[0]) * 2
-        x0s = np.linspace(x0 - dx, x0 + dx, 41)
-        ks = np.exp(np.linspace(math.log(k) - dk, math.log(k) + dk, 41))
-    return x0, k
+    best = (math.inf,)
+    for floor in np.linspace(0.0, float(y.min()), 21 if len(x) >= 4 else 1):
+        x0s = np.linspace(x.min() - span, x.max() + span, 121)
+        ks = np.exp(np.linspace(math.log(0.1 / span), math.log(200 / span), 121))
+        for _ in range(4):
+            err = ((sigmoid(x[None, None, :], x0s[:, None, None], ks[None, :, None], floor) - y) ** 2).sum(-1)
+            i, j = np.unravel_index(int(np.argmin(err)), err.shape)
+            x0, k = float(x0s[i]), float(ks[j])
+            dx, dk = (x0s[1] - x0s[0]) * 2, math.log(ks[1] / ks[0]) * 2
+            x0s = np.linspace(x0 - dx, x0 + dx, 41)
+            ks = np.exp(np.linspace(math.log(k) - dk, math.log(k) + dk, 41))
+        best = min(best, (float(err[i, j]), x0, k, float(floor)))
+    return best[1:]
 
 
 # -----------------------------------------------------------------------------
@@ -485,7 +453,7 @@ def measure_speed(cfg: ScalingConfig, names: list[str]) -> dict[str, list[float]
 # 5. Figures (the paper's Figures 2, 3 and 4)
 
 
-def plot_isoflops(runs: list[dict], fits: list[dict], extra: dict | None, path: str, joint: bool = False):
+def plot_isoflops(runs: list[dict], fits: list[dict], extra: dict | None, path: str):
     """Figure 2: held-out loss against training tokens, one curve per budget, the
     fitted parabolas and their minima (the compute-optimal models)."""
     import matplotlib
@@ -509,9 +477,8 @@ def plot_isoflops(runs: list[dict], fits: list[dict], extra: dict | None, path: 
     ax.set_xscale("log")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("held-out loss (nats/token)")
-    ax.set_title("IsoFLOPs curves (§3.2.1, Figure 2): parabolas through the best size and its neighbours"
-                 + (",\nall of one width, their minima on one power law" if joint else "") +
-                 ";\nstars are their minima (hollow: at the edge of the sizes fitted)", fontsize=10)
+    ax.set_title("IsoFLOPs curves (§3.2.1, Figure 2): parabolas through the best size and its neighbours,\n"
+                 "stars are their minima (hollow: at the edge of the sizes fitted)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -558,7 +525,7 @@ def plot_optimal(fits: list[dict], fit: dict, extra: dict | None, default: dict 
     plt.close(fig)
 
 
-def plot_accuracy(points: list[dict], x0: float, k: float, path: str):
+def plot_accuracy(points: list[dict], x0: float, k: float, floor: float, path: str):
     """Figure 4 (right): task accuracy against the NLL of the correct answers, and the sigmoid."""
     import matplotlib
     matplotlib.use("Agg")
@@ -567,7 +534,7 @@ def plot_accuracy(points: list[dict], x0: float, k: float, path: str):
     x = np.array([p["answer_nll"] for p in points])
     ax.scatter(x, [100 * p["accuracy"] for p in points], color="k", zorder=3, label="SFT of a scaling-law model")
     grid = np.linspace(x.min() - 0.3 * np.ptp(x) - 0.05, x.max() + 0.3 * np.ptp(x) + 0.05, 100)
-    ax.plot(grid, 100 * sigmoid(grid, x0, k), label=f"sigmoid: x0 {x0:.3f}, k {k:.2f}")
+    ax.plot(grid, 100 * sigmoid(grid, x0, k, floor), label=f"sigmoid: x0 {x0:.3f}, k {k:.2f}, floor {100 * floor:.1f}%")
     ax.set(xlabel="held-out NLL of the correct answers (nats/token)", ylabel="task accuracy (%)", ylim=(-3, 103),
            title="from loss to accuracy (§3.2.1, Figure 4)")
     ax.grid(alpha=0.3)
@@ -646,16 +613,11 @@ def main(argv=None) -> int:
             if (step != 0 and 0 <= i + step < len(dial_sizes) and len(tried) < cfg.sizes + 2
                     and C / (6 * n_params[dial_sizes[i + step]]) <= n_train * cfg.max_epochs):
                 todo.append((C, dial_sizes[i + step]))
-    curves = {C: [here[C][w] for w in sorted(here[C])] for C in budgets}
-    nears = {C: around_best(curves[C], cfg.fit_sizes) for C in budgets}
-    joint = cfg.isoflops == "joint" and fit_isoflops_joint(
-        [(C, [r["params"] for r in nears[C]], [r["val_loss"] for r in nears[C]]) for C in budgets])
-    if cfg.isoflops == "joint" and not joint:
-        print("WARNING: the joint IsoFLOPs fit has no minimum near the sizes tried; fitting each budget alone", flush=True)
     runs, fits = [], []
-    for k, C in enumerate(budgets):
-        curve, near = curves[C], nears[C]
-        fit = joint[0][k] if joint else fit_isoflops([r["params"] for r in near], [r["val_loss"] for r in near])
+    for C in budgets:
+        curve = [here[C][w] for w in sorted(here[C])]
+        near = around_best(curve, cfg.fit_sizes)
+        fit = fit_isoflops([r["params"] for r in near], [r["val_loss"] for r in near])
         fit.update(flops=C, tokens=C / (6 * fit["params"]), seconds=round(sum(r["seconds"] for r in curve), 1),
                    fitted=[r["model"] for r in near])
         print(f"budget {C:.3g}: N* {fit['params'] / 1e6:.3f}M, D* {fit['tokens'] / 1e6:.2f}M tokens, loss "
@@ -665,27 +627,23 @@ def main(argv=None) -> int:
         fits.append(fit)
     print(f"the grid took {(time.time() - t_start) / 60:.1f} min", flush=True)
 
-    # The power laws. D*(C): the joint fit's vertex line (every budget), or a line through the
-    # minima of the parabolas fitted one budget at a time. L*(C): through the minima. A minimum
-    # at the edge of its sizes is an extrapolated vertex: the lines use the interior ones when there are two.
+    # A minimum at the edge of its curve is an extrapolated vertex: the power laws use the
+    # interior ones when there are at least two.
     inner = [f for f in fits if not f["edge"]]
     used = inner if len(inner) >= 2 else fits
     if len(inner) < 2:
         print(f"WARNING: {len(fits) - len(inner)} of {len(fits)} minima lie at an edge of the sizes tried: the grid "
               f"does not bracket the optimum and the power laws below are not a measurement", flush=True)
     elif len(used) < len(fits):
-        print(f"lines through the minima of the {len(used)} budgets whose minimum lies inside their sizes", flush=True)
+        print(f"power laws from the {len(used)} budgets whose minimum lies inside their sizes", flush=True)
         if len(used) == 2:  # a line through two noisy minima: its slope swings from seed to seed
-            print(f"WARNING: {'L*(C) is' if joint else 'D*(C) and L*(C) are'} a line through 2 minima, only as good "
-                  f"as they are (docs/NOTES.md: such a D*(C) gave alpha 0.06 where another seed gave 0.71)", flush=True)
-    if joint:  # D*(C) = C / (6·N*(C)) = 10^-x0 / 6 · C^(1 - s)
-        A, alpha = 10 ** -joint[1]["x0"] / 6, 1 - joint[1]["s"]
-    else:
-        A, alpha = fit_power_law([f["flops"] for f in used], [f["tokens"] for f in used])
+            print("WARNING: the power laws are lines through 2 minima, only as good as those are (docs/NOTES.md: "
+                  "such a fit gave alpha 0.06 where two other seeds gave 0.68-0.71)", flush=True)
+    A, alpha = fit_power_law([f["flops"] for f in used], [f["tokens"] for f in used])
     B, neg_beta = fit_power_law([f["flops"] for f in used], [f["loss"] for f in used])
     curv = [f["coeffs"][0] for f in fits if f["coeffs"][0] > 0]
     fit = {"alpha": alpha, "A": A, "B": B, "beta": -neg_beta, "curvature": float(np.mean(curv)) if curv else 0.0,
-           "budgets_used": [f["flops"] for f in used], "bracketed": len(inner), "isoflops": "joint" if joint else "each",
+           "budgets_used": [f["flops"] for f in used], "bracketed": len(inner),
            "paper": {"alpha": PAPER_ALPHA, "A": PAPER_A}}
     print(f"D*(C) = {A:.4g}·C^{alpha:.4f} (paper: 0.29·C^0.53); L*(C) = {B:.4g}·C^-{-neg_beta:.4f}", flush=True)
 
@@ -719,9 +677,9 @@ def main(argv=None) -> int:
               f"({t['seconds']:.0f} s)", flush=True)
     sig = None
     if len(tasks) >= 2:
-        x0, k = fit_sigmoid([t["answer_nll"] for t in tasks], [t["accuracy"] for t in tasks])
-        sig = {"x0": x0, "k": k}
-        print(f"accuracy ≈ 1 / (1 + exp({k:.3f}·(NLL - {x0:.4f})))", flush=True)
+        x0, k, floor = fit_sigmoid([t["answer_nll"] for t in tasks], [t["accuracy"] for t in tasks])
+        sig = {"x0": x0, "k": k, "floor": floor}
+        print(f"accuracy ≈ {floor:.3f} + {1 - floor:.3f} / (1 + exp({k:.3f}·(NLL - {x0:.4f})))", flush=True)
 
     # ---- the default model for pretrain.py's time budget on this machine ------------------
     default = None
@@ -757,10 +715,10 @@ def main(argv=None) -> int:
               "tasks": tasks, "sigmoid": sig, "default_budget": default, "bytes_per_token": bpt,
               "seconds": round(time.time() - t_start, 1), "cores": os.cpu_count()}
     atomic_write_json(os.path.join(cfg.out, "scaling.json"), record)
-    plot_isoflops(runs, fits, extra, os.path.join(cfg.out, "isoflops.png"), joint=fit["isoflops"] == "joint")
+    plot_isoflops(runs, fits, extra, os.path.join(cfg.out, "isoflops.png"))
     plot_optimal(fits, fit, extra, default, os.path.join(cfg.out, "optimal_tokens.png"))
     if sig:
-        plot_accuracy(tasks, sig["x0"], sig["k"], os.path.join(cfg.out, "loss_to_accuracy.png"))
+        plot_accuracy(tasks, sig["x0"], sig["k"], sig["floor"], os.path.join(cfg.out, "loss_to_accuracy.png"))
     print(f"wrote {cfg.out}/scaling.json and the figures in {(time.time() - t_start) / 60:.1f} min")
     return 0
 

@@ -39,31 +39,6 @@ def test_isoflops_parabola_recovers_its_vertex():
     assert beyond["params"] == pytest.approx(1e4, rel=1e-9) and beyond["edge"]
 
 
-def test_joint_isoflops_fit_recovers_the_vertex_line_and_each_minimum():
-    # D*(C) = 0.29·C^0.53 <=> N*(C) = C / (6·0.29·C^0.53); parabolas of width 0.4, minima falling with C
-    budgets = [1e20, 3e20, 1e21, 3e21]
-    def n_star(C):
-        return C / (6 * 0.29 * C ** 0.53)
-    curves = []
-    for k, C in enumerate(budgets):
-        n = n_star(C) * np.array([0.2, 0.5, 1.3, 4.0, 9.0])[k % 2:][:4]  # 4 sizes, the vertex off-centre
-        curves.append((C, n, 3.0 - 0.2 * k + 0.4 * (np.log10(n) - math.log10(n_star(C))) ** 2))
-    fits, shared = scaling.fit_isoflops_joint(curves)
-    assert shared["a"] == pytest.approx(0.4, rel=1e-9) and 1 - shared["s"] == pytest.approx(0.53, rel=1e-9)
-    assert 10 ** -shared["x0"] / 6 == pytest.approx(0.29, rel=1e-9)  # A of D*(C) = A·C^α
-    for k, (fit, C) in enumerate(zip(fits, budgets)):
-        assert fit["params"] == pytest.approx(n_star(C), rel=1e-9) and fit["loss"] == pytest.approx(3.0 - 0.2 * k)
-        assert not fit["edge"]
-        assert np.polyval(fit["coeffs"], math.log10(n_star(C))) == pytest.approx(fit["loss"])  # its own parabola
-    # one noisy budget moves the shared slope a little; fitted alone its vertex would move more
-    noisy = [(C, n, loss + (np.array([0.03, -0.03, 0.03, -0.03]) if k == 1 else 0)) for k, (C, n, loss) in enumerate(curves)]
-    fits, shared = scaling.fit_isoflops_joint(noisy)
-    alone = scaling.fit_isoflops(noisy[1][1], noisy[1][2])["params"]
-    assert abs(math.log10(fits[1]["params"] / n_star(3e20))) < abs(math.log10(alone / n_star(3e20)))
-    # no minimum: None (main() then fits each budget alone)
-    assert scaling.fit_isoflops_joint([(C, n, -np.log10(n)) for C, n, _ in curves]) is None
-
-
 def test_power_law_recovers_the_papers_law():
     C = np.array([6e18, 1e19, 3e19, 1e20, 1e21, 1e22])
     A, alpha = scaling.fit_power_law(C, 0.29 * C ** 0.53)
@@ -78,8 +53,14 @@ def test_power_law_recovers_the_papers_law():
 
 def test_sigmoid_fit_recovers_its_parameters():
     x = np.linspace(0.2, 2.0, 12)
-    x0, k = scaling.fit_sigmoid(x, scaling.sigmoid(x, 1.1, 6.0))
-    assert x0 == pytest.approx(1.1, abs=1e-3) and k == pytest.approx(6.0, rel=1e-2)
+    x0, k, floor = scaling.fit_sigmoid(x, scaling.sigmoid(x, 1.1, 6.0))
+    assert x0 == pytest.approx(1.1, abs=1e-3) and k == pytest.approx(6.0, rel=1e-2) and floor == 0
+    # accuracy that never falls below 15% (what formatting alone gets right): the floor is fitted
+    y = scaling.sigmoid(x, 0.9, 4.0, 0.15)
+    assert y.min() > 0.15 and y.max() < 1
+    x0, k, floor = scaling.fit_sigmoid(x, y)
+    assert floor == pytest.approx(0.15, abs=0.01) and x0 == pytest.approx(0.9, abs=0.02) and k == pytest.approx(4.0, rel=0.1)
+    assert scaling.fit_sigmoid(x[:3], y[:3])[2] == 0  # three points: no floor fitted
     assert scaling.sigmoid(1.1, 1.1, 6.0) == pytest.approx(0.5)
     assert scaling.sigmoid(0.0, 1.1, 6.0) > 0.99 and scaling.sigmoid(3.0, 1.1, 6.0) < 0.01  # low loss, high accuracy
 
@@ -218,11 +199,6 @@ def test_tiny_grid_writes_scaling_json_and_the_figures(tmp_path, tok_path):
     assert scaling.main(argv) == 0
     again = json.load(open(os.path.join(out, "scaling.json")))
     assert {r["name"]: r["val_loss"] for r in again["runs"]} == before
-    assert again["fit"]["isoflops"] in ("joint", "each")  # each: where the joint parabola has no minimum
-    # the paper's fit, one parabola per budget, from the same runs
-    assert scaling.main(argv + ["--isoflops", "each"]) == 0
-    each = json.load(open(os.path.join(out, "scaling.json")))
-    assert each["fit"]["isoflops"] == "each" and math.isfinite(each["fit"]["alpha"])
 
 
 def test_runs_trained_two_at_a_time_equal_runs_trained_in_this_process(tmp_path, tok_path):
