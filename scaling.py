@@ -636,9 +636,8 @@ def main(argv=None) -> int:
               f"does not bracket the optimum and the power laws below are not a measurement", flush=True)
     elif len(used) < len(fits):
         print(f"power laws from the {len(used)} budgets whose minimum lies inside their sizes", flush=True)
-        if len(used) == 2:  # a line through two noisy minima: its slope swings from seed to seed
-            print("WARNING: the power laws are lines through 2 minima, only as good as those are (docs/NOTES.md: "
-                  "such a fit gave alpha 0.06 where two other seeds gave 0.68-0.71)", flush=True)
+    if len(used) == 2:  # a line through two noisy minima: its slope swings from seed to seed
+        print("WARNING: the power laws are lines through 2 minima, only as good as those (see docs/NOTES.md)", flush=True)
     A, alpha = fit_power_law([f["flops"] for f in used], [f["tokens"] for f in used])
     B, neg_beta = fit_power_law([f["flops"] for f in used], [f["loss"] for f in used])
     curv = [f["coeffs"][0] for f in fits if f["coeffs"][0] > 0]
