@@ -341,7 +341,7 @@ def batch_for(cfg: ScalingConfig, flops: float) -> int:
     return cfg.seq_len * max(1, min(cfg.tokens_per_step // cfg.seq_len, rows))
 
 
-def pretrain_run(cfg: ScalingConfig, w: float, flops: float, tokens_per_step: int, vocab_size: int,
+def pretrain_run(cfg: ScalingConfig, vocab_size: int, w: float, flops: float, tokens_per_step: int,
                  name: str, threads: int = 0, separate: bool = False) -> dict:
     """Pre-train dial-`w` for flops / (6·N) tokens with pretrain.py, in this process or
     (separate) in its own, on `threads` CPU threads (0: common.set_threads' rule); ->
@@ -384,10 +384,10 @@ def pretrain_runs(cfg: ScalingConfig, todo: list[tuple], vocab_size: int) -> lis
     time (the largest budgets first), a line printed as each ends -> the records, in todo's order."""
     jobs = min(jobs_for(cfg), len(todo))
     if jobs <= 1:
-        done = ((i, pretrain_run(cfg, *job[:3], vocab_size, job[3], cfg.threads)) for i, job in enumerate(todo))
+        done = ((i, pretrain_run(cfg, vocab_size, *job, cfg.threads)) for i, job in enumerate(todo))
     else:  # a process each: stdout and torch's thread count belong to a process
         pool, threads = ThreadPoolExecutor(jobs), cfg.threads or max(1, (os.cpu_count() or 1) // jobs)
-        futures = {pool.submit(pretrain_run, cfg, *todo[i][:3], vocab_size, todo[i][3], threads, True): i
+        futures = {pool.submit(pretrain_run, cfg, vocab_size, *todo[i], threads, True): i
                    for i in sorted(range(len(todo)), key=lambda i: -todo[i][1])}
         done = ((futures[f], f.result()) for f in as_completed(futures))
     runs = [None] * len(todo)
@@ -651,8 +651,7 @@ def main(argv=None) -> int:
     n_opt = Cx / (6 * A * Cx ** alpha)
     fits_data = [w for w in dial_sizes if Cx / (6 * n_params[w]) <= n_train * cfg.max_epochs]
     dx = min(fits_data or dial_sizes[-1:], key=lambda w: abs(math.log(n_params[w] / n_opt)))
-    xrun = pretrain_run(cfg, dx, Cx, batch_for(cfg, Cx), vocab, f"C{Cx:.3g}_{dial_name(dx)}_extrapolated",
-                        threads=cfg.threads)
+    xrun = pretrain_run(cfg, vocab, dx, Cx, batch_for(cfg, Cx), f"C{Cx:.3g}_{dial_name(dx)}_extrapolated", cfg.threads)
     extra = {"flops": Cx, "optimal_params": n_opt, "params": xrun["params"], "model": xrun["model"],
              "tokens": xrun["tokens"], "predicted_loss": predicted_loss(fit, Cx, xrun["params"]),
              "predicted_loss_at_optimum": B * Cx ** neg_beta, "measured_loss": xrun["val_loss"],
