@@ -39,7 +39,10 @@ Our choices (the paper's are for 8B-405B models)
 - The NLL term is the per-token mean over the chosen responses' SFT targets (content
   and the closing <|eot_id|>, as in sft.py: the model must keep learning to stop),
   while the DPO log-probabilities are SUMS over the response tokens (the DPO paper).
-- Learning rate 5e-5 (the paper: 1e-5 for 8B-405B), one epoch over the pairs.
+- Learning rate 2e-4 (the paper: 1e-5 for 8B-405B) and 10 passes over the pairs: the
+  default model (1.2M parameters) fine-tunes at 2e-3, and one pass at 5e-5 moved its
+  accuracy by less than a point, where 10 passes lift the tasks the policy solves only
+  some of the time (count: right in 80% of 16 samples, greedy 42%) by 20-40 points.
 - Task accuracy on 1,000 held-out prompts: with 200, its standard error (~3.5
   points) was as large as the effects we wanted to see.
 
@@ -77,7 +80,7 @@ import checkpoint
 import model as M
 import parallel
 import pretrain
-from common import arg, cli, finished_run, parse_config, print0
+from common import UsageError, arg, cli, finished_run, parse_config, print0
 from pretrain import TrainConfig
 # Preference rows come from the same place as the reward model's (one reader and
 # validator, tasks.py): --data / --eval-data files, or generated pairs.
@@ -329,22 +332,26 @@ class DPOConfig(TrainConfig):
     nll_coef: float = arg(0.2, "NLL term on the chosen sequences (§4.1.4: 0.2; 0 = plain DPO)")
     mask_format_tokens: bool = arg(True, "mask header and termination tokens out of the log-probs (§4.1.4)")
     batch_size: int = arg(16, "pairs per optimizer step")
-    max_steps: int = arg(0, "optimizer steps (0 = one epoch over the training pairs)")
+    max_steps: int = arg(0, "optimizer steps (0 = --epochs passes over the training pairs)")
+    epochs: float = arg(10.0, "with --max-steps 0: passes over the training pairs (docs/NOTES.md: 1 at 5e-5 "
+                              "moved task accuracy by < 1 point)")
     time_budget_min: float = arg(0.0, "if > 0: shorten the run to end within this many minutes")
-    lr: float = arg(5e-5, "peak learning rate (§4.1.4: 1e-5; a 15M model in 200 steps needs more)")
+    lr: float = arg(2e-4, "peak learning rate (§4.1.4: 1e-5; a 1.2M model needs more: SFT's is 2e-3)")
     warmup_steps: int = arg(10, "linear warm-up steps")
     weight_decay: float = arg(0.0, "AdamW weight decay (fine-tuning: none)")
     eval_every: int = arg(25, "held-out DPO metrics every N steps")
     ckpt_every: int = arg(100, "checkpoint every N steps")
 
     def validate(self):
-        """TrainConfig's checks, with --max-steps 0 allowed (one epoch: known once the
-        pairs are read; run_dpo sets it before training)."""
+        """TrainConfig's checks, with --max-steps 0 allowed (--epochs passes: known once
+        the pairs are read; run_dpo sets it before training)."""
         steps, self.max_steps = self.max_steps, self.max_steps or 1
         try:
             super().validate()
         finally:
             self.max_steps = steps
+        if not self.epochs > 0:
+            raise UsageError(f"--epochs must be > 0 (got {self.epochs!r})")
 
 
 def run_dpo(cfg: DPOConfig) -> dict:
@@ -382,7 +389,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
     if not train_pairs or not eval_pairs:
         raise SystemExit("no usable preference pairs")
     if cfg.max_steps <= 0:
-        cfg.max_steps = math.ceil(len(train_pairs) / cfg.batch_size)  # one epoch
+        cfg.max_steps = math.ceil(cfg.epochs * len(train_pairs) / cfg.batch_size)
     eval_examples = tasks.make_examples(cfg.n_eval_tasks, cfg.seed, tasks=cfg.tasks or None, split="val")
 
     # ---- before training: task accuracy, and the reference log-probs (ONCE) --------

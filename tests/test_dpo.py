@@ -134,7 +134,7 @@ def test_tiny_dpo_run_with_bad_lines(tmp_path, tiny_ckpt):
     (tmp_path / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:6]) + "\n")
     cfg = D.DPOConfig(init=tiny_ckpt, out=str(tmp_path / "dpo"), data=str(tmp_path / "train.jsonl"),
                       eval_data=str(tmp_path / "val.jsonl"), n_eval_tasks=4, max_new_tokens=3, batch_size=4,
-                      max_steps=0, lr=1e-3, warmup_steps=1, time_budget_min=0, eval_every=0, ckpt_every=100,
+                      max_steps=0, epochs=1, lr=1e-3, warmup_steps=1, time_budget_min=0, eval_every=0, ckpt_every=100,
                       dtype="fp32", threads=torch.get_num_threads(), log_every=1)
     report = D.run_dpo(cfg)
     assert [s["line"] for s in report["skipped_lines"]] == [3, 6, 8]
@@ -178,18 +178,20 @@ def test_non_finite_loss_stops_with_one_line(tmp_path, tiny_ckpt, capsys):
     assert json.load(open(tmp_path / "dpo" / "report.json"))["status"] == "non-finite loss"
 
 
-def test_default_command_line_is_one_epoch(tmp_path, tiny_ckpt):
-    """`python dpo.py` with no --max-steps parses (0 = one epoch) and trains one epoch;
-    a negative value is still one line and exit code 2."""
+def test_default_command_line_trains_epochs(tmp_path, tiny_ckpt):
+    """`python dpo.py` with no --max-steps parses (0 = --epochs passes) and trains that many
+    passes; a negative --max-steps or a zero --epochs is one line and exit code 2."""
     import common
-    assert common.parse_config(D.DPOConfig, [], show=False).max_steps == 0
-    with pytest.raises(SystemExit) as bad:
-        common.parse_config(D.DPOConfig, ["--max-steps", "-1"], show=False)
-    assert bad.value.code == 2
+    default = common.parse_config(D.DPOConfig, [], show=False)
+    assert default.max_steps == 0 and default.epochs == 10 and default.lr == 2e-4
+    for bad_flag in (["--max-steps", "-1"], ["--epochs", "0"]):
+        with pytest.raises(SystemExit) as bad:
+            common.parse_config(D.DPOConfig, bad_flag, show=False)
+        assert bad.value.code == 2
     rows = [{"prompt": [{"role": "user", "content": f"Add {i} and 1."}], "chosen": str(i + 1), "rejected": str(i)}
             for i in range(20)]
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     report = D.main(["--init", tiny_ckpt, "--out", str(tmp_path / "dpo"), "--data", str(tmp_path / "train.jsonl"),
                      "--n-eval-tasks", "0", "--batch-size", "4", "--eval-every", "0", "--dtype", "fp32",
-                     "--threads", "1", "--warmup-steps", "1"])
-    assert report["train_pairs"] == 19 and report["steps"] == 5  # 19 pairs / 4 per step, rounded up
+                     "--threads", "1", "--warmup-steps", "1", "--epochs", "2.5"])
+    assert report["train_pairs"] == 19 and report["steps"] == 12  # 2.5 x 19 pairs / 4 per step, rounded up

@@ -85,9 +85,9 @@ def test_round_r_reads_what_earlier_rounds_wrote():
         # §4.1.3: SFT from the pre-trained (long-context) model on every rejection-sampled row so far
         assert sf["--init"] == j("o", "longctx", "final")
         assert sf["--add-data"].split(",") == [j("o", f"round_{q}", "rejection", "sft_rs.jsonl") for q in range(1, r + 1)]
-        # §4.1.4: DPO from this round's SFT model on this round's (newest) pairs
+        # §4.1.4: DPO from this round's SFT model on the on-policy pairs so far, the newest last
         assert dp["--init"] == j("o", f"round_{r}", "sft", "final")
-        assert dp["--data"] == j("o", f"round_{r}", "rejection", "pairs.jsonl")
+        assert dp["--data"].split(",") == expect + [j("o", f"round_{r}", "rejection", "pairs.jsonl")]
     assert len({args_of(plan, f"round{r}/rejection")["--seed"] for r in (1, 2, 3)}) == 3  # new prompts each round
     assert args_of(plan, "chat")["--ckpt"] == j("o", "round_3", "dpo", "final")
     assert run_all.stages("o", rounds=0)[-1].cmd[3] == j("o", "sft", "final")
@@ -188,7 +188,8 @@ def test_two_rounds_on_a_tiny_model(tmp_path, tok_path, monkeypatch):
     assert report("sft")["train_conversations"] == 40
     assert report("round_1", "sft")["train_conversations"] == 40 + 12
     assert report("round_2", "sft")["train_conversations"] == 40 + 12 + 12  # rounds 1 and 2's picks
-    assert report("round_2", "dpo")["train_pairs"] + report("round_2", "dpo")["eval_pairs"] == 12
+    assert report("round_1", "dpo")["train_pairs"] + report("round_1", "dpo")["eval_pairs"] == 12
+    assert report("round_2", "dpo")["train_pairs"] + report("round_2", "dpo")["eval_pairs"] == 24  # rounds 1 + 2
 
     os.makedirs(j("tools"))
     with open(j("tools", "report.json"), "w") as f:
