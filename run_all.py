@@ -140,8 +140,8 @@ def stages(out: str, rounds: int = 2, seed: int = 0, annotated: int = 0, retriev
                                     "--out", R("sft")] + n_train + s,
                   "SFT from the pre-trained model on the task data + all rejection-sampled rows (§4.1.3)"),
             # §4.1.4 trains "primarily" on the newest pairs; here the earlier rounds' stay in:
-            # round 2's pairs are few (its policy is right more often), and with round 1's
-            # its DPO gains 7 points instead of 1 (docs/NOTES.md).
+            # a later round's policy is right more often, so its own pairs are few, and
+            # alone they hardly move it (docs/NOTES.md).
             Stage(f"round{r}/dpo", [PY, "dpo.py", "--init", R("sft", "final"),
                                     "--data", all_pairs, "--out", R("dpo")] + s,
                   "DPO on the on-policy pairs of this round and the earlier ones (§4.1.4)"),
