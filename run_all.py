@@ -124,8 +124,8 @@ def stages(out: str, rounds: int = 2, seed: int = 0, annotated: int = 0, retriev
         plan = [st._replace(cmd=st.cmd + RETRIEVAL.get(st.name, [])) for st in plan]
     for r in range(1, rounds + 1):
         R = lambda *p: round_dir(out, r, *p)  # noqa: E731
-        earlier_pairs = ",".join(round_dir(out, q, "rejection", "pairs.jsonl") for q in range(1, r))
-        all_pairs = ",".join(round_dir(out, q, "rejection", "pairs.jsonl") for q in range(1, r + 1))
+        pairs = [round_dir(out, q, "rejection", "pairs.jsonl") for q in range(1, r + 1)]  # this round's last
+        earlier_pairs, all_pairs = ",".join(pairs[:-1]), ",".join(pairs)
         rs_rows = ",".join(round_dir(out, q, "rejection", "sft_rs.jsonl") for q in range(1, r + 1))
         latest = policy_after(out, r - 1)
         plan += [
