@@ -76,7 +76,7 @@ import checkpoint
 import model as M
 import parallel
 import pretrain
-from common import UsageError, arg, cli, finished_run, parse_config, print0
+from common import arg, cli, finished_run, parse_config, print0
 from pretrain import TrainConfig
 # Preference rows come from the same place as the reward model's (one reader and
 # validator, tasks.py): --data / --eval-data files, or generated pairs.
@@ -336,6 +336,7 @@ class DPOConfig(TrainConfig):
     weight_decay: float = arg(0.0, "AdamW weight decay (fine-tuning: none)")
     eval_every: int = arg(25, "held-out DPO metrics every N steps")
     ckpt_every: int = arg(100, "checkpoint every N steps")
+    POSITIVE = TrainConfig.POSITIVE + ("epochs",)
 
     def validate(self):
         """TrainConfig's checks, with --max-steps 0 allowed (--epochs passes, set by run_dpo)."""
@@ -344,8 +345,6 @@ class DPOConfig(TrainConfig):
             super().validate()
         finally:
             self.max_steps = steps
-        if not self.epochs > 0:
-            raise UsageError(f"--epochs must be > 0 (got {self.epochs!r})")
 
 
 def run_dpo(cfg: DPOConfig) -> dict:

@@ -102,14 +102,15 @@ class TrainConfig:
                                              "gather again in backward (ZeRO-3; the paper keeps them, §3.3.2)")
     compile: bool = arg(False, "torch.compile each block (GPU)")
 
-    # Fields that must be >= 0; a script's config adds its own to the tuple.
+    # Fields that must be > 0 and >= 0; a script's config adds its own to the tuples.
+    POSITIVE = ("max_steps", "log_every", "ckpt_every", "keep_checkpoints")
     NON_NEGATIVE = ("warmup_steps", "anneal_steps", "anneal_ckpt_every", "eval_every",
                     "time_budget_min", "grad_clip", "stop_at_step", "debug_nan_at_step")
 
     def validate(self):
         """Reject values the loop cannot run with, naming the flag (UsageError)."""
-        for name in ("max_steps", "log_every", "ckpt_every", "keep_checkpoints"):
-            if getattr(self, name) <= 0:
+        for name in self.POSITIVE:
+            if not getattr(self, name) > 0:
                 raise UsageError(f"{flag(name)} must be > 0 (got {getattr(self, name)!r})")
         for name in self.NON_NEGATIVE:
             if getattr(self, name) < 0:
@@ -174,13 +175,11 @@ class PretrainConfig(TrainConfig):
     pp_microbatches: int = arg(0, "pipeline micro-batches per --batch-size micro-batch (the paper's N; "
                                   "0 = the number of stages)")
     pp_stages_per_rank: int = arg(0, "stages per rank (v; 0 = 2 for interleaved schedules, else 1)")
+    POSITIVE = TrainConfig.POSITIVE + ("seq_len", "batch_size", "tokens_per_step", "eval_tokens", "long_context_seq_len")
     NON_NEGATIVE = TrainConfig.NON_NEGATIVE + ("long_context_steps",)
 
     def validate(self):
         super().validate()
-        for name in ("seq_len", "batch_size", "tokens_per_step", "eval_tokens", "long_context_seq_len"):
-            if getattr(self, name) <= 0:
-                raise UsageError(f"{flag(name)} must be > 0 (got {getattr(self, name)!r})")
         if not 0 <= self.anneal_data_fraction <= 1:
             raise UsageError(f"--anneal-data-fraction must be in [0, 1] (got {self.anneal_data_fraction!r})")
         if self.cp <= 0 or self.pp <= 0:
