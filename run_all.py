@@ -124,9 +124,9 @@ def stages(out: str, rounds: int = 2, seed: int = 0, annotated: int = 0, retriev
         plan = [st._replace(cmd=st.cmd + RETRIEVAL.get(st.name, [])) for st in plan]
     for r in range(1, rounds + 1):
         R = lambda *p: round_dir(out, r, *p)  # noqa: E731
-        pairs = [round_dir(out, q, "rejection", "pairs.jsonl") for q in range(1, r + 1)]  # this round's last
+        so_far = lambda name: [round_dir(out, q, "rejection", name) for q in range(1, r + 1)]  # noqa: E731 -- r's last
+        pairs, rs_rows = so_far("pairs.jsonl"), ",".join(so_far("sft_rs.jsonl"))
         earlier_pairs, all_pairs = ",".join(pairs[:-1]), ",".join(pairs)
-        rs_rows = ",".join(round_dir(out, q, "rejection", "sft_rs.jsonl") for q in range(1, r + 1))
         latest = policy_after(out, r - 1)
         plan += [
             Stage(f"round{r}/reward", [PY, "reward.py", "--init", latest, "--out", R("reward")]
