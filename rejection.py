@@ -13,6 +13,10 @@ the best candidate". Here:
   model picks among the samples that pass. The pick becomes SFT data (sft_rs.jsonl, for
   this round's sft.py). The report gives both picks' accuracy against a random sample
   and the best-of-K oracle: the RM's own pick, and the combined one.
+- Which prompts (focus()): a quarter of them evenly over the tasks (the pilot), the rest
+  to each task in proportion to how often the policy's samples fail it there -- §4.3.3
+  sources prompts for the skills "where the model underperforms". A solved task adds
+  little; a task the policy rarely gets right needs many prompts to yield a few rows.
 - Where a prompt has both a correct and a wrong sample it gives an on-policy preference
   pair (chosen: the RM's favourite correct sample; rejected: the policy's most frequent
   wrong answer) for dpo.py and the next round's reward model (§4.2.1).
@@ -59,6 +63,20 @@ def pick(scores: list[float], correct: list[bool] | None) -> tuple[int, int | No
     return rm_pick, (max(passing, key=lambda j: scores[j]) if passing else None)
 
 
+def focus(per_task: dict, n: int, floor: float = 0.05) -> dict:
+    """How many of n more prompts each task gets: in proportion to how often a random
+    sample of the policy FAILS the task, max(1 - random_correct, floor) -- §4.3.3 sources
+    prompts for "the skills where the model underperforms" rather than evenly. The floor
+    keeps solved tasks in the data. Counts sum to n (largest remainders get the rest).
+    {"a": {"random_correct": 1.0}, "b": {"random_correct": 0.0}}, 105 -> {"a": 5, "b": 100}"""
+    weight = {t: max(1.0 - r["random_correct"], floor) for t, r in sorted(per_task.items())}
+    share = {t: n * w / sum(weight.values()) for t, w in weight.items()}
+    counts = {t: int(x) for t, x in share.items()}
+    for t in sorted(share, key=lambda t: counts[t] - share[t])[:n - sum(counts.values())]:
+        counts[t] += 1
+    return counts
+
+
 def on_policy_pair(prompt, example: dict, texts: list[str], scores: list[float], correct: list[bool]):
     """A preference row from the policy's own K samples, or None: chosen = the
     reward model's favourite correct sample, rejected = the policy's most frequent
@@ -78,11 +96,16 @@ def on_policy_pair(prompt, example: dict, texts: list[str], scores: list[float],
 @torch.no_grad()
 def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: int = 16,
                      temperature: float = 1.2, top_p: float = 1.0, max_new_tokens: int = 32,
-                     batch_prompts: int = 16, seed: int = 0, log_every: int = 1) -> tuple[list[dict], list[dict], dict]:
+                     batch_prompts: int = 16, seed: int = 0, log_every: int = 1,
+                     then=None) -> tuple[list[dict], list[dict], dict]:
     """K samples per prompt from the policy; the reward model and the checker pick (pick()).
 
     examples: task examples ({"messages" (the last one, the reference answer, is
               dropped), "task", "meta"}) or prompts ({"prompt": [messages]}).
+    then:     optional; called once when `examples` are done, with their per-task rates
+              ({task: {"random_correct": ..}}), it returns more examples to sample (how
+              main() spends most prompts on the tasks the policy fails, focus()). The
+              report's "pilot" holds the rates of `examples` alone.
     -> (sft_rows, pairs, report):
        sft_rows: {"messages": prompt + [the pick], "task", "meta": {..., "reward",
                  "pass_rate"}} -- the SFT JSONL format (§4.2.2: the pick becomes
@@ -100,8 +123,9 @@ def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: i
     sft_rows, pairs, sample_pairs = [], [], []
     counts = collections.defaultdict(lambda: collections.Counter())  # task -> sums of the rates below
     stats_total = {"prefill_s": 0.0, "decode_s": 0.0, "new_tokens": 0, "score_s": 0.0}
-    t0 = time.time()
-    for start in range(0, len(prompts), batch_prompts):
+    t0, start, pilot = time.time(), 0, None
+    rates = lambda c: {f"{key}_correct": c[key] / max(1, c["prompts"]) for _, key in RATES}  # noqa: E731
+    while start < len(prompts):
         batch = prompts[start:start + batch_prompts]
         stats = {}
         # §4.2.2: one prefill per prompt, its KV cache copied to the K rows that sample.
@@ -134,7 +158,7 @@ def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: i
                                  "task": example.get("task"), "meta": {**example.get("meta", {}), "reward": scores[best],
                                  "k": k, "pass_rate": None if correct is None else sum(correct) / k}})
         stats_total["score_s"] += time.time() - t_score
-        done = min(start + batch_prompts, len(prompts))
+        done = start + len(batch)
         if log_every and (start // batch_prompts) % log_every == 0:
             elapsed = time.time() - t0
             total = sum(counts.values(), collections.Counter())
@@ -142,16 +166,22 @@ def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: i
             if total["prompts"]:
                 msg += " | " + ", ".join(f"{name} {total[key] / total['prompts']:.1%}" for name, key in RATES)
             print0(msg, flush=True)
+        start += len(batch)
+        if start >= len(prompts) and then is not None:  # the pilot is done: draw the rest
+            total = sum(counts.values(), collections.Counter())
+            pilot = {"prompts": len(prompts), **rates(total), "per_task": {t: rates(c) for t, c in sorted(counts.items())}}
+            more, then = then(pilot["per_task"]), None
+            examples = list(examples) + list(more)
+            prompts += [e["prompt"] if "prompt" in e else e["messages"][:-1] for e in more]
     total = sum(counts.values(), collections.Counter())
-    rates = lambda c: {f"{key}_correct": c[key] / max(1, c["prompts"]) for _, key in RATES}  # noqa: E731
     report = {"prompts": len(prompts), "k": k, "temperature": temperature, "top_p": top_p,
               "checked": total["prompts"], **rates(total), "sft_rows": len(sft_rows), "seconds": round(time.time() - t0, 1),
-              "per_task": {task: rates(c) for task, c in sorted(counts.items())},
+              "per_task": {task: {"prompts": c["prompts"], **rates(c)} for task, c in sorted(counts.items())},
               "rm_accuracy_on_samples": sum(sample_pairs) / max(1, len(sample_pairs)),
               "rm_sample_pairs": len(sample_pairs),
               "generate_tokens_per_s": round(stats_total["new_tokens"]
                                              / max(1e-9, stats_total["prefill_s"] + stats_total["decode_s"]), 1),
-              "score_seconds": round(stats_total["score_s"], 1)}
+              "score_seconds": round(stats_total["score_s"], 1), **({"pilot": pilot} if pilot else {})}
     pairs = R.filter_preferences(pairs, " (on-policy pairs)")
     report["pairs"] = len(pairs)
     return sft_rows, pairs, report
@@ -173,6 +203,9 @@ def main(argv=None) -> dict:
                         help="SFT JSONL whose prompts to sample (default: generated task prompts)")
     parser.add_argument("--n-prompts", type=int, default=4096, help="generated task prompts (tasks.make_examples)")
     parser.add_argument("--split", default="train", help="tasks.py split of the generated prompts (train | val)")
+    parser.add_argument("--pilot", type=float, default=0.25,
+                        help="share of the generated prompts drawn evenly over the tasks first; the rest go to "
+                             "the tasks the policy fails there (focus(), §4.3.3); 1 = all evenly")
     parser.add_argument("--tasks", default="", help="comma-separated subset of tasks.py's tasks")
     parser.add_argument("--temperature", type=float, default=1.2,
                         help="sampling temperature (our choice, measured: diverse samples, docs/NOTES.md)")
@@ -188,6 +221,8 @@ def main(argv=None) -> dict:
     for name in ("k", "n_prompts", "batch_prompts", "max_new_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.pilot <= 1:
+        parser.error(f"--pilot must be in (0, 1], got {args.pilot}")
     print(json.dumps(vars(args)))
     set_threads(args.threads)
     OutputLock(args.out).acquire()
@@ -196,17 +231,26 @@ def main(argv=None) -> dict:
     policy, tokenizer = sample.load_for_inference(policy_path, device=device)
     quantize.fuse_for_decoding(policy)  # inference only from here on: fewer matmuls per step
     reward_model, _ = R.load_reward_model(args.reward, device=next(policy.parameters()).device)
+    then = None
     if args.data:
         examples, _ = tasks.read_sft_jsonl(args.data)
     else:
-        examples = tasks.make_examples(args.n_prompts, args.seed, tasks=args.tasks or None, split=args.split)
+        n_tasks = len((args.tasks or ",".join(tasks.DEFAULT_TASKS)).split(","))  # the pilot has every task
+        n_pilot = min(args.n_prompts, max(n_tasks, round(args.pilot * args.n_prompts)))
+        examples = tasks.make_examples(n_pilot, args.seed, tasks=args.tasks or None, split=args.split)
+        if n_pilot < args.n_prompts:  # the rest: per task, from another seed's stream (new prompts)
+            def then(per_task):
+                counts = focus(per_task, args.n_prompts - n_pilot)
+                print0(f"pilot: {n_pilot} prompts; the other {args.n_prompts - n_pilot} by task: {counts}")
+                return [e for t, n in counts.items() if n
+                        for e in tasks.make_examples(n, args.seed + 10**6, tasks=[t], split=args.split)]
     if len(examples) < 100:
         print(f"note: {len(examples)} prompts are too few for the pick rates below to mean much")
     print(f"policy {policy_path}, reward model {args.reward}: {len(examples)} prompts x {args.k} samples")
     sft_rows, pairs, report = rejection_sample(policy, reward_model, tokenizer, examples, k=args.k,
                                                temperature=args.temperature, top_p=args.top_p,
                                                max_new_tokens=args.max_new_tokens,
-                                               batch_prompts=args.batch_prompts, seed=args.seed)
+                                               batch_prompts=args.batch_prompts, seed=args.seed, then=then)
     tasks.write_jsonl(sft_rows, os.path.join(args.out, "sft_rs.jsonl"))
     tasks.write_jsonl(pairs, os.path.join(args.out, "pairs.jsonl"))
     report = {"policy": policy_path, "reward": args.reward, **report,

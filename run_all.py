@@ -243,6 +243,9 @@ def summary(out: str, rounds: int, seed: int, minutes: float | None) -> dict:
             "rm_pick_correct": rs.get("rm_pick_correct"),  # the reward model alone
             "rs_pick_correct": rs.get("pick_correct"),  # the checker's filter + the reward model
             "rs_random_correct": rs.get("random_correct"), "rs_oracle_correct": rs.get("oracle_correct"),
+            # the same rates on the pilot alone: prompts drawn evenly over the tasks (rejection.focus)
+            "rs_pilot_pick_correct": _get(rs, "pilot", "pick_correct"),
+            "rs_pilot_random_correct": _get(rs, "pilot", "random_correct"),
             "rs_sft_rows": rs.get("sft_rows"), "pairs": rs.get("pairs"),
             "sft_accuracy": _get(sft, "accuracy_after", "overall"),
             "dpo_accuracy": _get(dpo, "task_accuracy_after", "accuracy")})
@@ -507,6 +510,12 @@ def write_report(out: str, s: dict, timings: dict):
                          f"{_pct(rs.get('oracle_correct'))}. On the policy's own (right, wrong) sample pairs the "
                          f"reward model prefers the right one {_pct(rs.get('rm_accuracy_on_samples'))} of the time. "
                          f"-> {rs.get('sft_rows', 0):,} SFT rows, {rs.get('pairs', 0):,} on-policy pairs")
+            if rs.get("pilot"):
+                per = ", ".join(f"{t} {v.get('prompts', 0):,}" for t, v in (rs.get("per_task") or {}).items())
+                lines.append(f"  - prompts: the first {rs['pilot']['prompts']:,} evenly over the tasks (there the "
+                             f"pick is correct {_pct(rs['pilot'].get('pick_correct'))}, a random sample "
+                             f"{_pct(rs['pilot'].get('random_correct'))}), the rest to the tasks the policy fails "
+                             f"(§4.3.3); in all: {per}")
         if sf:
             lines.append(f"- SFT: {sf.get('train_conversations', 0):,} conversations (task data + rejection-sampled "
                          f"rows), {sf.get('steps')} steps from the pre-trained model: task accuracy "

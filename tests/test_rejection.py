@@ -69,13 +69,45 @@ def test_rejection_sample_on_scripted_samples(monkeypatch, tiny_policy, tok):
     assert report["pick_correct"] == report["oracle_correct"] == pytest.approx(1 - n_count / 20)
     assert report["random_correct"] == pytest.approx(0.25 * (1 - n_count / 20))
     assert report["rm_accuracy_on_samples"] == 0.0  # a wrong sample always scores above the right one
-    assert report["per_task"]["count"] == {"rm_pick_correct": 0.0, "pick_correct": 0.0, "random_correct": 0.0,
+    assert report["per_task"]["count"] == {"prompts": n_count, "rm_pick_correct": 0.0, "pick_correct": 0.0, "random_correct": 0.0,
                                            "oracle_correct": 0.0}
     assert len(sft_rows) == len(pairs) == 20 - n_count  # only prompts with a right sample give data
     for row in sft_rows:
         assert tasks.check_response(row["meta"], row["messages"][-1]["content"]) and row["meta"]["pass_rate"] == 0.25
     for pair in pairs:
         assert pair["chosen"] == pair["meta"]["answer"] and not tasks.check_response(pair["meta"], pair["rejected"])
+
+
+def test_focus_gives_the_failed_tasks_the_prompts():
+    """§4.3.3: prompts in proportion to a random sample's failure rate, with a floor."""
+    assert rejection.focus({"a": {"random_correct": 1.0}, "b": {"random_correct": 0.0}}, 105) == {"a": 5, "b": 100}
+    counts = rejection.focus({"a": {"random_correct": 0.5}, "b": {"random_correct": 0.5},
+                              "c": {"random_correct": 0.5}}, 10)
+    assert sum(counts.values()) == 10 and sorted(counts.values()) == [3, 3, 4]
+    counts = rejection.focus({"a": {"random_correct": 0.9}, "b": {"random_correct": 0.6}}, 1000, floor=0.2)
+    assert counts == {"a": 333, "b": 667}  # 0.1 -> the floor 0.2, against 0.4
+
+
+def test_pilot_then_focused_prompts(monkeypatch, tiny_policy, tok):
+    """`then` gets the pilot's per-task rates and its examples are sampled too; the report
+    covers all prompts and keeps the pilot's rates apart."""
+    pilot_ex, more_ex = tasks.make_examples(10, seed=1), tasks.make_examples(6, seed=2, tasks="count")
+    answer = {e["messages"][0]["content"]: e["meta"]["answer"] for e in pilot_ex + more_ex}
+
+    def right_unless_count(model, tokenizer, prompts, num_samples=1, stats=None, **kw):
+        stats.update(prefill_s=0.0, decode_s=0.0, new_tokens=0)
+        users = [tokenizer.decode(p).split("<|end_header_id|>\n\n")[1].split("<|eot_id|>")[0] for p in prompts]
+        return [tokenizer.encode("x" if u.startswith("How many") else answer[u], bos=False)
+                for u in users for _ in range(num_samples)]
+
+    seen = []
+    monkeypatch.setattr(sample, "generate", right_unless_count)
+    _, _, report = rejection.rejection_sample(tiny_policy, None, tok, pilot_ex, k=2, batch_prompts=4, log_every=0,
+                                              then=lambda per_task: seen.append(per_task) or more_ex)
+    assert seen[0]["count"]["random_correct"] == 0.0 and seen[0]["digit"]["random_correct"] == 1.0
+    assert report["prompts"] == report["checked"] == 16 and report["per_task"]["count"]["prompts"] == 8
+    assert report["pilot"]["prompts"] == 10 and report["pilot"]["random_correct"] == pytest.approx(0.8)
+    assert report["random_correct"] == pytest.approx(8 / 16)
 
 
 def test_cli_writes_rows_pairs_and_report(tmp_path, tok_path, tiny_policy):
@@ -88,11 +120,15 @@ def test_cli_writes_rows_pairs_and_report(tmp_path, tok_path, tiny_policy):
     rm.trunk.init_weights(seed=1)
     reward.save_reward_model(rm, tiny_args(), str(tmp_path / "rm"), tokenizer_path=tok_path)
     out = tmp_path / "rejection"
-    report = rejection.main(["--init", ckpt, "--reward", str(tmp_path / "rm"), "--n-prompts", "4", "--k", "2",
+    report = rejection.main(["--init", ckpt, "--reward", str(tmp_path / "rm"), "--n-prompts", "8", "--k", "2",
                              "--max-new-tokens", "4", "--out", str(out), "--threads", "1"])
-    assert report["prompts"] == 4 and report["k"] == 2 and report["checked"] == 4
+    assert report["prompts"] == 8 and report["k"] == 2 and report["checked"] == 8
+    assert report["pilot"]["prompts"] == 5  # a quarter, but at least one prompt per task
     assert 0 <= report["random_correct"] <= report["oracle_correct"] == report["pick_correct"] <= 1
     assert (out / "sft_rs.jsonl").exists() and (out / "pairs.jsonl").exists() and (out / "report.json").exists()
     with pytest.raises(SystemExit) as bad:
         rejection.main(["--k", "0"])
+    assert bad.value.code == 2
+    with pytest.raises(SystemExit) as bad:
+        rejection.main(["--pilot", "0"])
     assert bad.value.code == 2

@@ -102,7 +102,9 @@ TINY = {  # run_all's commands + these flags: seconds instead of minutes
               "--eval-every 0 --ckpt-every 100 --eval-max-new-tokens 4 --warmup-steps 1",
     "reward.py": "--max-steps 2 --n-train 16 --n-eval 8 --batch-size 4 --eval-every 0 --ckpt-every 100 "
                  "--warmup-steps 1",
-    "rejection.py": "--n-prompts 12 --k 4 --max-new-tokens 4 --batch-prompts 4",
+    # --pilot 1: every prompt from the round's seed, so the scripted sampler knows them all
+    # (the focused rest is tested in test_rejection.py)
+    "rejection.py": "--n-prompts 12 --pilot 1 --k 4 --max-new-tokens 4 --batch-prompts 4",
     "dpo.py": "--n-eval-tasks 4 --max-new-tokens 4 --batch-size 4 --max-steps 2 --eval-every 0 --ckpt-every 100 "
               "--warmup-steps 1",
 }
@@ -196,8 +198,13 @@ def test_two_rounds_on_a_tiny_model(tmp_path, tok_path, monkeypatch):
         json.dump({"n_eval": 200, "sft_steps": 100, "sft_seconds": 95.0, "with_tool": 0.93, "without_tool": 0.005,
                    "with_tool_called_tool": 1.0, "without_tool_called_tool": 0.0,
                    "with_tool_transcripts": [{"text": "user> What is 347 * 582?\nipython> 201954"}]}, f)
+    with open(j("round_2", "rejection", "report.json")) as f:  # as the default (--pilot 0.25) writes it
+        rs2 = json.load(f)
+    with open(j("round_2", "rejection", "report.json"), "w") as f:
+        json.dump({**rs2, "pilot": {"prompts": 3, "pick_correct": 1.0, "random_correct": 0.25}}, f)
     timings = {s.name: {"seconds": 1.0, "status": "ok"} for s in plan}
     s = run_all.finish(out, 2, 3, timings)
+    assert [rd["rs_pilot_random_correct"] for rd in s["rounds"]] == [None, 0.25]
     assert s["seed"] == 3 and s["pretrain"] == {"val_loss": 6.0, "bits_per_byte": 2.4} and len(s["rounds"]) == 2
     # the long-context stage: needle accuracy per length before/after, short-context loss
     assert s["niah"] == {"before": {"256": 0.1, "1024": 0.0}, "after": {"256": 0.9, "1024": 0.8}}
@@ -213,6 +220,7 @@ def test_two_rounds_on_a_tiny_model(tmp_path, tok_path, monkeypatch):
     text = open(j("REPORT.md")).read()
     assert str(tmp_path) not in text and "/work" not in text  # no absolute paths
     assert "| round 2 rejection sampling (§4.2.2) | pick 100.0% vs random 50.0% |" in text
+    assert "the first 3 evenly over the tasks (there the pick is correct 100.0%, a random sample 25.0%)" in text
     # judged at the length the stage grew to (256; 1,024 is past it, not the verdict's)
     assert "| long context (§3.4.2) | needle at 256 tokens 10.0% -> 90.0% | >= 90% after | as expected" in text
     assert "| after | 90.0% | 80.0% |" in text
