@@ -14,7 +14,8 @@ process with its output streamed and logged to OUT/logs/NAME.log):
   Round r, in OUT/round_r/:
   reward     §4.1.2  reward.py     a reward model on the preference data so far: the
                                    generated pairs + the on-policy pairs of rounds < r
-  rejection  §4.2.2  rejection.py  K samples per prompt from the latest policy; the task
+  rejection  §4.2.2  rejection.py  K samples per prompt from the latest policy, most
+                                   prompts on the tasks it fails (§4.3.3); the task
                                    checker filters, the reward model picks -> SFT rows;
                                    correct vs wrong samples -> on-policy pairs
   sft        §4.1.3  sft.py        SFT from the PRE-TRAINED model on the SFT data + every
