@@ -169,7 +169,8 @@ def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: i
         start += len(batch)
         if start >= len(prompts) and then is not None:  # the pilot is done: draw the rest
             total = sum(counts.values(), collections.Counter())
-            pilot = {"prompts": len(prompts), **rates(total), "per_task": {t: rates(c) for t, c in sorted(counts.items())}}
+            pilot = {"prompts": len(prompts), **rates(total),
+                     "per_task": {t: rates(c) for t, c in sorted(counts.items())}}
             more, then = then(pilot["per_task"]), None
             examples = list(examples) + list(more)
             prompts += [e["prompt"] if "prompt" in e else e["messages"][:-1] for e in more]

@@ -69,8 +69,8 @@ def test_rejection_sample_on_scripted_samples(monkeypatch, tiny_policy, tok):
     assert report["pick_correct"] == report["oracle_correct"] == pytest.approx(1 - n_count / 20)
     assert report["random_correct"] == pytest.approx(0.25 * (1 - n_count / 20))
     assert report["rm_accuracy_on_samples"] == 0.0  # a wrong sample always scores above the right one
-    assert report["per_task"]["count"] == {"prompts": n_count, "rm_pick_correct": 0.0, "pick_correct": 0.0, "random_correct": 0.0,
-                                           "oracle_correct": 0.0}
+    assert report["per_task"]["count"] == {"prompts": n_count, "rm_pick_correct": 0.0, "pick_correct": 0.0,
+                                           "random_correct": 0.0, "oracle_correct": 0.0}
     assert len(sft_rows) == len(pairs) == 20 - n_count  # only prompts with a right sample give data
     for row in sft_rows:
         assert tasks.check_response(row["meta"], row["messages"][-1]["content"]) and row["meta"]["pass_rate"] == 0.25
