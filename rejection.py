@@ -119,12 +119,19 @@ def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: i
                  rm_accuracy_on_samples (the RM ranks a correct sample above a wrong
                  one of the same prompt), per task, and timings."""
     chat = R.chat_format(tokenizer)
-    prompts = [e["prompt"] if "prompt" in e else e["messages"][:-1] for e in examples]
+    prompt_of = lambda e: e["prompt"] if "prompt" in e else e["messages"][:-1]  # noqa: E731
+    prompts = [prompt_of(e) for e in examples]
     sft_rows, pairs, sample_pairs = [], [], []
     counts = collections.defaultdict(lambda: collections.Counter())  # task -> sums of the rates below
     stats_total = {"prefill_s": 0.0, "decode_s": 0.0, "new_tokens": 0, "score_s": 0.0}
     t0, start, pilot = time.time(), 0, None
     rates = lambda c: {f"{key}_correct": c[key] / max(1, c["prompts"]) for _, key in RATES}  # noqa: E731
+
+    def tally() -> dict:  # the rates so far: over all checked prompts and per task
+        total = sum(counts.values(), collections.Counter())
+        return {"prompts": len(prompts), "checked": total["prompts"], **rates(total),
+                "per_task": {t: {"prompts": c["prompts"], **rates(c)} for t, c in sorted(counts.items())}}
+
     while start < len(prompts):
         batch = prompts[start:start + batch_prompts]
         stats = {}
@@ -161,23 +168,19 @@ def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: i
         done = start + len(batch)
         if log_every and (start // batch_prompts) % log_every == 0:
             elapsed = time.time() - t0
-            total = sum(counts.values(), collections.Counter())
+            so_far = tally()
             msg = f"rejection sampling: {done}/{len(prompts)} prompts, {elapsed:.0f}s, eta {elapsed / done * (len(prompts) - done):.0f}s"
-            if total["prompts"]:
-                msg += " | " + ", ".join(f"{name} {total[key] / total['prompts']:.1%}" for name, key in RATES)
+            if so_far["checked"]:
+                msg += " | " + ", ".join(f"{name} {so_far[key + '_correct']:.1%}" for name, key in RATES)
             print0(msg, flush=True)
         start += len(batch)
         if start >= len(prompts) and then is not None:  # the pilot is done: draw the rest
-            total = sum(counts.values(), collections.Counter())
-            pilot = {"prompts": len(prompts), **rates(total),
-                     "per_task": {t: rates(c) for t, c in sorted(counts.items())}}
+            pilot = tally()
             more, then = then(pilot["per_task"]), None
             examples = list(examples) + list(more)
-            prompts += [e["prompt"] if "prompt" in e else e["messages"][:-1] for e in more]
-    total = sum(counts.values(), collections.Counter())
-    report = {"prompts": len(prompts), "k": k, "temperature": temperature, "top_p": top_p,
-              "checked": total["prompts"], **rates(total), "sft_rows": len(sft_rows), "seconds": round(time.time() - t0, 1),
-              "per_task": {task: {"prompts": c["prompts"], **rates(c)} for task, c in sorted(counts.items())},
+            prompts += [prompt_of(e) for e in more]
+    report = {**tally(), "k": k, "temperature": temperature, "top_p": top_p,
+              "sft_rows": len(sft_rows), "seconds": round(time.time() - t0, 1),
               "rm_accuracy_on_samples": sum(sample_pairs) / max(1, len(sample_pairs)),
               "rm_sample_pairs": len(sample_pairs),
               "generate_tokens_per_s": round(stats_total["new_tokens"]
@@ -236,7 +239,7 @@ def main(argv=None) -> dict:
     if args.data:
         examples, _ = tasks.read_sft_jsonl(args.data)
     else:
-        n_tasks = len((args.tasks or ",".join(tasks.DEFAULT_TASKS)).split(","))  # the pilot has every task
+        n_tasks = len(tasks.task_names(args.tasks or None))  # the pilot has every task
         n_pilot = min(args.n_prompts, max(n_tasks, round(args.pilot * args.n_prompts)))
         examples = tasks.make_examples(n_pilot, args.seed, tasks=args.tasks or None, split=args.split)
         if n_pilot < args.n_prompts:  # the rest: per task, from another seed's stream (new prompts)

@@ -389,7 +389,7 @@ def solve(prompt: str) -> Optional[dict]:
     return None
 
 
-def _task_names(tasks) -> list[str]:
+def task_names(tasks) -> list[str]:
     """None -> every task; "sort,reverse" or ["sort", "reverse"] -> those (checked)."""
     if tasks is None:
         return list(DEFAULT_TASKS)
@@ -441,7 +441,7 @@ def make_examples(n: int, seed: int = 0, tasks=None, split: str = "train",
     Each: {"task": "add", "messages": [{"role": "user", "content": "What is 4 + 5?"},
            {"role": "assistant", "content": "9"}], "meta": {"task": "add", "answer": "9",
            "a": 4, "b": 5}}."""
-    names, split = _task_names(tasks), _split_name(split)
+    names, split = task_names(tasks), _split_name(split)
     rng = random.Random(f"tasks/{seed}/{split}")  # str seeds are hashed with sha512: stable
     out = []
     for i in range(n):
@@ -753,7 +753,7 @@ def main(argv=None):
         "pref_val.jsonl": make_preference_pairs(args.n_eval, args.seed, "val", args.tasks, difficulty=difficulty),
     }
     print("examples:")
-    for name in _task_names(args.tasks):
+    for name in task_names(args.tasks):
         example = next((e for e in files["sft_train.jsonl"] if e["task"] == name), None) \
             or make_examples(1, args.seed, tasks=[name])[0]
         print(f"  {name:8s} " + " | ".join(f"{m['role']}: {m['content'] or m.get('tool_calls')!r}"
@@ -762,7 +762,7 @@ def main(argv=None):
         pair = files["pref_train.jsonl"][0]
         print(f"  preference: prompt {next(m['content'] for m in pair['prompt'] if m['role'] == 'user')!r}\n"
               f"    edited {pair.get('edited')!r} > chosen {pair['chosen']!r} > rejected {pair['rejected']!r}")
-    report = {"seed": args.seed, "tasks": _task_names(args.tasks), "difficulty": asdict(difficulty),
+    report = {"seed": args.seed, "tasks": task_names(args.tasks), "difficulty": asdict(difficulty),
               "files": {}}
     for name, rows in files.items():
         path = write_jsonl(rows, os.path.join(args.out, name))
