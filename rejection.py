@@ -19,7 +19,11 @@ the best candidate". Here:
   little; a task the policy rarely gets right needs many prompts to yield a few rows.
 - Where a prompt has both a correct and a wrong sample it gives an on-policy preference
   pair (chosen: the RM's favourite correct sample; rejected: the policy's most frequent
-  wrong answer) for dpo.py and the next round's reward model (§4.2.1).
+  wrong answer) for dpo.py and the next round's reward model (§4.2.1). Where all K
+  samples fail, the task's reference answer plays the annotator's edit of §4.2.1
+  ("edited > chosen > rejected") and is chosen against that wrong answer (--edit): a
+  policy that guesses a favourite answer is right only where the guess happens to be,
+  so without the edit its guess is never pushed down where it is wrong.
 
 Reads:  a policy checkpoint (--init) and a reward model (--reward, out/reward/final);
         prompts from tasks.py (default) or an SFT JSONL (--data).
@@ -77,27 +81,32 @@ def focus(per_task: dict, n: int, floor: float = 0.05) -> dict:
     return counts
 
 
-def on_policy_pair(prompt, example: dict, texts: list[str], scores: list[float], correct: list[bool]):
+def on_policy_pair(prompt, example: dict, texts: list[str], scores: list[float], correct: list[bool],
+                   edit: bool = False):
     """A preference row from the policy's own K samples, or None: chosen = the
     reward model's favourite correct sample, rejected = the policy's most frequent
     WRONG answer (the mistake greedy decoding tends to make, the one DPO should push
-    down; ties go to the score). The checker says right and wrong, not the RM."""
+    down; ties go to the score). The checker says right and wrong, not the RM.
+    edit: where all K samples are wrong, the task's reference answer stands in for an
+    annotator's edit (§4.2.1: "edited > chosen > rejected") as the chosen response, so
+    the policy's mistake on a prompt it never solves is pushed down too; meta "edited"."""
     right = [j for j, ok in enumerate(correct) if ok and texts[j].strip()]
     wrong = [j for j, ok in enumerate(correct) if not ok and texts[j].strip()]
-    if not right or not wrong:
+    edited = edit and not right and bool(wrong) and example.get("messages", [{}])[-1].get("role") == "assistant"
+    if not (right or edited) or not wrong:
         return None
     seen = collections.Counter(" ".join(texts[j].split()) for j in wrong)
-    c = max(right, key=lambda j: scores[j])
+    chosen = example["messages"][-1]["content"] if edited else texts[max(right, key=lambda j: scores[j])]
     r = max(wrong, key=lambda j: (seen[" ".join(texts[j].split())], scores[j]))
-    return {"task": example.get("task"), "prompt": list(prompt), "chosen": texts[c], "rejected": texts[r],
-            "meta": example.get("meta", {})}
+    return {"task": example.get("task"), "prompt": list(prompt), "chosen": chosen, "rejected": texts[r],
+            "meta": {**example.get("meta", {}), **({"edited": True} if edited else {})}}
 
 
 @torch.no_grad()
 def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: int = 16,
                      temperature: float = 1.2, top_p: float = 1.0, max_new_tokens: int = 32,
                      batch_prompts: int = 16, seed: int = 0, log_every: int = 1,
-                     then=None) -> tuple[list[dict], list[dict], dict]:
+                     then=None, edit: bool = False) -> tuple[list[dict], list[dict], dict]:
     """K samples per prompt from the policy; the reward model and the checker pick (pick()).
 
     examples: task examples ({"messages" (the last one, the reference answer, is
@@ -158,7 +167,7 @@ def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: i
                 right = [j for j in range(k) if correct[j] and texts[j].strip()]
                 wrong = [j for j in range(k) if not correct[j] and texts[j].strip()]
                 sample_pairs += [scores[c] > scores[r] for c in right for r in wrong]  # what picking needs
-                pair = on_policy_pair(prompt, example, texts, scores, correct)
+                pair = on_policy_pair(prompt, example, texts, scores, correct, edit)
                 pairs += [pair] if pair else []
             if best is not None:
                 sft_rows.append({"messages": list(prompt) + [{"role": "assistant", "content": texts[best]}],
@@ -188,6 +197,7 @@ def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: i
               "score_seconds": round(stats_total["score_s"], 1), **({"pilot": pilot} if pilot else {})}
     pairs = R.filter_preferences(pairs, " (on-policy pairs)")
     report["pairs"] = len(pairs)
+    report["edited_pairs"] = sum(bool(p["meta"].get("edited")) for p in pairs)
     return sft_rows, pairs, report
 
 
@@ -211,6 +221,9 @@ def main(argv=None) -> dict:
                         help="share of the generated prompts drawn evenly over the tasks first; the rest go to "
                              "the tasks the policy fails there (focus(), §4.3.3); 1 = all evenly")
     parser.add_argument("--tasks", default="", help="comma-separated subset of tasks.py's tasks")
+    parser.add_argument("--edit", action=argparse.BooleanOptionalAction, default=True,
+                        help="where all K samples fail, pair the task's reference answer (an annotator's edit, "
+                             "§4.2.1) with the policy's most frequent wrong one (on_policy_pair)")
     parser.add_argument("--temperature", type=float, default=1.2,
                         help="sampling temperature (our choice, measured: diverse samples, docs/NOTES.md)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus; 1 = off")
@@ -254,7 +267,8 @@ def main(argv=None) -> dict:
     sft_rows, pairs, report = rejection_sample(policy, reward_model, tokenizer, examples, k=args.k,
                                                temperature=args.temperature, top_p=args.top_p,
                                                max_new_tokens=args.max_new_tokens,
-                                               batch_prompts=args.batch_prompts, seed=args.seed, then=then)
+                                               batch_prompts=args.batch_prompts, seed=args.seed, then=then,
+                                               edit=args.edit)
     tasks.write_jsonl(sft_rows, os.path.join(args.out, "sft_rs.jsonl"))
     tasks.write_jsonl(pairs, os.path.join(args.out, "pairs.jsonl"))
     report = {"policy": policy_path, "reward": args.reward, **report,

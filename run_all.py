@@ -510,7 +510,9 @@ def write_report(out: str, s: dict, timings: dict):
                          f"a random sample {_pct(rs.get('random_correct'))}, best of {rs.get('k')} "
                          f"{_pct(rs.get('oracle_correct'))}. On the policy's own (right, wrong) sample pairs the "
                          f"reward model prefers the right one {_pct(rs.get('rm_accuracy_on_samples'))} of the time. "
-                         f"-> {rs.get('sft_rows', 0):,} SFT rows, {rs.get('pairs', 0):,} on-policy pairs")
+                         f"-> {rs.get('sft_rows', 0):,} SFT rows, {rs.get('pairs', 0):,} on-policy pairs"
+                         + (f" ({rs['edited_pairs']:,} of them where every sample failed: the reference answer "
+                            f"chosen, as an annotator's edit, §4.2.1)" if rs.get("edited_pairs") else ""))
             if rs.get("pilot"):
                 per = ", ".join(f"{t} {v.get('prompts', 0):,}" for t, v in (rs.get("per_task") or {}).items())
                 lines.append(f"  - prompts: the first {rs['pilot']['prompts']:,} evenly over the tasks (there the "

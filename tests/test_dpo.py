@@ -183,7 +183,7 @@ def test_default_command_line_trains_epochs(tmp_path, tiny_ckpt):
     passes; a negative --max-steps or a zero --epochs is one line and exit code 2."""
     import common
     default = common.parse_config(D.DPOConfig, [], show=False)
-    assert default.max_steps == 0 and default.epochs == 10 and default.lr == 3e-4
+    assert default.max_steps == 0 and default.epochs == 4 and default.lr == 3e-4
     for bad_flag in (["--max-steps", "-1"], ["--epochs", "0"]):
         with pytest.raises(SystemExit) as bad:
             common.parse_config(D.DPOConfig, bad_flag, show=False)

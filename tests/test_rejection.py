@@ -32,6 +32,24 @@ def test_on_policy_pair_rejects_the_most_frequent_wrong_answer():
     assert rejection.on_policy_pair(e["messages"][:1], e, [right, right], [0, 0], [True, True]) is None
 
 
+def test_edited_pair_where_every_sample_fails():
+    """§4.2.1's edit: no correct sample -> the reference answer is chosen against the most
+    frequent wrong one, marked edited; without --edit, or without a reference, no pair."""
+    e = tasks.make_examples(1, seed=3, tasks="larger")[0]
+    x, y = e["meta"]["x"], e["meta"]["y"]
+    guess, small = "98" if max(x, y) != 98 else "97", str(min(x, y))
+    texts = [guess, small, guess, ""]
+    correct = [tasks.check_response(e, t) for t in texts]
+    assert not any(correct)
+    assert rejection.on_policy_pair(e["messages"][:1], e, texts, [0.0] * 4, correct) is None
+    pair = rejection.on_policy_pair(e["messages"][:1], e, texts, [0.0, 1.0, 0.0, 0.0], correct, edit=True)
+    assert pair["chosen"] == e["messages"][-1]["content"] == str(max(x, y)) and pair["rejected"] == guess
+    assert pair["meta"]["edited"] is True and pair["meta"]["x"] == x
+    prompt_only = {"prompt": e["messages"][:1], "task": "larger", "meta": e["meta"]}
+    assert rejection.on_policy_pair(e["messages"][:1], prompt_only, texts, [0.0] * 4, correct, edit=True) is None
+    assert rejection.on_policy_pair(e["messages"][:1], e, [""], [0.0], [False], edit=True) is None  # nothing to reject
+
+
 @pytest.fixture(scope="module")
 def tiny_policy(tok_path):
     m = M.Transformer(tiny_args())
@@ -76,6 +94,14 @@ def test_rejection_sample_on_scripted_samples(monkeypatch, tiny_policy, tok):
         assert tasks.check_response(row["meta"], row["messages"][-1]["content"]) and row["meta"]["pass_rate"] == 0.25
     for pair in pairs:
         assert pair["chosen"] == pair["meta"]["answer"] and not tasks.check_response(pair["meta"], pair["rejected"])
+        assert "edited" not in pair["meta"]
+    assert report["edited_pairs"] == 0
+    # With the edit (§4.2.1) the all-wrong count prompts give pairs too, the reference answer chosen.
+    _, pairs, report = rejection.rejection_sample(tiny_policy, FirstIsBest(), tok, examples, k=4, batch_prompts=3,
+                                                  log_every=0, edit=True)
+    edited = [p for p in pairs if p["meta"].get("edited")]
+    assert len(pairs) == 20 and report["edited_pairs"] == len(edited) == n_count > 0
+    assert all(p["task"] == "count" and p["chosen"] == p["meta"]["answer"] for p in edited)
 
 
 def test_focus_gives_the_failed_tasks_the_prompts():
