@@ -119,7 +119,8 @@ def rejection_sample(policy, reward_model, tokenizer, examples: list[dict], k: i
        sft_rows: {"messages": prompt + [the pick], "task", "meta": {..., "reward",
                  "pass_rate"}} -- the SFT JSONL format (§4.2.2: the pick becomes
                  fine-tuning data); a checked prompt with no correct sample gives none;
-       pairs:    on-policy preference rows (on_policy_pair), filtered by
+       pairs:    on-policy preference rows (on_policy_pair; edit: also where every
+                 sample fails, the reference answer chosen), filtered by
                  reward.filter_preferences (§4.1.2, §4.2.1);
        report:   on the checked prompts: rm_pick_correct (the RM's own pick passes
                  the checker), pick_correct (the combined pick; with a checker on every

@@ -17,7 +17,8 @@ process with its output streamed and logged to OUT/logs/NAME.log):
   rejection  §4.2.2  rejection.py  K samples per prompt from the latest policy, most
                                    prompts on the tasks it fails (§4.3.3); the task
                                    checker filters, the reward model picks -> SFT rows;
-                                   correct vs wrong samples -> on-policy pairs
+                                   correct vs wrong samples -> on-policy pairs; all
+                                   wrong -> the reference answer as the edit (§4.2.1)
   sft        §4.1.3  sft.py        SFT from the PRE-TRAINED model on the SFT data + every
                                    round's rejection-sampled rows so far
   dpo        §4.1.4  dpo.py        DPO from this round's SFT model on every round's pairs so far
@@ -39,7 +40,7 @@ wrote under --out. At the end it writes
                     then each stage's few numbers that matter and its plots.
 
 Reads: nothing but the built-in data. Writes: out/ (or --out).
-Run:   python run_all.py                     # everything, 21-25 minutes on 2 quiet CPU cores
+Run:   python run_all.py                     # everything, 25-30 minutes on 2 quiet CPU cores
        python run_all.py --seed 1 --out out/seed1
        python run_all.py --annotated 20000 --out out/written   # every answer written
        python run_all.py --retrieval --out out/retrieval        # an induction head first, ~40 minutes
