@@ -41,7 +41,7 @@ Our choices (the paper's are for 8B-405B models)
   while the DPO log-probabilities are SUMS over the response tokens (the DPO paper).
 - Learning rate 3e-4 (the paper: 1e-5 for 8B-405B), 4 passes over the pairs. One pass does
   not move a 1.2M model on the tasks it solves only some of the time; more passes gain
-  more (10: +4 to +8 points over 4 in a round) but cost the pipeline's time (docs/NOTES.md).
+  more (10: +6 to +8 points over 4 in a round) but cost the pipeline's time (docs/NOTES.md).
 - Task accuracy on 1,000 held-out prompts: with 200, its standard error (~3.5
   points) was as large as the effects we wanted to see. What DPO gave: docs/NOTES.md.
 
