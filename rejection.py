@@ -89,17 +89,21 @@ def on_policy_pair(prompt, example: dict, texts: list[str], scores: list[float],
     down; ties go to the score). The checker says right and wrong, not the RM.
     edit: where all K samples are wrong, the task's reference answer stands in for an
     annotator's edit (§4.2.1: "edited > chosen > rejected") as the chosen response, so
-    the policy's mistake on a prompt it never solves is pushed down too; meta "edited"."""
+    the policy's mistake on a prompt it never solves is pushed down too; meta "edited".
+    (Not the row's own "edited" response of tasks.py, a third one ranked above "chosen":
+    here no sample is right, so the edit IS the chosen response.)"""
     right = [j for j, ok in enumerate(correct) if ok and texts[j].strip()]
     wrong = [j for j, ok in enumerate(correct) if not ok and texts[j].strip()]
-    edited = edit and not right and bool(wrong) and example.get("messages", [{}])[-1].get("role") == "assistant"
-    if not (right or edited) or not wrong:
+    reference = example.get("messages", [{}])[-1]  # a task example's last message: the answer
+    if not wrong or not (right or (edit and reference.get("role") == "assistant")):
         return None
     seen = collections.Counter(" ".join(texts[j].split()) for j in wrong)
-    chosen = example["messages"][-1]["content"] if edited else texts[max(right, key=lambda j: scores[j])]
     r = max(wrong, key=lambda j: (seen[" ".join(texts[j].split())], scores[j]))
-    return {"task": example.get("task"), "prompt": list(prompt), "chosen": chosen, "rejected": texts[r],
-            "meta": {**example.get("meta", {}), **({"edited": True} if edited else {})}}
+    if right:
+        chosen, meta = texts[max(right, key=lambda j: scores[j])], example.get("meta", {})
+    else:  # the edit
+        chosen, meta = reference["content"], {**example.get("meta", {}), "edited": True}
+    return {"task": example.get("task"), "prompt": list(prompt), "chosen": chosen, "rejected": texts[r], "meta": meta}
 
 
 @torch.no_grad()
