@@ -595,9 +595,14 @@ def main(argv=None) -> int:
           f"on {os.cpu_count()} cores")
 
     # ---- step 1: the IsoFLOPs grid ------------------------------------------------------
+    max_tokens = n_train * cfg.max_epochs
+
+    def within_data(C, w):  # dial-w at budget C reads at most --max-epochs of the corpus
+        return C / (6 * n_params[w]) <= max_tokens
+
     plan = {}
     for C in budgets:
-        plan[C] = sizes_for_budget(C, dial_sizes, n_params, cfg.sizes, n_train * cfg.max_epochs)
+        plan[C] = sizes_for_budget(C, dial_sizes, n_params, cfg.sizes, max_tokens)
         if len(plan[C]) < 3:
             raise UsageError(f"budget {C:.3g} FLOPs: fewer than 3 sizes of --dial {cfg.dial} train within "
                              f"{cfg.max_epochs:g} epoch(s) of {n_train:,} tokens; lower the budget or widen the dial")
@@ -617,7 +622,7 @@ def main(argv=None) -> int:
             i = dial_sizes.index(best)
             step = -1 if best == tried[0] else 1 if best == tried[-1] else 0
             if (step != 0 and 0 <= i + step < len(dial_sizes) and len(tried) < cfg.sizes + 2
-                    and C / (6 * n_params[dial_sizes[i + step]]) <= n_train * cfg.max_epochs):
+                    and within_data(C, dial_sizes[i + step])):
                 todo.append((C, dial_sizes[i + step]))
     runs, fits = [], []
     for C in budgets:
@@ -655,8 +660,7 @@ def main(argv=None) -> int:
     # ---- the extrapolation: 4x past the largest budget -------------------------------------
     Cx = cfg.extrapolate * budgets[-1]
     n_opt = Cx / (6 * A * Cx ** alpha)
-    fits_data = [w for w in dial_sizes if Cx / (6 * n_params[w]) <= n_train * cfg.max_epochs]
-    dx = min(fits_data or dial_sizes[-1:], key=lambda w: abs(math.log(n_params[w] / n_opt)))
+    dx = min([w for w in dial_sizes if within_data(Cx, w)] or dial_sizes[-1:], key=lambda w: abs(math.log(n_params[w] / n_opt)))
     xrun = pretrain_run(cfg, vocab, dx, Cx, batch_for(cfg, Cx), f"C{Cx:.3g}_{dial_name(dx)}_extrapolated", cfg.threads)
     extra = {"flops": Cx, "optimal_params": n_opt, "params": xrun["params"], "model": xrun["model"],
              "tokens": xrun["tokens"], "predicted_loss": predicted_loss(fit, Cx, xrun["params"]),
