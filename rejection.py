@@ -97,8 +97,9 @@ def on_policy_pair(prompt, example: dict, texts: list[str], scores: list[float],
     reference = example.get("messages", [{}])[-1]  # a task example's last message: the answer
     if not wrong or not (right or (edit and reference.get("role") == "assistant")):
         return None
-    seen = collections.Counter(" ".join(texts[j].split()) for j in wrong)
-    r = max(wrong, key=lambda j: (seen[" ".join(texts[j].split())], scores[j]))
+    answer = {j: " ".join(texts[j].split()) for j in wrong}  # whitespace-normalized
+    seen = collections.Counter(answer.values())
+    r = max(wrong, key=lambda j: (seen[answer[j]], scores[j]))
     if right:
         chosen, meta = texts[max(right, key=lambda j: scores[j])], example.get("meta", {})
     else:  # the edit

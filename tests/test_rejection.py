@@ -30,6 +30,10 @@ def test_on_policy_pair_rejects_the_most_frequent_wrong_answer():
     assert pair["chosen"] == right and pair["rejected"] == b  # b and a twice each: the tie goes to the score
     assert pair["prompt"] == e["messages"][:1] and pair["meta"] == e["meta"]
     assert rejection.on_policy_pair(e["messages"][:1], e, [right, right], [0, 0], [True, True]) is None
+    texts = [b, right, f" {a}\n", a]  # answers count alike whatever their whitespace: a twice beats b once
+    pair = rejection.on_policy_pair(e["messages"][:1], e, texts, [5.0, 0.1, -2.0, -1.0],
+                                    [tasks.check_response(e, t) for t in texts])
+    assert pair["rejected"] == a
 
 
 def test_edited_pair_where_every_sample_fails():
