@@ -56,7 +56,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -88,7 +88,7 @@ class ScalingConfig:
     seq_len: int = arg(256, "training sequence length")
     max_epochs: float = arg(1.5, "leave out the sizes that would read the training data more often than this "
                                  "(a model this small is far from memorizing it: docs/NOTES.md)")
-    sft_runs: int = arg(-1, "models to fine-tune for step 2, spread over the losses (default 5; quick 3)")
+    sft_runs: int = arg(-1, "models to fine-tune for step 2, spread over the losses (default 5; quick 3; 0: none)")
     sft_steps: int = arg(0, "optimizer steps of each step-2 SFT (default 100; quick 40; sft.py's own is 400)")
     n_eval: int = arg(0, "held-out task prompts of each step-2 SFT (default 200; quick 100)")
     default_minutes: float = arg(4.5, "the pipeline's pre-training time budget (pretrain.py --time-budget-min)")
@@ -115,6 +115,10 @@ class ScalingConfig:
             raise UsageError(f"--jobs must be >= 0 (got {self.jobs!r})")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise UsageError(f"--dtype must be auto, fp32 or bf16 (got {self.dtype!r})")
+        if self.sft_runs < -1:  # -1: the grid's default
+            raise UsageError(f"--sft-runs must be >= 0 (got {self.sft_runs!r})")
+        if self.speed_repeats == 0 or self.speed_repeats < -1:
+            raise UsageError(f"--speed-repeats must be >= 1 (got {self.speed_repeats!r})")
         if self.speed_steps < 3:
             raise UsageError(f"--speed-steps must be >= 3: the first 2 are not timed (got {self.speed_steps!r})")
         for name in ("tokens_per_step", "seq_len", "speed_ranks", "sft_steps", "n_eval"):
@@ -139,10 +143,12 @@ QUICK = dict(budgets="2e10,4e10,8e10", sizes=3, sft_runs=3, sft_steps=40, n_eval
 
 
 def resolve(cfg: ScalingConfig) -> ScalingConfig:
-    """Fill the fields left at their 'default' markers from the full or the quick grid."""
+    """Fill the fields left at their 'default' markers (the field's own default: "", 0
+    or -1) from the full or the quick grid; anything given stays (--sft-runs 0: no step 2)."""
     grid = QUICK if cfg.quick else FULL
+    marker = {f.name: f.default for f in fields(cfg)}
     for name, value in grid.items():
-        if getattr(cfg, name) in ("", 0, -1):
+        if getattr(cfg, name) == marker[name]:
             setattr(cfg, name, value)
     return cfg
 

@@ -95,6 +95,13 @@ def test_dial_lists_and_names():
         scaling.parse_list("1-x", "--dial")
 
 
+def test_resolve_fills_only_the_flags_left_at_their_defaults():
+    cfg = scaling.resolve(scaling.parse_config(scaling.ScalingConfig, ["--sft-runs", "0", "--sizes", "4"]))
+    assert (cfg.sft_runs, cfg.sizes, cfg.sft_steps, cfg.budgets) == (0, 4, 100, scaling.FULL["budgets"])
+    quick = scaling.resolve(scaling.parse_config(scaling.ScalingConfig, ["--quick"]))
+    assert (quick.sft_runs, quick.sizes, quick.speed_repeats) == (3, 3, 1)
+
+
 def test_sizes_for_budget_centres_shifts_and_skips_repeated_data():
     n = {w: 1000 * w * w for w in range(1, 11)}  # N grows as w², as the dial's
     # 20 tokens per parameter: N ≈ sqrt(C / 120) = 16,000 at C = 3.072e10 -> w = 4 in the middle
@@ -220,7 +227,8 @@ def test_runs_trained_two_at_a_time_equal_runs_trained_in_this_process(tmp_path,
 def test_bad_flags_are_one_line_errors(capsys):
     assert scaling.main(["--budgets", "1e11,abc"]) == 2
     assert "--budgets" in capsys.readouterr().err
-    for bad in (["--extrapolate", "0.5"], ["--jobs", "-1"], ["--dtype", "fp16"]):
+    for bad in (["--extrapolate", "0.5"], ["--jobs", "-1"], ["--dtype", "fp16"], ["--sft-runs", "-2"],
+                ["--speed-repeats", "0"]):
         with pytest.raises(SystemExit) as e:
             scaling.main(bad)
         assert e.value.code == 2
