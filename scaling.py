@@ -136,7 +136,8 @@ class ScalingConfig:
 # built-in corpus (3.7M tokens) 1.3 times, the extrapolated run 1.2 times (--max-epochs).
 # On 2 quiet cores, two runs at a time, the 20 runs take ~20 minutes (the largest budget
 # ~8), the extrapolation ~4.5, the SFTs and the speed measurement ~3 more. A grid above
-# (2e12-5.6e12, 43 minutes) errs the other way: past ~8e12 the corpus bends the frontier.
+# (2e12-5.6e12, 43 minutes) errs the other way (+0.21 / +0.26 nats): past ~8e12 the
+# corpus bends the frontier.
 FULL = dict(budgets="7e11,1e12,1.4e12,2e12", sizes=5, sft_runs=5, sft_steps=100, n_eval=200,
             speed_dial="1-6", speed_repeats=2)
 QUICK = dict(budgets="2e10,4e10,8e10", sizes=3, sft_runs=3, sft_steps=40, n_eval=100,
