@@ -115,10 +115,9 @@ class ScalingConfig:
             raise UsageError(f"--jobs must be >= 0 (got {self.jobs!r})")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise UsageError(f"--dtype must be auto, fp32 or bf16 (got {self.dtype!r})")
-        if self.sft_runs < -1:  # -1: the grid's default
-            raise UsageError(f"--sft-runs must be >= 0 (got {self.sft_runs!r})")
-        if self.speed_repeats == 0 or self.speed_repeats < -1:
-            raise UsageError(f"--speed-repeats must be >= 1 (got {self.speed_repeats!r})")
+        for name, low in (("sft_runs", 0), ("speed_repeats", 1)):  # -1: the grid's default
+            if getattr(self, name) < low and getattr(self, name) != -1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= {low} (got {getattr(self, name)!r})")
         if self.speed_steps < 3:
             raise UsageError(f"--speed-steps must be >= 3: the first 2 are not timed (got {self.speed_steps!r})")
         for name in ("tokens_per_step", "seq_len", "speed_ranks", "sft_steps", "n_eval"):
@@ -668,7 +667,8 @@ def main(argv=None) -> int:
     # ---- the extrapolation: 4x past the largest budget -------------------------------------
     Cx = cfg.extrapolate * budgets[-1]
     n_opt = Cx / (6 * A * Cx ** alpha)
-    dx = min([w for w in dial_sizes if within_data(Cx, w)] or dial_sizes[-1:], key=lambda w: abs(math.log(n_params[w] / n_opt)))
+    dx = min([w for w in dial_sizes if within_data(Cx, w)] or dial_sizes[-1:],
+             key=lambda w: abs(math.log(n_params[w] / n_opt)))
     xrun = pretrain_run(cfg, vocab, dx, Cx, batch_for(cfg, Cx), f"C{Cx:.3g}_{dial_name(dx)}_extrapolated", cfg.threads)
     extra = {"flops": Cx, "optimal_params": n_opt, "params": xrun["params"], "model": xrun["model"],
              "tokens": xrun["tokens"], "predicted_loss": predicted_loss(fit, Cx, xrun["params"]),
